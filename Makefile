@@ -1,0 +1,52 @@
+# One-liners over the CLI, pytest and the linter. `make demo` and `make test` set everything up themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+KDPIPE := $(VENV)/bin/kdpipe
+CONFIG ?= configs/demo.yaml
+RUNS ?= runs/demo
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup models demo teacher-cache distill finetune eval test lint bench gpu-check clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: a CPU build that installs offline here; an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev,s3,quant]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+models: setup
+	$(KDPIPE) build-demo-models --out models
+
+teacher-cache: models
+	$(KDPIPE) teacher-cache --config $(CONFIG) --out $(RUNS)/cache
+
+distill: models
+	$(KDPIPE) distill --config $(CONFIG) --cache $(RUNS)/cache --out $(RUNS)/student-kd
+
+finetune: models
+	$(KDPIPE) distill --config $(CONFIG) --cache $(RUNS)/cache --out $(RUNS)/student-ft --uld-weight 0
+
+eval: models
+	$(KDPIPE) eval --config $(CONFIG) --model models/tiny-t5-teacher --model $(RUNS)/student-ft \
+		--model $(RUNS)/student-kd --out $(RUNS)/eval
+
+demo: teacher-cache
+	$(KDPIPE) cache verify $(RUNS)/cache
+	$(KDPIPE) cache info $(RUNS)/cache
+
+test: models
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs models

@@ -1,0 +1,113 @@
+"""The embedded demo mixture: small, seeded, generated tasks with the shapes of the real ones.
+
+No third-party text: sentences are built from the word lists below. Each task mirrors a real one (yes/no,
+3-way and 4-way options, extractive QA, dialogue summary, concepts-to-sentence) so every code path of the
+pipeline runs on it. The "train" and "validation" splits come from disjoint seeds.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from pipeline.tasks import Loaded, Record, Task, TaskError, Template
+
+NAMES = ["Ana", "Ben", "Cleo", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea", "Max", "Nia"]
+ANIMALS = ["cat", "dog", "fox", "owl", "bear", "deer", "duck", "frog", "goat", "hare", "lion", "mole"]
+COLORS = ["red", "blue", "green", "gray", "white", "black", "brown", "gold"]
+PLACES = ["forest", "river", "garden", "city", "farm", "lake", "hill", "desert", "beach", "valley"]
+FOODS = ["apples", "bread", "rice", "soup", "cheese", "fish", "grapes", "beans"]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+VERBS = {"ball": "kicks", "book": "reads", "song": "sings", "cake": "bakes", "kite": "flies", "boat": "rows"}
+SPLIT_SEEDS = {"train": 1000, "validation": 2000, "test": 3000}
+
+
+def _rng(split: str, seed: int, task: str, i: int) -> random.Random:
+    if split not in SPLIT_SEEDS:
+        raise TaskError(f"demo tasks have splits {sorted(SPLIT_SEEDS)}, not {split!r}")
+    return random.Random(f"{SPLIT_SEEDS[split]}:{seed}:{task}:{i}")
+
+
+def _yesno(r: random.Random) -> Record:
+    animal, color, place = r.choice(ANIMALS), r.choice(COLORS), r.choice(PLACES)
+    asked = place if r.random() < 0.5 else r.choice([p for p in PLACES if p != place])
+    passage = f"The {color} {animal} lives near the {place}. It eats {r.choice(FOODS)} every day."
+    return Record({"passage": passage, "question": f"does the {animal} live near the {asked}"},
+                  ("yes" if asked == place else "no",), options=("no", "yes"), label=int(asked == place))
+
+
+def _nli(r: random.Random) -> Record:
+    a, b = r.sample(NAMES, 2)
+    premise = f"{a} is taller than {b}, and {b} likes {r.choice(FOODS)}."
+    label = r.randrange(3)
+    hypothesis = [f"{b} is shorter than {a}.", f"{a} is older than {b}.", f"{b} is taller than {a}."][label]
+    options = ("Yes", "It's impossible to say", "No")
+    return Record({"premise": premise, "hypothesis": hypothesis}, (options[label],), options=options, label=label)
+
+
+def _mc4(r: random.Random) -> Record:
+    name, food, day = r.choice(NAMES), r.choice(FOODS), r.choice(DAYS)
+    context = f"On {day}, {name} went to the market and bought {food} for dinner."
+    wrong = r.sample([f for f in FOODS if f != food], 3)
+    options = [food, *wrong]
+    r.shuffle(options)
+    return Record({"context": context, "question": f"What did {name} buy?"}, (food,),
+                  options=tuple(options), label=options.index(food))
+
+
+def _qa(r: random.Random) -> Record:
+    animals = r.sample(ANIMALS, 3)
+    places = r.sample(PLACES, 3)
+    facts = " ".join(f"The {a} sleeps by the {p}." for a, p in zip(animals, places, strict=True))
+    k = r.randrange(3)
+    return Record({"context": facts, "question": f"Where does the {animals[k]} sleep?"}, (f"by the {places[k]}",))
+
+
+def _summary(r: random.Random) -> Record:
+    a, b = r.sample(NAMES, 2)
+    day, place = r.choice(DAYS), r.choice(PLACES)
+    dialogue = f"{a}: Shall we meet on {day}?\n{b}: Yes! Where?\n{a}: At the {place}.\n{b}: Great, see you."
+    return Record({"dialogue": dialogue}, (f"{a} and {b} will meet at the {place} on {day}.",))
+
+
+def _concepts(r: random.Random) -> Record:
+    thing = r.choice(sorted(VERBS))
+    animal, place = r.choice(ANIMALS), r.choice(PLACES)
+    concepts = (animal, thing, place)
+    return Record({"concepts": ", ".join(concepts)}, (f"The {animal} {VERBS[thing]} a {thing} at the {place}.",),
+                  concepts=concepts)
+
+
+def _loader(name: str, make):
+    def load(split: str, data_dir: Path | None, limit: int | None, seed: int) -> Loaded:
+        n = 1000 if limit is None else limit
+        return Loaded([make(_rng(split, seed, name, i)) for i in range(n)])
+
+    return load
+
+
+DEMO_TASKS: tuple[Task, ...] = (
+    Task("demo_yesno", "options",
+         (Template("{passage}\n\nQuestion: {question}?\n{options}"),
+          Template("Read the text and answer yes or no.\n{passage}\n{question}?\n{options}")),
+         ("accuracy",), 4, _loader("demo_yesno", _yesno), "yes/no question over a passage (BoolQ shape)"),
+    Task("demo_nli", "options",
+         (Template("Premise: {premise}\nHypothesis: {hypothesis}\nDoes the premise entail the hypothesis?\n{options}"),
+          Template("{premise}\nCan we conclude that \"{hypothesis}\"?\n{options}")),
+         ("accuracy",), 8, _loader("demo_nli", _nli), "3-way entailment (ANLI shape)"),
+    Task("demo_mc4", "options",
+         (Template("{context}\nQuestion: {question}\n{options}"),
+          Template("Answer the question about the story.\n{context}\n{question}\n{options}")),
+         ("accuracy",), 6, _loader("demo_mc4", _mc4), "4-way multiple choice (CosmosQA shape)"),
+    Task("demo_qa", "generate",
+         (Template("{context}\n\nAnswer the question from the text: {question}"),
+          Template("Read this and answer.\n{context}\nQ: {question}")),
+         ("squad",), 12, _loader("demo_qa", _qa), "extractive QA (SQuAD shape)"),
+    Task("demo_summary", "generate",
+         (Template("Summarize this dialogue:\n{dialogue}"), Template("{dialogue}\n\nWhat was this conversation about?")),
+         ("rouge_l",), 24, _loader("demo_summary", _summary), "dialogue summary (SAMSum shape)"),
+    Task("demo_concepts", "generate",
+         (Template("Write a sentence using these concepts: {concepts}"),
+          Template("Concepts: {concepts}\nMake a sentence with all of them.")),
+         ("rouge_l", "coverage"), 24, _loader("demo_concepts", _concepts), "concepts to sentence (CommonGen shape)"),
+)
