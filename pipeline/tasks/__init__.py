@@ -149,3 +149,12 @@ def build_mixture(
             examples.append(MixtureExample(example_key(name, template_id, prompt, answer), name, template_id, prompt, answer))
     random.Random(seed).shuffle(examples)
     return Mixture(examples, skipped)
+
+
+def mixture_spec(tasks: Mapping[str, int], *, split: str, seed: int, limit: int | None,
+                 caps: Mapping[str, int] | None, source: str) -> dict:
+    """What defines a mixture, recorded in a cache: two equal specs over the same sources give equal examples."""
+    templates = {name: [[t.prompt, t.answer] for t in get_task(name).templates] for name in tasks}
+    digest = hashlib.sha256(repr(sorted(templates.items())).encode()).hexdigest()
+    return {"tasks": dict(tasks), "split": split, "seed": seed, "limit": limit, "field_caps": dict(caps or {}),
+            "source": source, "templates_sha256": digest}

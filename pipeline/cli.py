@@ -1,0 +1,118 @@
+"""The ``kdpipe`` command: one subcommand per stage, plus ``cache`` tools and the demo-model builder.
+
+A command body builds the config, calls the stage's ``run`` and prints where the result is. Errors a user
+can cause (bad flag, missing file, wrong cache, missing model) end in one line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline import __version__
+from pipeline.config import ConfigError, TeacherCacheConfig, click_options, load
+
+log = logging.getLogger("kdpipe")
+
+
+def _user_errors(fn):
+    """Turn the errors a user can cause into a one-line message and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from cache_schema import CacheError
+        from pipeline.models import ModelError
+        from pipeline.tasks import TaskError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, CacheError, ModelError, TaskError) as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: committed work is kept; rerun the same command to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+config_option = click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                             help="YAML config file; flags given on the command line override it.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="kdpipe")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """Cross-tokenizer knowledge distillation from an offline teacher-logit cache."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command("build-demo-models")
+@click.option("--out", type=click.Path(file_okay=False), default="models", show_default=True,
+              help="Folder for the tiny teacher and student.")
+@click.option("--force", is_flag=True, help="Rebuild even when an up-to-date build is there.")
+@_user_errors
+def build_demo_models(out: str, force: bool) -> None:
+    """Build the embedded default: tiny T5 teacher and tiny GPT-2 student with their own tokenizers."""
+    from pipeline import demo_models
+
+    result = demo_models.build(Path(out), force=force)
+    click.echo(f"teacher: {result['teacher']}\nstudent: {result['student']}")
+
+
+@main.command("teacher-cache")
+@config_option
+@click.option("--out", required=True, type=click.Path(), help="Cache directory to write (or resume).")
+@click_options(TeacherCacheConfig)
+@_user_errors
+def teacher_cache(config_file: str | None, out: str, **flags) -> None:
+    """Run the teacher once over the mixture and write its top-k answer distributions."""
+    from stages import teacher_cache as stage
+
+    cfg = load(TeacherCacheConfig, config_file, "teacher_cache", flags)
+    result = stage.run(cfg, out)
+    if result.already_complete:
+        click.echo(f"{out}: already complete ({result.examples} examples, {result.rows} rows); nothing to do")
+        return
+    click.echo(f"cache: {result.path}  ({result.examples} examples, {result.rows} rows, {result.seconds:.1f} s)")
+    for label, counts in (("skipped", result.skipped), ("truncated", result.truncated)):
+        flat = {k: v for k, v in counts.items() if v and k != "source"}
+        source = {t: c for t, c in counts.get("source", {}).items() if c} if label == "skipped" else {}
+        if flat or source:
+            click.echo(f"{label}: {json.dumps({**flat, **({'source': source} if source else {})})}")
+
+
+@main.group()
+def cache() -> None:
+    """Inspect and check teacher-logit caches."""
+
+
+@cache.command("info")
+@click.argument("path")
+@_user_errors
+def cache_info(path: str) -> None:
+    """Print a human summary of the cache at PATH (directory, .zip or fsspec URL)."""
+    import cache_schema
+
+    click.echo(cache_schema.summary(path))
+
+
+@cache.command("verify")
+@click.argument("path")
+@_user_errors
+def cache_verify(path: str) -> None:
+    """Re-check checksums and contents; exit non-zero naming the first problem."""
+    import cache_schema
+
+    report = cache_schema.verify_cache(path)
+    click.echo(f"ok: {report['path']}: {report['examples']} examples, {report['rows']} rows, {report['files']} files "
+               f"checked; probabilities + tail = 1 within {report['max_sum_error']:.1e}")
+
+
+if __name__ == "__main__":
+    main()

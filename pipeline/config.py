@@ -1,0 +1,242 @@
+"""Stage configs: one frozen dataclass per stage, each field documented once.
+
+The click options and their ``--help`` are generated from the fields (``click_options``), and a YAML config
+file is read section by section (``load``): file values first, then any flag given on the command line.
+Unknown keys are errors; ``__post_init__`` validates and names the flag and the bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or flag value that cannot be used; the message names it."""
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
+           factory: Callable[[], Any] | None = None, cli: bool = True) -> Any:
+    """A config field with its help text (shown by ``--help``) and, optionally, allowed values."""
+    meta = {"help": help, "choices": choices, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_choice(cfg: Any, name: str) -> None:
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(cfg)}[name]
+    value = getattr(cfg, name)
+    if choices and value not in choices:
+        raise ConfigError(f"{flag_name(name)}: {value!r} is not one of {', '.join(choices)}")
+
+
+def check_positive(cfg: Any, *names: str, allow_zero: bool = False) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and (value < 0 if allow_zero else value <= 0):
+            raise ConfigError(f"{flag_name(name)}: must be {'≥ 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def check_all_choices(cfg: Any) -> None:
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("choices"):
+            check_choice(cfg, f.name)
+
+
+# ---------------------------------------------------------------------------------------------- stage configs
+
+DEMO_TASKS = {"demo_yesno": 160, "demo_nli": 160, "demo_mc4": 160, "demo_qa": 160, "demo_summary": 160,
+              "demo_concepts": 160}
+
+
+@dataclass(frozen=True)
+class TeacherCacheConfig:
+    teacher: str = option("models/tiny-t5-teacher", "Teacher: a Hugging Face hub id or a local directory.")
+    revision: str | None = option(None, "Hub revision (branch, tag or commit) of the teacher.")
+    tasks: dict[str, int] = option(help="Mixture: task=examples pairs, e.g. boolq=1000,squad=1000.",
+                                   factory=lambda: dict(DEMO_TASKS))
+    data_dir: str | None = option(None, "Folder of original release files, <data-dir>/<task>/; default: the hub.")
+    split: str = option("train", "Split of each task the mixture is drawn from.")
+    seed: int = option(0, "Seed of the mixture (examples, templates, order).")
+    limit: int | None = option(None, "Cache only the first N examples of the mixture.")
+    field_caps: dict[str, int] = option(help="Cap named prompt fields to N words, e.g. passage=300.", factory=dict)
+    top_k: int = option(64, "Probabilities kept per answer row.")
+    temperature: float = option(1.0, "Softmax temperature T of the cached distributions.")
+    answers: str = option("gold", "Cache rows of the dataset answer, or of the teacher's greedy answer.",
+                          choices=("gold", "teacher"))
+    quantize: str = option("none", "Teacher weights: NF4 4-bit, int8 (bitsandbytes, CUDA) or unquantized.",
+                           choices=("none", "nf4", "int8"))
+    device: str = option("auto", "Where the teacher runs: auto picks CUDA when present.",
+                         choices=("auto", "cpu", "cuda"))
+    batch_size: int = option(32, "Examples per teacher batch (batches are bucketed by length).")
+    max_prompt_tokens: int = option(512, "Prompt tokens kept; longer prompts are handled per --prompt-overflow.")
+    prompt_overflow: str = option("truncate", "Longer prompts: cut to the limit, or leave the example out.",
+                                  choices=("truncate", "skip"))
+    max_answer_tokens: int = option(128, "Answer tokens cached per example (longer answers are cut, counted).")
+    store_ids: bool = option(False, "Also store the teacher token id of each top-k probability.")
+    chunk_rows: int = option(4096, "Rows per Zarr chunk (the unit a reader decodes).")
+    shard_rows: int = option(65536, "Rows per Zarr shard file (the unit a writer commits).")
+
+    def __post_init__(self) -> None:
+        check_all_choices(self)
+        check_positive(self, "top_k", "temperature", "batch_size", "max_prompt_tokens", "max_answer_tokens",
+                       "chunk_rows", "shard_rows", "limit")
+        if not self.tasks:
+            raise ConfigError("--tasks: the mixture names no task")
+        for name, n in self.tasks.items():
+            if not isinstance(n, int) or n <= 0:
+                raise ConfigError(f"--tasks: {name}={n!r} must be a positive number of examples")
+        if self.shard_rows % self.chunk_rows:
+            raise ConfigError(f"--shard-rows: {self.shard_rows} is not a multiple of --chunk-rows {self.chunk_rows}")
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if value is None:
+        return None
+    if origin in (typing.Union, types.UnionType) and args:
+        return _coerce(name, args[0], value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{flag_name(name)}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(name, args[1], v) for k, v in value.items()}
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            raise ConfigError(f"{flag_name(name)}: expected a list, got {value!r}")
+        return tuple(_coerce(name, args[0], v) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{flag_name(name)}: expected true or false, got {value!r}")
+        return value
+    if hint in (int, float, str):
+        if hint is str and not isinstance(value, str | int | float):
+            raise ConfigError(f"{flag_name(name)}: expected text, got {value!r}")
+        try:
+            coerced = hint(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{flag_name(name)}: expected {hint.__name__}, got {value!r}") from None
+        if hint is int and coerced != value and not isinstance(value, str):
+            raise ConfigError(f"{flag_name(name)}: expected an integer, got {value!r}")
+        return coerced
+    return value
+
+
+def read_section(path: str | Path | None, section: str) -> dict:
+    """The mapping under ``section`` in a YAML config file ({} when no file)."""
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config: {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping of stage sections")
+    value = data.get(section, {}) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"--config: section {section!r} of {path} must be a mapping")
+    return value
+
+
+def load(cls: type, path: str | Path | None, section: str, overrides: dict[str, Any] | None = None) -> Any:
+    """Build ``cls`` from section ``section`` of the YAML file at ``path``, then flags that were given."""
+    values = read_section(path, section)
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ConfigError(f"--config: unknown key {unknown[0]!r} in section {section!r} of {path}; "
+                          f"known: {', '.join(sorted(hints))}")
+    values.update({k: v for k, v in (overrides or {}).items() if v not in (None, ()) and k in hints})
+    try:
+        return cls(**{k: _coerce(k, hints[k], v) for k, v in values.items()})
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def to_dict(cfg: Any) -> dict:
+    """JSON-ready config, recorded in every artifact."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+# ---------------------------------------------------------------------------------------------- click
+
+
+class _MappingParam(click.ParamType):
+    """``name=value,name=value`` on the command line."""
+
+    name = "NAME=VALUE,..."
+
+    def __init__(self, value_type: type):
+        self.value_type = value_type
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dict:
+        if isinstance(value, dict):
+            return value
+        out = {}
+        for item in filter(None, (s.strip() for s in str(value).split(","))):
+            key, sep, raw = item.partition("=")
+            if not sep:
+                self.fail(f"{item!r} is not NAME=VALUE", param, ctx)
+            try:
+                out[key.strip()] = self.value_type(raw.strip())
+            except ValueError:
+                self.fail(f"{item!r}: {raw!r} is not a {self.value_type.__name__}", param, ctx)
+        return out
+
+
+def click_options(cls: type, *, skip: tuple[str, ...] = ()) -> Callable:
+    """Decorator adding one option per field of ``cls``; every default is None so only given flags override."""
+    hints = typing.get_type_hints(cls)
+
+    def decorate(fn: Callable) -> Callable:
+        for f in reversed(dataclasses.fields(cls)):
+            if not f.metadata.get("cli", True) or f.name in skip:
+                continue
+            hint = hints[f.name]
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            help_text = f"{f.metadata['help']}  [default: {_show(default)}]"
+            kwargs: dict[str, Any] = {"default": None, "help": help_text}
+            name = flag_name(f.name)
+            if base is bool:
+                fn = click.option(f"{name}/--no-{f.name.replace('_', '-')}", f.name, **kwargs)(fn)
+                continue
+            if typing.get_origin(base) is dict:
+                kwargs["type"] = _MappingParam(typing.get_args(base)[1])
+            elif typing.get_origin(base) is tuple:
+                kwargs.update(type=typing.get_args(base)[0], multiple=True, default=None)
+            elif f.metadata.get("choices"):
+                kwargs["type"] = click.Choice(f.metadata["choices"])
+            else:
+                kwargs["type"] = base
+            fn = click.option(name, f.name, **kwargs)(fn)
+        return fn
+
+    return decorate
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
+    return "none" if value is None else str(value)

@@ -1,0 +1,284 @@
+"""Stage 1, teacher-cache: run the teacher once over the mixture and write its top-k answer distributions.
+
+validate → build the mixture → load the teacher → tokenize and plan length-bucketed batches → for each batch
+not yet committed: forward (or generate), softmax(logits / T) and top-k on the device → hand the rows to a
+background writer that commits whole batches → finalize (examples.parquet, checksums, complete).
+
+The batch plan depends only on the config, and committed work is marked per range of batches, so a run
+killed at any moment and started again computes the remaining batches exactly as the first run would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import cache_schema
+from pipeline.config import TeacherCacheConfig, to_dict
+from pipeline.models import load_model, pick_device, tokenizer_fingerprint
+from pipeline.tasks import MixtureExample, build_mixture, mixture_spec
+
+log = logging.getLogger(__name__)
+
+COMMIT_SECONDS = 30.0  # commit at least this often, so a kill loses at most this much teacher time
+BUCKET_BATCHES = 50  # examples are sorted by length within windows of this many batches
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    example: MixtureExample
+    prompt_ids: list[int]
+    answer_ids: list[int]  # gold answer tokens (EOS included unless the answer was cut); [] with --answers teacher
+
+
+@dataclass
+class TeacherCacheResult:
+    path: str
+    examples: int
+    rows: int
+    seconds: float
+    resumed_from_batch: int
+    already_complete: bool = False
+    skipped: dict = field(default_factory=dict)
+    truncated: dict = field(default_factory=dict)
+
+
+def run(cfg: TeacherCacheConfig, out: str | Path) -> TeacherCacheResult:
+    """Write (or resume, or confirm) the cache for ``cfg`` at ``out``."""
+    out = str(out)
+    device = pick_device(cfg.device)
+    mixture = build_mixture(cfg.tasks, split=cfg.split, data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
+                            seed=cfg.seed, caps=cfg.field_caps)
+    examples = mixture.examples[: cfg.limit] if cfg.limit else mixture.examples
+    model, tokenizer, teacher_info = load_model(cfg.teacher, revision=cfg.revision, quantize=cfg.quantize,
+                                                device=device, role="teacher")
+    prepared, skipped, truncated = _tokenize(examples, tokenizer, cfg, model.config.is_encoder_decoder)
+    skipped = {"source": mixture.skipped, **skipped}
+    plan = _plan_batches(prepared, cfg.batch_size, cfg.seed)
+    identity = cache_schema.identity_attrs(
+        teacher=teacher_info, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer), top_k=cfg.top_k,
+        temperature=cfg.temperature, answers=cfg.answers, eos_token_id=tokenizer.eos_token_id,
+        mixture=mixture_spec(cfg.tasks, split=cfg.split, seed=cfg.seed, limit=cfg.limit, caps=cfg.field_caps,
+                             source="files" if cfg.data_dir else "hub"),
+        config=to_dict(cfg))
+    max_rows = len(prepared) * cfg.max_answer_tokens
+    try:
+        writer = cache_schema.CacheWriter(out, identity, max_rows=max_rows, store_ids=cfg.store_ids,
+                                          chunk_rows=cfg.chunk_rows, shard_rows=cfg.shard_rows)
+    except cache_schema.CacheComplete:
+        meta = cache_schema.open_cache(out).meta
+        counts = meta[cache_schema.ATTR_COUNTS]
+        return TeacherCacheResult(out, counts["examples"], counts["rows"], 0.0, len(plan), already_complete=True)
+    resumed_from = writer.next_batch
+    if resumed_from:
+        log.info("resuming %s: %d of %d batches already committed", out, resumed_from, len(plan))
+    start = time.monotonic()
+    _write_batches(model, tokenizer, prepared, plan, writer, cfg, device)
+    per_task = _per_task_counts(writer)
+    writer.finalize(cache_schema.counts_attrs(writer.examples, writer.rows, per_task, skipped, truncated))
+    return TeacherCacheResult(out, writer.examples, writer.rows, time.monotonic() - start, resumed_from,
+                              skipped=skipped, truncated=truncated)
+
+
+def _tokenize(examples: list[MixtureExample], tokenizer, cfg: TeacherCacheConfig, seq2seq: bool):
+    """Token ids per example, with every skip and cut counted by reason."""
+    skipped, truncated = Counter(), Counter()
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=seq2seq).input_ids
+    answers = tokenizer([e.answer for e in examples], add_special_tokens=seq2seq).input_ids
+    eos = tokenizer.eos_token_id
+    prepared = []
+    for example, prompt_ids, answer_ids in zip(examples, prompts, answers, strict=True):
+        if not seq2seq:
+            answer_ids = [*answer_ids, eos]
+        if len(prompt_ids) > cfg.max_prompt_tokens:
+            if cfg.prompt_overflow == "skip":
+                skipped["prompt_over_limit"] += 1
+                continue
+            truncated["prompt"] += 1
+            prompt_ids = prompt_ids[: cfg.max_prompt_tokens - 1] + prompt_ids[-1:]  # keep the final EOS/last token
+        if cfg.answers == "gold":
+            if not [t for t in answer_ids if t != eos]:
+                skipped["empty_answer"] += 1
+                continue
+            if len(answer_ids) > cfg.max_answer_tokens:
+                truncated["answer"] += 1
+                answer_ids = answer_ids[: cfg.max_answer_tokens]
+        else:
+            answer_ids = []
+        prepared.append(_Prepared(example, prompt_ids, answer_ids))
+    return prepared, dict(skipped), dict(truncated)
+
+
+def _plan_batches(prepared: list[_Prepared], batch_size: int, seed: int) -> list[list[int]]:
+    """Length-bucketed batches in a seeded order: few pad tokens, and the same plan on every run."""
+    order = list(range(len(prepared)))
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    window = batch_size * BUCKET_BATCHES
+    batches = []
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w:w + window], key=lambda i: (len(prepared[i].prompt_ids) + len(prepared[i].answer_ids), i))
+        batches += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
+
+
+@torch.inference_mode()
+def _teacher_rows(model, tokenizer, items: list[_Prepared], cfg: TeacherCacheConfig, device: torch.device):
+    """Top-k rows of one batch: (answer ids per example, probs [R, k], tail [R], token ids [R], topk ids [R, k])."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
+    if cfg.answers == "teacher":
+        answers = _generate(model, items, pad, eos, cfg, device)
+    else:
+        answers = [it.answer_ids for it in items]
+    if model.config.is_encoder_decoder:
+        input_ids = _pad([it.prompt_ids for it in items], pad).to(device)
+        labels = _pad(answers, -100).to(device)  # [B, Ta]
+        mask = _mask([it.prompt_ids for it in items]).to(device)
+        logits = model(input_ids=input_ids, attention_mask=mask, labels=labels).logits  # [B, Ta, V]
+        answer_mask = labels != -100  # [B, Ta]
+        token_ids = labels[answer_mask]
+        logits = logits[answer_mask]  # [R, V]
+    else:
+        seqs = [it.prompt_ids + a for it, a in zip(items, answers, strict=True)]
+        input_ids = _pad(seqs, pad).to(device)
+        out = model(input_ids=input_ids, attention_mask=_mask(seqs).to(device)).logits  # [B, T, V]
+        rows, ids = [], []
+        for b, (it, a) in enumerate(zip(items, answers, strict=True)):
+            p = len(it.prompt_ids)
+            rows.append(out[b, p - 1:p - 1 + len(a)])  # row predicting each answer token
+            ids.append(torch.tensor(a, device=device))
+        logits, token_ids = torch.cat(rows), torch.cat(ids)
+    probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)  # [R, V], float32
+    k = min(cfg.top_k, probs.shape[-1])
+    top = probs.topk(k, dim=-1)  # sorted descending
+    tail = (1.0 - top.values.sum(-1)).clamp_min(0.0)  # [R]
+    values, indices = top.values, top.indices
+    if k < cfg.top_k:  # a vocabulary smaller than k: the missing ranks hold zero mass
+        values = torch.nn.functional.pad(values, (0, cfg.top_k - k))
+        indices = torch.nn.functional.pad(indices, (0, cfg.top_k - k))
+    return (answers, values.cpu().numpy(), tail.cpu().numpy(), token_ids.cpu().numpy(),
+            indices.cpu().numpy() if cfg.store_ids else None)
+
+
+def _mask(seqs: list[list[int]]) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    return torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], dtype=torch.long)
+
+
+def _generate(model, items: list[_Prepared], pad: int, eos: int, cfg: TeacherCacheConfig, device) -> list[list[int]]:
+    """The teacher's greedy answers, each cut after its first EOS."""
+    if model.config.is_encoder_decoder:
+        input_ids = _pad([it.prompt_ids for it in items], pad).to(device)
+        mask = _mask([it.prompt_ids for it in items]).to(device)
+        out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=cfg.max_answer_tokens,
+                             do_sample=False, num_beams=1)[:, 1:]  # drop the decoder start token
+    else:  # left-pad prompts for a decoder-only teacher
+        width = max(len(it.prompt_ids) for it in items)
+        input_ids = torch.tensor([[pad] * (width - len(it.prompt_ids)) + it.prompt_ids for it in items]).to(device)
+        mask = torch.tensor([[0] * (width - len(it.prompt_ids)) + [1] * len(it.prompt_ids) for it in items]).to(device)
+        out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=cfg.max_answer_tokens,
+                             do_sample=False, num_beams=1, pad_token_id=pad)[:, width:]
+    answers = []
+    for row in out.tolist():
+        answers.append(row[: row.index(eos) + 1] if eos in row else [t for t in row if t != pad] or [eos])
+    return answers
+
+
+def _write_batches(model, tokenizer, prepared: list[_Prepared], plan: list[list[int]],
+                   writer: cache_schema.CacheWriter, cfg: TeacherCacheConfig, device: torch.device) -> None:
+    """Compute the remaining batches; a background thread commits them so the teacher never waits on disk."""
+    committer = _Committer(writer, cfg.shard_rows)
+    done = sum(len(b) for b in plan[: writer.next_batch])
+    bar = tqdm(total=sum(len(b) for b in plan), initial=done, desc="teacher-cache", unit="ex", mininterval=1.0)
+    rows, start = 0, time.monotonic()
+    try:
+        for b in range(writer.next_batch, len(plan)):
+            items = [prepared[i] for i in plan[b]]
+            answers, probs, tail, token_ids, topk_ids = _teacher_rows(model, tokenizer, items, cfg, device)
+            records = [{"key": it.example.key, "task": it.example.task, "template_id": it.example.template_id,
+                        "prompt": it.example.prompt,
+                        "answer": it.example.answer if cfg.answers == "gold" else
+                        tokenizer.decode(a, skip_special_tokens=True),
+                        "n_rows": len(a)} for it, a in zip(items, answers, strict=True)]
+            committer.put(b, records, probs, tail, token_ids, topk_ids)
+            rows += len(tail)
+            elapsed = max(time.monotonic() - start, 1e-9)
+            bar.update(len(items))
+            bar.set_postfix(ex_s=f"{(bar.n - done) / elapsed:.1f}", rows_s=f"{rows / elapsed:.0f}")
+    finally:
+        bar.close()
+        committer.close()  # commits every finished batch, also when interrupted
+
+
+class _Committer:
+    """Background thread that accumulates finished batches and commits them in order."""
+
+    def __init__(self, writer: cache_schema.CacheWriter, shard_rows: int):
+        self.writer, self.shard_rows = writer, shard_rows
+        self.queue: queue.Queue = queue.Queue(maxsize=8)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="cache-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, batch: int, records, probs, tail, token_ids, topk_ids) -> None:
+        if self.error:
+            raise self.error
+        self.queue.put((batch, records, probs, tail, token_ids, topk_ids))
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error:
+            raise self.error
+
+    def _loop(self) -> None:
+        pending, first, last_commit = [], None, time.monotonic()
+        while True:
+            item = self.queue.get()
+            if item is not None:
+                if first is None:
+                    first = item[0]
+                pending.append(item)
+            due = sum(len(p[3]) for p in pending) >= self.shard_rows or time.monotonic() - last_commit > COMMIT_SECONDS
+            if pending and (item is None or due):
+                try:
+                    self._commit(first, pending)
+                except BaseException as e:  # surfaced to the main thread on its next put/close
+                    self.error = e
+                    return
+                pending, first, last_commit = [], None, time.monotonic()
+            if item is None:
+                return
+
+    def _commit(self, first: int, pending: list) -> None:
+        cat = np.concatenate
+        topk = cat([p[5] for p in pending]) if pending[0][5] is not None else None
+        self.writer.commit(first, pending[-1][0] + 1, [r for p in pending for r in p[1]], cat([p[2] for p in pending]),
+                           cat([p[3] for p in pending]), cat([p[4] for p in pending]), topk)
+
+
+def _per_task_counts(writer: cache_schema.CacheWriter) -> dict:
+    counts: dict[str, dict[str, int]] = {}
+    for *_, table in writer.parts:
+        for task, n in zip(table.column("task").to_pylist(), table.column("n_rows").to_pylist(), strict=True):
+            c = counts.setdefault(task, {"examples": 0, "rows": 0})
+            c["examples"] += 1
+            c["rows"] += n
+    return dict(sorted(counts.items()))
