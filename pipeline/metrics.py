@@ -15,6 +15,9 @@ task metric    keys                                     semantics
 ``bleu``       ``bleu``                                 ``sacrebleu`` corpus BLEU, default settings
 ``bertscore``  ``bertscore_precision|recall|f1``        ``bert_score`` with a local model directory only
 =============  =======================================  ==================================================
+
+The ``rouge_l``, ``squad`` and ``coverage`` metrics also exist as local ``evaluate`` modules
+(``pipeline/metric_modules``) that :func:`load_metric` loads from their path, which needs no hub.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+METRIC_MODULES = Path(__file__).resolve().parent / "metric_modules"
 BERTSCORE_KEYS = ("bertscore_precision", "bertscore_recall", "bertscore_f1")
 
 
@@ -324,3 +328,18 @@ def _string_list(row: dict, key: str, where: str) -> list[str]:
     if not value or not all(isinstance(v, str) for v in value):
         raise MetricError(f"{where}: {key!r} must be a non-empty list of strings, got {value!r}")
     return value
+
+
+def load_metric(name: str):
+    """Load one of our metrics as an ``evaluate`` module from its local path (``rouge_l``, ``squad``, ``coverage``).
+
+    ``evaluate.load("rouge")`` asks the hub; a directory path is loaded locally (copied into the
+    ``HF_MODULES_CACHE`` so it can be imported) and works with ``HF_HUB_OFFLINE=1``.
+    """
+    import evaluate
+
+    module_dir = METRIC_MODULES / name
+    if not (module_dir / f"{name}.py").is_file():
+        known = sorted(p.name for p in METRIC_MODULES.iterdir() if (p / f"{p.name}.py").is_file())
+        raise MetricError(f"no local evaluate module {name!r}; known: {', '.join(known)}")
+    return evaluate.load(str(module_dir))

@@ -288,3 +288,27 @@ def test_bertscore_with_a_local_model(tiny_bert):
 def test_bertscore_with_a_missing_model_directory_is_an_error(tmp_path):
     with pytest.raises(MetricError, match="does not exist"):
         metrics.score(["bertscore"], ["a"], [["a"]], bertscore_model=tmp_path / "absent")
+
+
+# --- evaluate modules loaded from their local path ---
+
+
+@pytest.mark.parametrize(
+    ("name", "inputs", "direct"),
+    [
+        ("rouge_l", {"references": [["the cat sat on the mat"], ["x y", "a b c"]]}, metrics.rouge_l),
+        ("squad", {"references": [["The cats!"], ["a b", "c"]]}, metrics.squad),
+        ("coverage", {"concepts": [["cat", "sit", "mat"], ["b", "z"]]}, metrics.coverage),
+    ],
+)
+def test_local_evaluate_module_equals_the_direct_function(name, inputs, direct):
+    predictions = ["the cats sitting on a mat", "a b"]
+    module = metrics.load_metric(name)
+    result = module.compute(predictions=predictions, **inputs)
+    assert result == direct(predictions, *inputs.values())
+    assert 0 < next(iter(result.values())) < 100
+
+
+def test_load_metric_rejects_an_unknown_module():
+    with pytest.raises(MetricError, match="known: coverage, rouge_l, squad"):
+        metrics.load_metric("rouge")
