@@ -6,9 +6,10 @@ Face Hub with ``datasets.load_dataset``. Both paths map to the same :class:`Reco
 reshaped into the release's row, then one function per task turns a release row into a record. Rows that
 cannot (missing field, bad label, empty text) are counted in ``Loaded.skipped`` by reason.
 
-Code Alpaca and the ManyThings Tatoeba file are single unsplit releases: when one of them is the source
-(a folder whose only file is not named for a split, or the one Hub split) train/validation/test are carved
-from it by a hash of each record's inputs (90/5/5), so the same input always lands in the same split.
+Code Alpaca and the ManyThings Tatoeba file are single unsplit releases: when such a file is the source (the
+only file of its folder, not named for a split) or one Hub split serves several of our splits, the splits are
+carved from it by a hash of each record's inputs (90/5/5 train/validation/test), so the same input always lands
+in the same split and train never overlaps evaluation. For the other tasks a lone unnamed file is read as is.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ class Source:
         if data_dir is None:
             return self.from_hub(self._load_hub(split), split, limit)
         path, named = formats.pick_file(Path(data_dir) / self.folder, split, tuple(self.readers))
-        if not named:
-            log.info("%s: %s is not named for a split; reading it for %r", self.folder, path, split)
+        if not named and not self.carve:
+            log.warning("%s is named for no split: it is read whole for %r (and for any other split)", path, split)
         rows = self.readers[path.suffix.lower()](path)
         return _collect(rows, self.to_record, limit, split if self.carve and not named else None)
 
@@ -154,8 +155,9 @@ def _choice(fields: dict[str, str], options: tuple[str, ...], label: int) -> Rec
 
 def boolq_record(row: Row) -> Record:
     # SuperGLUE passages are "<Wikipedia title> -- <text>"; a passage without the separator has no title.
-    title, sep, text = _text(row, "passage").partition(" -- ")
-    title, text = (title.strip(), text.strip()) if sep else ("", title)
+    passage = _text(row, "passage")
+    titled = re.fullmatch(r"(.+?) --(?:\s+(.*))?", passage, flags=re.DOTALL)
+    title, text = (titled[1], (titled[2] or "").strip()) if titled else ("", passage)
     if not text:
         raise Malformed("empty passage")
     label = _label(row, {True: 1, False: 0, "true": 1, "false": 0})  # also 1/0: True == 1 as a dict key
