@@ -62,19 +62,25 @@ PROBS = "probs"
 TAIL = "tail"
 TOKEN_IDS = "token_ids"
 TOPK_IDS = "topk_ids"
-ARRAY_DTYPES = {PROBS: np.dtype("uint16"), TAIL: np.dtype("float32"), TOKEN_IDS: np.dtype("int32"),
-                TOPK_IDS: np.dtype("int32")}
+ARRAY_DTYPES = {
+    PROBS: np.dtype("uint16"),
+    TAIL: np.dtype("float32"),
+    TOKEN_IDS: np.dtype("int32"),
+    TOPK_IDS: np.dtype("int32"),
+}
 
 # examples.parquet columns and their Arrow types.
-EXAMPLE_COLUMNS = pa.schema([
-    ("key", pa.string()),  # stable content hash of (task, template_id, prompt, answer)
-    ("task", pa.string()),
-    ("template_id", pa.int32()),
-    ("prompt", pa.string()),
-    ("answer", pa.string()),  # the answer whose rows are cached (gold, or the teacher's own)
-    ("n_rows", pa.int32()),  # teacher answer rows cached for this example
-    ("row_start", pa.int64()),  # first row of this example along the row axis
-])
+EXAMPLE_COLUMNS = pa.schema(
+    [
+        ("key", pa.string()),  # stable content hash of (task, template_id, prompt, answer)
+        ("task", pa.string()),
+        ("template_id", pa.int32()),
+        ("prompt", pa.string()),
+        ("answer", pa.string()),  # the answer whose rows are cached (gold, or the teacher's own)
+        ("n_rows", pa.int32()),  # teacher answer rows cached for this example
+        ("row_start", pa.int64()),  # first row of this example along the row axis
+    ]
+)
 
 # Group attributes.
 ATTR_SCHEMA = "schema"  # SCHEMA_NAME
@@ -172,7 +178,7 @@ def _zarr_store(path: str, read_only: bool):
 def _list_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
     """Relative paths of every file under ``root``."""
     prefix = root.rstrip("/") + "/" if root else ""
-    return sorted(p[len(prefix):] if p.startswith(prefix) else p for p in fs.find(root or "/", withdirs=False))
+    return sorted(p[len(prefix) :] if p.startswith(prefix) else p for p in fs.find(root or "/", withdirs=False))
 
 
 def _sha256(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -293,7 +299,9 @@ def _check_arrays(path: str, group: zarr.Group, meta: dict, examples: pa.Table) 
     n_rows = examples.column("n_rows").to_numpy()
     row_start = examples.column("row_start").to_numpy()
     if len(n_rows) != meta[ATTR_COUNTS]["examples"]:
-        raise CacheError(f"{path}/{EXAMPLES_FILE}: {len(n_rows)} examples, attributes say {meta[ATTR_COUNTS]['examples']}")
+        raise CacheError(
+            f"{path}/{EXAMPLES_FILE}: {len(n_rows)} examples, attributes say {meta[ATTR_COUNTS]['examples']}"
+        )
     if len(n_rows) and ((n_rows < 1).any() or (n_rows > MAX_ROWS_PER_EXAMPLE).any()):
         raise CacheError(f"{path}/{EXAMPLES_FILE}: n_rows outside [1, {MAX_ROWS_PER_EXAMPLE}]")
     expected_start = np.concatenate([[0], np.cumsum(n_rows, dtype=np.int64)[:-1]]) if len(n_rows) else n_rows
@@ -336,8 +344,13 @@ def verify_cache(path: str | os.PathLike) -> dict:
             raise CacheError(
                 f"{cache.path}/{PROBS}: rows [{start}, {stop}) sum to 1 only within {worst:.2e} (> {tolerance:.2e})"
             )
-    return {"path": cache.path, "examples": len(cache), "rows": cache.total_rows, "files": len(listed),
-            "max_sum_error": worst}
+    return {
+        "path": cache.path,
+        "examples": len(cache),
+        "rows": cache.total_rows,
+        "files": len(listed),
+        "max_sum_error": worst,
+    }
 
 
 def summary(path: str | os.PathLike) -> str:
@@ -349,17 +362,23 @@ def summary(path: str | os.PathLike) -> str:
         if "incomplete" not in str(e) or "://" in path or _is_zip(path):
             raise
     meta = dict(zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r").attrs.asdict())
-    parts = [n for n in os.listdir(os.path.join(path, PARTS_DIR)) if n.endswith(".parquet")] \
-        if os.path.isdir(os.path.join(path, PARTS_DIR)) else []
+    parts = (
+        [n for n in os.listdir(os.path.join(path, PARTS_DIR)) if n.endswith(".parquet")]
+        if os.path.isdir(os.path.join(path, PARTS_DIR))
+        else []
+    )
     examples = sum(pq.read_metadata(os.path.join(path, PARTS_DIR, n)).num_rows for n in parts)
-    return "\n".join([
-        f"cache        {path}",
-        f"schema       {meta.get(ATTR_SCHEMA)} v{meta.get(ATTR_VERSION)}",
-        "complete     False (rerun the same teacher-cache command to resume)",
-        f"teacher      {meta.get(ATTR_TEACHER, {}).get('id')}",
-        f"top-k        {meta.get(ATTR_TOP_K)}   temperature {meta.get(ATTR_TEMPERATURE)}   answers {meta.get(ATTR_ANSWERS)}",
-        f"committed    {examples} examples in {len(parts)} parts",
-    ])
+    return "\n".join(
+        [
+            f"cache        {path}",
+            f"schema       {meta.get(ATTR_SCHEMA)} v{meta.get(ATTR_VERSION)}",
+            "complete     False (rerun the same teacher-cache command to resume)",
+            f"teacher      {meta.get(ATTR_TEACHER, {}).get('id')}",
+            f"top-k        {meta.get(ATTR_TOP_K)}   temperature {meta.get(ATTR_TEMPERATURE)}   "
+            f"answers {meta.get(ATTR_ANSWERS)}",
+            f"committed    {examples} examples in {len(parts)} parts",
+        ]
+    )
 
 
 def describe(cache: Cache) -> str:
@@ -369,7 +388,8 @@ def describe(cache: Cache) -> str:
     fs, root = _filesystem(cache.path)
     size = sum(fs.size(posixpath.join(root, p) if root else p) for p in (m.get(ATTR_CHECKSUMS) or {}))
     stored = sum(
-        fs.size(posixpath.join(root, p) if root else p) for p in (m.get(ATTR_CHECKSUMS) or {})
+        fs.size(posixpath.join(root, p) if root else p)
+        for p in (m.get(ATTR_CHECKSUMS) or {})
         if p.split("/")[0] in (PROBS, TAIL)
     )
     lines = [
@@ -380,10 +400,12 @@ def describe(cache: Cache) -> str:
         f"teacher      {teacher['id']} (revision {teacher.get('revision')}, {teacher.get('quantization')}, "
         f"{teacher.get('compute_dtype')})",
         f"top-k        {m[ATTR_TOP_K]}   temperature {m[ATTR_TEMPERATURE]}   answers {m[ATTR_ANSWERS]}",
-        f"mixture      {m[ATTR_MIXTURE_FP][:16]}  split {m[ATTR_MIXTURE].get('split')}  seed {m[ATTR_MIXTURE].get('seed')}",
+        f"mixture      {m[ATTR_MIXTURE_FP][:16]}  split {m[ATTR_MIXTURE].get('split')}  "
+        f"seed {m[ATTR_MIXTURE].get('seed')}",
         f"examples     {counts['examples']}   rows {counts['rows']}",
         f"size         {size} bytes; probs + tail {stored / max(counts['rows'], 1):.1f} bytes/row",
-        "per task     " + "  ".join(f"{t}: {c['examples']} ex / {c['rows']} rows" for t, c in counts["per_task"].items()),
+        "per task     "
+        + "  ".join(f"{t}: {c['examples']} ex / {c['rows']} rows" for t, c in counts["per_task"].items()),
     ]
     for label in ("skipped", "truncated"):
         nonzero = _nonzero(counts.get(label) or {})
@@ -415,8 +437,16 @@ class CacheWriter:
     trims the arrays, records checksums and sets ``complete``.
     """
 
-    def __init__(self, path: str | os.PathLike, identity: dict, *, max_rows: int, store_ids: bool,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS, shard_rows: int = DEFAULT_SHARD_ROWS):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        identity: dict,
+        *,
+        max_rows: int,
+        store_ids: bool,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        shard_rows: int = DEFAULT_SHARD_ROWS,
+    ):
         self.path = os.fspath(path)
         if "://" in self.path or self.path.endswith(".zip"):
             raise CacheError(f"{self.path}: teacher-cache writes to a local directory")
@@ -436,12 +466,16 @@ class CacheWriter:
             group = zarr.open_group(store, mode="r+")
             meta = dict(group.attrs.asdict())
             if meta.get(ATTR_SCHEMA) != SCHEMA_NAME or meta.get(ATTR_VERSION) != SCHEMA_VERSION:
-                raise CacheError(f"{self.path}: holds {meta.get(ATTR_SCHEMA)!r} v{meta.get(ATTR_VERSION)!r}, "
-                                 f"not a {SCHEMA_NAME} v{SCHEMA_VERSION} cache; choose another --out")
+                raise CacheError(
+                    f"{self.path}: holds {meta.get(ATTR_SCHEMA)!r} v{meta.get(ATTR_VERSION)!r}, "
+                    f"not a {SCHEMA_NAME} v{SCHEMA_VERSION} cache; choose another --out"
+                )
             for key, value in self.identity.items():
                 if meta.get(key) != value:
-                    raise CacheError(f"{self.path}: an existing cache with a different {key}: "
-                                     f"{meta.get(key)!r} there, {value!r} asked; choose another --out")
+                    raise CacheError(
+                        f"{self.path}: an existing cache with a different {key}: "
+                        f"{meta.get(key)!r} there, {value!r} asked; choose another --out"
+                    )
             if meta.get(ATTR_COMPLETE):
                 raise CacheComplete(self.path)
             return group
@@ -451,15 +485,29 @@ class CacheWriter:
         if any(n != PARTS_DIR for n in os.listdir(self.path)):
             raise CacheError(f"{self.path}: exists and is not a kdpipe cache; choose another --out")
         layout = {"chunk_rows": chunk_rows, "shard_rows": shard_rows, "store_ids": self.store_ids}
-        group = zarr.open_group(store, mode="w", attributes={
-            ATTR_SCHEMA: SCHEMA_NAME, ATTR_VERSION: SCHEMA_VERSION, ATTR_COMPLETE: False, ATTR_LAYOUT: layout,
-            **self.identity})
+        group = zarr.open_group(
+            store,
+            mode="w",
+            attributes={
+                ATTR_SCHEMA: SCHEMA_NAME,
+                ATTR_VERSION: SCHEMA_VERSION,
+                ATTR_COMPLETE: False,
+                ATTR_LAYOUT: layout,
+                **self.identity,
+            },
+        )
         compressor = BloscCodec(cname="zstd", clevel=9, shuffle=BloscShuffle.shuffle)
         shape = max(max_rows, 1)
         for name in (PROBS, TAIL, TOKEN_IDS) + ((TOPK_IDS,) if self.store_ids else ()):
             width = (self.k,) if name in (PROBS, TOPK_IDS) else ()
-            group.create_array(name, shape=(shape, *width), chunks=(chunk_rows, *width),
-                               shards=(shard_rows, *width), dtype=ARRAY_DTYPES[name], compressors=[compressor])
+            group.create_array(
+                name,
+                shape=(shape, *width),
+                chunks=(chunk_rows, *width),
+                shards=(shard_rows, *width),
+                dtype=ARRAY_DTYPES[name],
+                compressors=[compressor],
+            )
         return group
 
     def _read_parts(self) -> list[tuple[int, int, pa.Table]]:
@@ -474,8 +522,16 @@ class CacheWriter:
                 raise CacheError(f"{self.path}/{PARTS_DIR}: parts are not contiguous (batch {end} then {start})")
         return parts
 
-    def commit(self, batch_start: int, batch_end: int, records: list[dict], probs: np.ndarray,
-               tail: np.ndarray, token_ids: np.ndarray, topk_ids: np.ndarray | None = None) -> None:
+    def commit(
+        self,
+        batch_start: int,
+        batch_end: int,
+        records: list[dict],
+        probs: np.ndarray,
+        tail: np.ndarray,
+        token_ids: np.ndarray,
+        topk_ids: np.ndarray | None = None,
+    ) -> None:
         """Write the rows of batches ``[batch_start, batch_end)`` and mark them done.
 
         ``records``: dicts with key, task, template_id, prompt, answer, n_rows, in row order.
@@ -487,11 +543,11 @@ class CacheWriter:
         capacity = self._group[TAIL].shape[0]
         if start + n > capacity:
             raise CacheError(f"{self.path}: {start + n} rows exceed the planned {capacity}")
-        self._group[PROBS][start:start + n] = encode_probs(probs)
-        self._group[TAIL][start:start + n] = tail.astype(np.float32)
-        self._group[TOKEN_IDS][start:start + n] = token_ids.astype(np.int32)
+        self._group[PROBS][start : start + n] = encode_probs(probs)
+        self._group[TAIL][start : start + n] = tail.astype(np.float32)
+        self._group[TOKEN_IDS][start : start + n] = token_ids.astype(np.int32)
         if self.store_ids:
-            self._group[TOPK_IDS][start:start + n] = topk_ids.astype(np.int32)
+            self._group[TOPK_IDS][start : start + n] = topk_ids.astype(np.int32)
         n_rows = np.array([r["n_rows"] for r in records], dtype=np.int64)
         columns = {name: [r[name] for r in records] for name in EXAMPLE_COLUMNS.names if name != "row_start"}
         columns["row_start"] = (start + np.concatenate([[0], np.cumsum(n_rows)[:-1]])).tolist() if records else []
@@ -516,13 +572,17 @@ class CacheWriter:
         files = [p for p in _list_files(fs, root) if p != GROUP_META_FILE and not p.startswith(PARTS_DIR + "/")]
         attrs = dict(self._group.attrs.asdict())
         attrs.update(extra)
-        attrs.update({
-            ATTR_TOOL_VERSION: _tool_version(),
-            ATTR_CREATED: {"at": datetime.now(UTC).isoformat(timespec="seconds"),
-                           "on": f"{platform.node()} ({platform.platform()})"},
-            ATTR_CHECKSUMS: {p: _sha256(fs, os.path.join(root, p)) for p in files},
-            ATTR_COMPLETE: True,
-        })
+        attrs.update(
+            {
+                ATTR_TOOL_VERSION: _tool_version(),
+                ATTR_CREATED: {
+                    "at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "on": f"{platform.node()} ({platform.platform()})",
+                },
+                ATTR_CHECKSUMS: {p: _sha256(fs, os.path.join(root, p)) for p in files},
+                ATTR_COMPLETE: True,
+            }
+        )
         attrs[ATTR_DIGEST] = _attrs_digest(attrs)
         self._group.attrs.put(attrs)
         _remove_parts(self.path)
@@ -553,17 +613,37 @@ def _tool_version() -> str:
 
 def counts_attrs(examples: int, rows: int, per_task: dict, skipped: dict, truncated: dict) -> dict:
     """The ATTR_COUNTS value, built here so its keys are named in one place."""
-    return {ATTR_COUNTS: {"examples": examples, "rows": rows, "per_task": per_task, "skipped": skipped,
-                          "truncated": truncated}}
-
-
-def identity_attrs(*, teacher: dict, tokenizer_fingerprint: str, top_k: int, temperature: float, answers: str,
-                   eos_token_id: int, mixture: dict, config: dict) -> dict:
-    """The attributes that define a cache: a resumed run must match them exactly."""
     return {
-        ATTR_TEACHER: teacher, ATTR_TOKENIZER_FP: tokenizer_fingerprint, ATTR_TOP_K: top_k,
-        ATTR_TEMPERATURE: temperature, ATTR_ANSWERS: answers,
-        ATTR_EOS: {"included": True, "token_id": eos_token_id},
-        ATTR_MIXTURE: mixture, ATTR_MIXTURE_FP: fingerprint(mixture), ATTR_CONFIG: config,
+        ATTR_COUNTS: {
+            "examples": examples,
+            "rows": rows,
+            "per_task": per_task,
+            "skipped": skipped,
+            "truncated": truncated,
+        }
     }
 
+
+def identity_attrs(
+    *,
+    teacher: dict,
+    tokenizer_fingerprint: str,
+    top_k: int,
+    temperature: float,
+    answers: str,
+    eos_token_id: int,
+    mixture: dict,
+    config: dict,
+) -> dict:
+    """The attributes that define a cache: a resumed run must match them exactly."""
+    return {
+        ATTR_TEACHER: teacher,
+        ATTR_TOKENIZER_FP: tokenizer_fingerprint,
+        ATTR_TOP_K: top_k,
+        ATTR_TEMPERATURE: temperature,
+        ATTR_ANSWERS: answers,
+        ATTR_EOS: {"included": True, "token_id": eos_token_id},
+        ATTR_MIXTURE: mixture,
+        ATTR_MIXTURE_FP: fingerprint(mixture),
+        ATTR_CONFIG: config,
+    }

@@ -40,8 +40,12 @@ def _user_errors(fn):
     return wrapper
 
 
-config_option = click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-                             help="YAML config file; flags given on the command line override it.")
+config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="YAML config file; flags given on the command line override it.",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -53,8 +57,13 @@ def main(verbose: bool) -> None:
 
 
 @main.command("build-demo-models")
-@click.option("--out", type=click.Path(file_okay=False), default="models", show_default=True,
-              help="Folder for the tiny teacher and student.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="models",
+    show_default=True,
+    help="Folder for the tiny teacher and student.",
+)
 @click.option("--force", is_flag=True, help="Rebuild even when an up-to-date build is there.")
 @_user_errors
 def build_demo_models(out: str, force: bool) -> None:
@@ -110,8 +119,10 @@ def cache_verify(path: str) -> None:
     import cache_schema
 
     report = cache_schema.verify_cache(path)
-    click.echo(f"ok: {report['path']}: {report['examples']} examples, {report['rows']} rows, {report['files']} files "
-               f"checked; probabilities + tail = 1 within {report['max_sum_error']:.1e}")
+    click.echo(
+        f"ok: {report['path']}: {report['examples']} examples, {report['rows']} rows, {report['files']} files "
+        f"checked; probabilities + tail = 1 within {report['max_sum_error']:.1e}"
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,14 @@ class ConfigError(ValueError):
     """A config file or flag value that cannot be used; the message names it."""
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
-           factory: Callable[[], Any] | None = None, cli: bool = True) -> Any:
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    choices: tuple[str, ...] | None = None,
+    factory: Callable[[], Any] | None = None,
+    cli: bool = True,
+) -> Any:
     """A config field with its help text (shown by ``--help``) and, optionally, allowed values."""
     meta = {"help": help, "choices": choices, "cli": cli}
     if factory is not None:
@@ -58,16 +64,23 @@ def check_all_choices(cfg: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------- stage configs
 
-DEMO_TASKS = {"demo_yesno": 160, "demo_nli": 160, "demo_mc4": 160, "demo_qa": 160, "demo_summary": 160,
-              "demo_concepts": 160}
+DEMO_TASKS = {
+    "demo_yesno": 160,
+    "demo_nli": 160,
+    "demo_mc4": 160,
+    "demo_qa": 160,
+    "demo_summary": 160,
+    "demo_concepts": 160,
+}
 
 
 @dataclass(frozen=True)
 class TeacherCacheConfig:
     teacher: str = option("models/tiny-t5-teacher", "Teacher: a Hugging Face hub id or a local directory.")
     revision: str | None = option(None, "Hub revision (branch, tag or commit) of the teacher.")
-    tasks: dict[str, int] = option(help="Mixture: task=examples pairs, e.g. boolq=1000,squad=1000.",
-                                   factory=lambda: dict(DEMO_TASKS))
+    tasks: dict[str, int] = option(
+        help="Mixture: task=examples pairs, e.g. boolq=1000,squad=1000.", factory=lambda: dict(DEMO_TASKS)
+    )
     data_dir: str | None = option(None, "Folder of original release files, <data-dir>/<task>/; default: the hub.")
     split: str = option("train", "Split of each task the mixture is drawn from.")
     seed: int = option(0, "Seed of the mixture (examples, templates, order).")
@@ -75,16 +88,22 @@ class TeacherCacheConfig:
     field_caps: dict[str, int] = option(help="Cap named prompt fields to N words, e.g. passage=300.", factory=dict)
     top_k: int = option(64, "Probabilities kept per answer row.")
     temperature: float = option(1.0, "Softmax temperature T of the cached distributions.")
-    answers: str = option("gold", "Cache rows of the dataset answer, or of the teacher's greedy answer.",
-                          choices=("gold", "teacher"))
-    quantize: str = option("none", "Teacher weights: NF4 4-bit, int8 (bitsandbytes, CUDA) or unquantized.",
-                           choices=("none", "nf4", "int8"))
-    device: str = option("auto", "Where the teacher runs: auto picks CUDA when present.",
-                         choices=("auto", "cpu", "cuda"))
+    answers: str = option(
+        "gold", "Cache rows of the dataset answer, or of the teacher's greedy answer.", choices=("gold", "teacher")
+    )
+    quantize: str = option(
+        "none",
+        "Teacher weights: NF4 4-bit, int8 (bitsandbytes, CUDA) or unquantized.",
+        choices=("none", "nf4", "int8"),
+    )
+    device: str = option(
+        "auto", "Where the teacher runs: auto picks CUDA when present.", choices=("auto", "cpu", "cuda")
+    )
     batch_size: int = option(32, "Examples per teacher batch (batches are bucketed by length).")
     max_prompt_tokens: int = option(512, "Prompt tokens kept; longer prompts are handled per --prompt-overflow.")
-    prompt_overflow: str = option("truncate", "Longer prompts: cut to the limit, or leave the example out.",
-                                  choices=("truncate", "skip"))
+    prompt_overflow: str = option(
+        "truncate", "Longer prompts: cut to the limit, or leave the example out.", choices=("truncate", "skip")
+    )
     max_answer_tokens: int = option(128, "Answer tokens cached per example (longer answers are cut, counted).")
     store_ids: bool = option(False, "Also store the teacher token id of each top-k probability.")
     chunk_rows: int = option(4096, "Rows per Zarr chunk (the unit a reader decodes).")
@@ -92,8 +111,17 @@ class TeacherCacheConfig:
 
     def __post_init__(self) -> None:
         check_all_choices(self)
-        check_positive(self, "top_k", "temperature", "batch_size", "max_prompt_tokens", "max_answer_tokens",
-                       "chunk_rows", "shard_rows", "limit")
+        check_positive(
+            self,
+            "top_k",
+            "temperature",
+            "batch_size",
+            "max_prompt_tokens",
+            "max_answer_tokens",
+            "chunk_rows",
+            "shard_rows",
+            "limit",
+        )
         if not self.tasks:
             raise ConfigError("--tasks: the mixture names no task")
         for name, n in self.tasks.items():
@@ -162,8 +190,9 @@ def load(cls: type, path: str | Path | None, section: str, overrides: dict[str, 
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(hints))
     if unknown:
-        raise ConfigError(f"--config: unknown key {unknown[0]!r} in section {section!r} of {path}; "
-                          f"known: {', '.join(sorted(hints))}")
+        raise ConfigError(
+            f"--config: unknown key {unknown[0]!r} in section {section!r} of {path}; known: {', '.join(sorted(hints))}"
+        )
     values.update({k: v for k, v in (overrides or {}).items() if v not in (None, ()) and k in hints})
     try:
         return cls(**{k: _coerce(k, hints[k], v) for k, v in values.items()})

@@ -18,8 +18,14 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
-from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, T5Config
-from transformers import T5ForConditionalGeneration
+from transformers import (
+    GenerationConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from pipeline.config import DEMO_TASKS
 from pipeline.tasks import build_mixture
@@ -44,24 +50,35 @@ def _teacher_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     specials = ["<pad>", "</s>", "<unk>"]
-    tok.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=700, special_tokens=specials,
-                                                            unk_token="<unk>", show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                                       special_tokens=[("</s>", tok.token_to_id("</s>"))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=512)
+    tok.train_from_iterator(
+        corpus,
+        trainers.UnigramTrainer(vocab_size=700, special_tokens=specials, unk_token="<unk>", show_progress=False),
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
+    )
 
 
 def _student_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=520, special_tokens=["<|endoftext|>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                        show_progress=False))
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=520,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     eos = "<|endoftext|>"
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eos, eos_token=eos, unk_token=eos,
-                                   model_max_length=512)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=eos, eos_token=eos, unk_token=eos, model_max_length=512
+    )
 
 
 def _finetune_teacher(model: T5ForConditionalGeneration, tok: PreTrainedTokenizerFast, seed: int, steps: int) -> dict:
@@ -73,7 +90,7 @@ def _finetune_teacher(model: T5ForConditionalGeneration, tok: PreTrainedTokenize
     model.train()
     start, losses = time.monotonic(), []
     bar = tqdm(range(steps), desc="fine-tune demo teacher", unit="step", mininterval=1.0)
-    for step in bar:
+    for _ in bar:
         batch = rng.sample(pairs, 32)
         enc = tok([p for p, _ in batch], return_tensors="pt", padding=True)
         labels = tok([a for _, a in batch], return_tensors="pt", padding=True).input_ids
@@ -86,8 +103,11 @@ def _finetune_teacher(model: T5ForConditionalGeneration, tok: PreTrainedTokenize
         losses.append(loss.item())
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     model.eval()
-    return {"steps": steps, "seconds": round(time.monotonic() - start, 1),
-            "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4)}
+    return {
+        "steps": steps,
+        "seconds": round(time.monotonic() - start, 1),
+        "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
+    }
 
 
 def build(out: Path, *, seed: int = 0, force: bool = False, steps: int = TEACHER_STEPS) -> dict:
@@ -101,22 +121,41 @@ def build(out: Path, *, seed: int = 0, force: bool = False, steps: int = TEACHER
     corpus = _corpus(seed)
     t_tok, s_tok = _teacher_tokenizer(corpus), _student_tokenizer(corpus)
 
-    t_cfg = T5Config(vocab_size=len(t_tok), d_model=96, d_ff=192, d_kv=24, num_heads=4, num_layers=2,
-                     num_decoder_layers=2, dropout_rate=0.0, pad_token_id=t_tok.pad_token_id,
-                     eos_token_id=t_tok.eos_token_id, decoder_start_token_id=t_tok.pad_token_id,
-                     tie_word_embeddings=False)
+    t_cfg = T5Config(
+        vocab_size=len(t_tok),
+        d_model=96,
+        d_ff=192,
+        d_kv=24,
+        num_heads=4,
+        num_layers=2,
+        num_decoder_layers=2,
+        dropout_rate=0.0,
+        pad_token_id=t_tok.pad_token_id,
+        eos_token_id=t_tok.eos_token_id,
+        decoder_start_token_id=t_tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
     teacher = T5ForConditionalGeneration(t_cfg)
     training = _finetune_teacher(teacher, t_tok, seed, steps)
-    teacher.generation_config = GenerationConfig(decoder_start_token_id=t_tok.pad_token_id,
-                                                 eos_token_id=t_tok.eos_token_id, pad_token_id=t_tok.pad_token_id)
+    teacher.generation_config = GenerationConfig(
+        decoder_start_token_id=t_tok.pad_token_id, eos_token_id=t_tok.eos_token_id, pad_token_id=t_tok.pad_token_id
+    )
     _save(teacher, t_tok, teacher_dir, {**stamp, "training": training})
 
     torch.manual_seed(seed + 1)
-    s_cfg = GPT2Config(vocab_size=len(s_tok), n_embd=96, n_layer=2, n_head=4, n_positions=512,
-                       bos_token_id=s_tok.eos_token_id, eos_token_id=s_tok.eos_token_id)
+    s_cfg = GPT2Config(
+        vocab_size=len(s_tok),
+        n_embd=96,
+        n_layer=2,
+        n_head=4,
+        n_positions=512,
+        bos_token_id=s_tok.eos_token_id,
+        eos_token_id=s_tok.eos_token_id,
+    )
     student = GPT2LMHeadModel(s_cfg)
-    student.generation_config = GenerationConfig(bos_token_id=s_tok.eos_token_id, eos_token_id=s_tok.eos_token_id,
-                                                 pad_token_id=s_tok.eos_token_id)
+    student.generation_config = GenerationConfig(
+        bos_token_id=s_tok.eos_token_id, eos_token_id=s_tok.eos_token_id, pad_token_id=s_tok.eos_token_id
+    )
     _save(student, s_tok, student_dir, stamp)
     return {"teacher": str(teacher_dir), "student": str(student_dir), "built": True, "teacher_training": training}
 

@@ -29,24 +29,36 @@ def _quantization_config(quantize: str, device: torch.device):
     if quantize == "none":
         return None
     if device.type != "cuda":
-        raise ModelError(f"--quantize {quantize}: bitsandbytes {quantize} needs a CUDA GPU and none is in use "
-                         "(use --quantize none on the CPU)")
+        raise ModelError(
+            f"--quantize {quantize}: bitsandbytes {quantize} needs a CUDA GPU and none is in use "
+            "(use --quantize none on the CPU)"
+        )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ModelError(f"--quantize {quantize}: bitsandbytes is not installed (pip install 'kdpipe[quant]')") from None
+        raise ModelError(
+            f"--quantize {quantize}: bitsandbytes is not installed (pip install 'kdpipe[quant]')"
+        ) from None
     from transformers import BitsAndBytesConfig
 
     if quantize == "nf4":
         # bf16 compute: FLAN-T5 overflows in fp16 (https://github.com/huggingface/transformers/pull/22095).
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.bfloat16)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def load_model(name: str, *, revision: str | None = None, quantize: str = "none", device: torch.device,
-               role: str = "model"):
+def load_model(
+    name: str, *, revision: str | None = None, quantize: str = "none", device: torch.device, role: str = "model"
+):
     """Load a seq2seq or causal LM and its tokenizer; returns (model, tokenizer, provenance dict)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bars report progress; a per-load bar is noise in logs
     try:
         config = AutoConfig.from_pretrained(name, revision=revision)
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
@@ -66,13 +78,21 @@ def load_model(name: str, *, revision: str | None = None, quantize: str = "none"
     if quantization is None:
         model.to(device)
     model.eval()
-    info = {"id": name, "revision": revision or getattr(config, "_commit_hash", None), "quantization": quantize,
-            "compute_dtype": str(dtype).removeprefix("torch."), "architecture": (config.architectures or [cls.__name__])[0]}
+    info = {
+        "id": name,
+        "revision": revision or getattr(config, "_commit_hash", None),
+        "quantization": quantize,
+        "compute_dtype": str(dtype).removeprefix("torch."),
+        "architecture": (config.architectures or [cls.__name__])[0],
+    }
     return model, tokenizer, info
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 over the vocabulary and special tokens: two tokenizers with the same ids get the same value."""
-    payload = {"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.special_tokens_map,
-               "class": type(tokenizer).__name__}
+    payload = {
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "special": tokenizer.special_tokens_map,
+        "class": type(tokenizer).__name__,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

@@ -46,8 +46,9 @@ class TeacherCacheResult:
     path: str
     examples: int
     rows: int
-    seconds: float
+    seconds: float  # teacher loop and finalize
     resumed_from_batch: int
+    prepare_seconds: float = 0.0  # mixture, tokenization and batch plan
     already_complete: bool = False
     skipped: dict = field(default_factory=dict)
     truncated: dict = field(default_factory=dict)
@@ -57,28 +58,53 @@ def run(cfg: TeacherCacheConfig, out: str | Path) -> TeacherCacheResult:
     """Write (or resume, or confirm) the cache for ``cfg`` at ``out``."""
     out = str(out)
     device = pick_device(cfg.device)
-    mixture = build_mixture(cfg.tasks, split=cfg.split, data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
-                            seed=cfg.seed, caps=cfg.field_caps)
+    model, tokenizer, teacher_info = load_model(
+        cfg.teacher, revision=cfg.revision, quantize=cfg.quantize, device=device, role="teacher"
+    )
+    prepare_start = time.monotonic()
+    mixture = build_mixture(
+        cfg.tasks,
+        split=cfg.split,
+        data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
+        seed=cfg.seed,
+        caps=cfg.field_caps,
+    )
     examples = mixture.examples[: cfg.limit] if cfg.limit else mixture.examples
-    model, tokenizer, teacher_info = load_model(cfg.teacher, revision=cfg.revision, quantize=cfg.quantize,
-                                                device=device, role="teacher")
     prepared, skipped, truncated = _tokenize(examples, tokenizer, cfg, model.config.is_encoder_decoder)
     skipped = {"source": mixture.skipped, **skipped}
     plan = _plan_batches(prepared, cfg.batch_size, cfg.seed)
     identity = cache_schema.identity_attrs(
-        teacher=teacher_info, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer), top_k=cfg.top_k,
-        temperature=cfg.temperature, answers=cfg.answers, eos_token_id=tokenizer.eos_token_id,
-        mixture=mixture_spec(cfg.tasks, split=cfg.split, seed=cfg.seed, limit=cfg.limit, caps=cfg.field_caps,
-                             source="files" if cfg.data_dir else "hub"),
-        config=to_dict(cfg))
+        teacher=teacher_info,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        top_k=cfg.top_k,
+        temperature=cfg.temperature,
+        answers=cfg.answers,
+        eos_token_id=tokenizer.eos_token_id,
+        mixture=mixture_spec(
+            cfg.tasks,
+            split=cfg.split,
+            seed=cfg.seed,
+            limit=cfg.limit,
+            caps=cfg.field_caps,
+            source="files" if cfg.data_dir else "hub",
+        ),
+        config=to_dict(cfg),
+    )
     max_rows = len(prepared) * cfg.max_answer_tokens
     try:
-        writer = cache_schema.CacheWriter(out, identity, max_rows=max_rows, store_ids=cfg.store_ids,
-                                          chunk_rows=cfg.chunk_rows, shard_rows=cfg.shard_rows)
+        writer = cache_schema.CacheWriter(
+            out,
+            identity,
+            max_rows=max_rows,
+            store_ids=cfg.store_ids,
+            chunk_rows=cfg.chunk_rows,
+            shard_rows=cfg.shard_rows,
+        )
     except cache_schema.CacheComplete:
         meta = cache_schema.open_cache(out).meta
         counts = meta[cache_schema.ATTR_COUNTS]
         return TeacherCacheResult(out, counts["examples"], counts["rows"], 0.0, len(plan), already_complete=True)
+    prepare_seconds = time.monotonic() - prepare_start
     resumed_from = writer.next_batch
     if resumed_from:
         log.info("resuming %s: %d of %d batches already committed", out, resumed_from, len(plan))
@@ -86,8 +112,16 @@ def run(cfg: TeacherCacheConfig, out: str | Path) -> TeacherCacheResult:
     _write_batches(model, tokenizer, prepared, plan, writer, cfg, device)
     per_task = _per_task_counts(writer)
     writer.finalize(cache_schema.counts_attrs(writer.examples, writer.rows, per_task, skipped, truncated))
-    return TeacherCacheResult(out, writer.examples, writer.rows, time.monotonic() - start, resumed_from,
-                              skipped=skipped, truncated=truncated)
+    return TeacherCacheResult(
+        out,
+        writer.examples,
+        writer.rows,
+        time.monotonic() - start,
+        resumed_from,
+        prepare_seconds,
+        skipped=skipped,
+        truncated=truncated,
+    )
 
 
 def _tokenize(examples: list[MixtureExample], tokenizer, cfg: TeacherCacheConfig, seq2seq: bool):
@@ -127,8 +161,10 @@ def _plan_batches(prepared: list[_Prepared], batch_size: int, seed: int) -> list
     window = batch_size * BUCKET_BATCHES
     batches = []
     for w in range(0, len(order), window):
-        chunk = sorted(order[w:w + window], key=lambda i: (len(prepared[i].prompt_ids) + len(prepared[i].answer_ids), i))
-        batches += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+        chunk = sorted(
+            order[w : w + window], key=lambda i: (len(prepared[i].prompt_ids) + len(prepared[i].answer_ids), i)
+        )
+        batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -162,7 +198,7 @@ def _teacher_rows(model, tokenizer, items: list[_Prepared], cfg: TeacherCacheCon
         rows, ids = [], []
         for b, (it, a) in enumerate(zip(items, answers, strict=True)):
             p = len(it.prompt_ids)
-            rows.append(out[b, p - 1:p - 1 + len(a)])  # row predicting each answer token
+            rows.append(out[b, p - 1 : p - 1 + len(a)])  # row predicting each answer token
             ids.append(torch.tensor(a, device=device))
         logits, token_ids = torch.cat(rows), torch.cat(ids)
     probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)  # [R, V], float32
@@ -173,8 +209,13 @@ def _teacher_rows(model, tokenizer, items: list[_Prepared], cfg: TeacherCacheCon
     if k < cfg.top_k:  # a vocabulary smaller than k: the missing ranks hold zero mass
         values = torch.nn.functional.pad(values, (0, cfg.top_k - k))
         indices = torch.nn.functional.pad(indices, (0, cfg.top_k - k))
-    return (answers, values.cpu().numpy(), tail.cpu().numpy(), token_ids.cpu().numpy(),
-            indices.cpu().numpy() if cfg.store_ids else None)
+    return (
+        answers,
+        values.cpu().numpy(),
+        tail.cpu().numpy(),
+        token_ids.cpu().numpy(),
+        indices.cpu().numpy() if cfg.store_ids else None,
+    )
 
 
 def _mask(seqs: list[list[int]]) -> torch.Tensor:
@@ -187,22 +228,40 @@ def _generate(model, items: list[_Prepared], pad: int, eos: int, cfg: TeacherCac
     if model.config.is_encoder_decoder:
         input_ids = _pad([it.prompt_ids for it in items], pad).to(device)
         mask = _mask([it.prompt_ids for it in items]).to(device)
-        out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=cfg.max_answer_tokens,
-                             do_sample=False, num_beams=1)[:, 1:]  # drop the decoder start token
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=cfg.max_answer_tokens,
+            do_sample=False,
+            num_beams=1,
+        )[:, 1:]  # drop the decoder start token
     else:  # left-pad prompts for a decoder-only teacher
         width = max(len(it.prompt_ids) for it in items)
         input_ids = torch.tensor([[pad] * (width - len(it.prompt_ids)) + it.prompt_ids for it in items]).to(device)
         mask = torch.tensor([[0] * (width - len(it.prompt_ids)) + [1] * len(it.prompt_ids) for it in items]).to(device)
-        out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=cfg.max_answer_tokens,
-                             do_sample=False, num_beams=1, pad_token_id=pad)[:, width:]
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            max_new_tokens=cfg.max_answer_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad,
+        )[:, width:]
     answers = []
     for row in out.tolist():
         answers.append(row[: row.index(eos) + 1] if eos in row else [t for t in row if t != pad] or [eos])
     return answers
 
 
-def _write_batches(model, tokenizer, prepared: list[_Prepared], plan: list[list[int]],
-                   writer: cache_schema.CacheWriter, cfg: TeacherCacheConfig, device: torch.device) -> None:
+def _write_batches(
+    model,
+    tokenizer,
+    prepared: list[_Prepared],
+    plan: list[list[int]],
+    writer: cache_schema.CacheWriter,
+    cfg: TeacherCacheConfig,
+    device: torch.device,
+) -> None:
     """Compute the remaining batches; a background thread commits them so the teacher never waits on disk."""
     committer = _Committer(writer, cfg.shard_rows)
     done = sum(len(b) for b in plan[: writer.next_batch])
@@ -212,11 +271,19 @@ def _write_batches(model, tokenizer, prepared: list[_Prepared], plan: list[list[
         for b in range(writer.next_batch, len(plan)):
             items = [prepared[i] for i in plan[b]]
             answers, probs, tail, token_ids, topk_ids = _teacher_rows(model, tokenizer, items, cfg, device)
-            records = [{"key": it.example.key, "task": it.example.task, "template_id": it.example.template_id,
-                        "prompt": it.example.prompt,
-                        "answer": it.example.answer if cfg.answers == "gold" else
-                        tokenizer.decode(a, skip_special_tokens=True),
-                        "n_rows": len(a)} for it, a in zip(items, answers, strict=True)]
+            records = [
+                {
+                    "key": it.example.key,
+                    "task": it.example.task,
+                    "template_id": it.example.template_id,
+                    "prompt": it.example.prompt,
+                    "answer": it.example.answer
+                    if cfg.answers == "gold"
+                    else tokenizer.decode(a, skip_special_tokens=True),
+                    "n_rows": len(a),
+                }
+                for it, a in zip(items, answers, strict=True)
+            ]
             committer.put(b, records, probs, tail, token_ids, topk_ids)
             rows += len(tail)
             elapsed = max(time.monotonic() - start, 1e-9)
@@ -270,8 +337,15 @@ class _Committer:
     def _commit(self, first: int, pending: list) -> None:
         cat = np.concatenate
         topk = cat([p[5] for p in pending]) if pending[0][5] is not None else None
-        self.writer.commit(first, pending[-1][0] + 1, [r for p in pending for r in p[1]], cat([p[2] for p in pending]),
-                           cat([p[3] for p in pending]), cat([p[4] for p in pending]), topk)
+        self.writer.commit(
+            first,
+            pending[-1][0] + 1,
+            [r for p in pending for r in p[1]],
+            cat([p[2] for p in pending]),
+            cat([p[3] for p in pending]),
+            cat([p[4] for p in pending]),
+            topk,
+        )
 
 
 def _per_task_counts(writer: cache_schema.CacheWriter) -> dict:

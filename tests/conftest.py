@@ -34,5 +34,11 @@ def run_kdpipe(*args: str, cwd: Path | None = None, timeout: float = 600):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd or REPO, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )

@@ -22,24 +22,43 @@ def peaked_rows(rng: np.random.Generator, n: int, k: int, vocab: int = 512) -> t
 
 
 def identity(k: int = 8) -> dict:
-    return cs.identity_attrs(teacher={"id": "t"}, tokenizer_fingerprint="f", top_k=k, temperature=1.0,
-                             answers="gold", eos_token_id=1, mixture={"tasks": {"a": 3}}, config={"x": 1})
+    return cs.identity_attrs(
+        teacher={"id": "t"},
+        tokenizer_fingerprint="f",
+        top_k=k,
+        temperature=1.0,
+        answers="gold",
+        eos_token_id=1,
+        mixture={"tasks": {"a": 3}},
+        config={"x": 1},
+    )
 
 
-def write_cache(path: Path, lengths=(3, 1, 5, 2), k: int = 8, store_ids: bool = False, seed: int = 0,
-                commit_every: int = 2) -> dict:
+def write_cache(
+    path: Path, lengths=(3, 1, 5, 2), k: int = 8, store_ids: bool = False, seed: int = 0, commit_every: int = 2
+) -> dict:
     """A small finished cache; returns what was written, for comparison."""
     rng = np.random.default_rng(seed)
-    writer = cs.CacheWriter(path, identity(k), max_rows=sum(lengths) + 10, store_ids=store_ids, chunk_rows=4,
-                            shard_rows=8)
+    writer = cs.CacheWriter(
+        path, identity(k), max_rows=sum(lengths) + 10, store_ids=store_ids, chunk_rows=4, shard_rows=8
+    )
     written = {"probs": [], "tail": [], "ids": [], "topk": [], "keys": []}
     for b in range(0, len(lengths), commit_every):
-        group = lengths[b:b + commit_every]
+        group = lengths[b : b + commit_every]
         probs, tail = peaked_rows(rng, sum(group), k)
         ids = rng.integers(0, 500, sum(group)).astype(np.int32)
         topk = rng.integers(0, 500, (sum(group), k)).astype(np.int32)
-        records = [{"key": f"k{b + i}", "task": "a" if (b + i) % 2 else "b", "template_id": 0, "prompt": "p",
-                    "answer": "a", "n_rows": n} for i, n in enumerate(group)]
+        records = [
+            {
+                "key": f"k{b + i}",
+                "task": "a" if (b + i) % 2 else "b",
+                "template_id": 0,
+                "prompt": "p",
+                "answer": "a",
+                "n_rows": n,
+            }
+            for i, n in enumerate(group)
+        ]
         writer.commit(b, b + len(group), records, probs, tail, ids, topk if store_ids else None)
         for key, arr in (("probs", probs), ("tail", tail), ("ids", ids), ("topk", topk)):
             written[key].append(arr)
@@ -72,10 +91,10 @@ def test_written_cache_reads_back(tmp_path):
     for i, n in enumerate((3, 1, 5, 2)):
         ex = cache[i]
         assert ex.probs.shape == (n, 8) and ex.probs.dtype == np.float32
-        assert np.abs(ex.probs - written["probs"][start:start + n]).sum(1).max() <= cs.decode_tolerance(8)
-        np.testing.assert_array_equal(ex.tail, written["tail"][start:start + n])
-        np.testing.assert_array_equal(ex.token_ids, written["ids"][start:start + n])
-        np.testing.assert_array_equal(ex.topk_ids, written["topk"][start:start + n])
+        assert np.abs(ex.probs - written["probs"][start : start + n]).sum(1).max() <= cs.decode_tolerance(8)
+        np.testing.assert_array_equal(ex.tail, written["tail"][start : start + n])
+        np.testing.assert_array_equal(ex.token_ids, written["ids"][start : start + n])
+        np.testing.assert_array_equal(ex.topk_ids, written["topk"][start : start + n])
         start += n
     assert cache[-1].key == "k3"
     with pytest.raises(IndexError):
@@ -100,8 +119,14 @@ def test_cache_opens_from_a_zip_in_place(tmp_path):
 def test_incomplete_cache_is_refused_and_summarised(tmp_path):
     writer = cs.CacheWriter(tmp_path / "c", identity(), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
     probs, tail = peaked_rows(np.random.default_rng(0), 3, 8)
-    writer.commit(0, 1, [{"key": "a", "task": "t", "template_id": 0, "prompt": "p", "answer": "a", "n_rows": 3}],
-                  probs, tail, np.zeros(3, np.int32))
+    writer.commit(
+        0,
+        1,
+        [{"key": "a", "task": "t", "template_id": 0, "prompt": "p", "answer": "a", "n_rows": 3}],
+        probs,
+        tail,
+        np.zeros(3, np.int32),
+    )
     with pytest.raises(cs.CacheError, match="incomplete"):
         cs.open_cache(tmp_path / "c")
     text = cs.summary(tmp_path / "c")

@@ -71,9 +71,7 @@ def _cap(text: str, max_words: int | None) -> str:
     return text if len(words) <= max_words else " ".join(words[:max_words])
 
 
-def render(
-    task: Task, record: Record, template_id: int, caps: Mapping[str, int] | None = None
-) -> tuple[str, str]:
+def render(task: Task, record: Record, template_id: int, caps: Mapping[str, int] | None = None) -> tuple[str, str]:
     """Render ``record`` with template ``template_id``; ``caps`` limits named fields to that many words."""
     template = task.templates[template_id]
     caps = caps or {}
@@ -146,15 +144,25 @@ def build_mixture(
         for i, record in enumerate(loaded.records[:n]):
             template_id = random.Random(f"{seed}:{name}:{i}").randrange(len(task.templates))
             prompt, answer = render(task, record, template_id, caps)
-            examples.append(MixtureExample(example_key(name, template_id, prompt, answer), name, template_id, prompt, answer))
+            examples.append(
+                MixtureExample(example_key(name, template_id, prompt, answer), name, template_id, prompt, answer)
+            )
     random.Random(seed).shuffle(examples)
     return Mixture(examples, skipped)
 
 
-def mixture_spec(tasks: Mapping[str, int], *, split: str, seed: int, limit: int | None,
-                 caps: Mapping[str, int] | None, source: str) -> dict:
+def mixture_spec(
+    tasks: Mapping[str, int], *, split: str, seed: int, limit: int | None, caps: Mapping[str, int] | None, source: str
+) -> dict:
     """What defines a mixture, recorded in a cache: two equal specs over the same sources give equal examples."""
     templates = {name: [[t.prompt, t.answer] for t in get_task(name).templates] for name in tasks}
     digest = hashlib.sha256(repr(sorted(templates.items())).encode()).hexdigest()
-    return {"tasks": dict(tasks), "split": split, "seed": seed, "limit": limit, "field_caps": dict(caps or {}),
-            "source": source, "templates_sha256": digest}
+    return {
+        "tasks": dict(tasks),
+        "split": split,
+        "seed": seed,
+        "limit": limit,
+        "field_caps": dict(caps or {}),
+        "source": source,
+        "templates_sha256": digest,
+    }

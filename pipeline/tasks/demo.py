@@ -32,8 +32,12 @@ def _yesno(r: random.Random) -> Record:
     animal, color, place = r.choice(ANIMALS), r.choice(COLORS), r.choice(PLACES)
     asked = place if r.random() < 0.5 else r.choice([p for p in PLACES if p != place])
     passage = f"The {color} {animal} lives near the {place}. It eats {r.choice(FOODS)} every day."
-    return Record({"passage": passage, "question": f"does the {animal} live near the {asked}"},
-                  ("yes" if asked == place else "no",), options=("no", "yes"), label=int(asked == place))
+    return Record(
+        {"passage": passage, "question": f"does the {animal} live near the {asked}"},
+        ("yes" if asked == place else "no",),
+        options=("no", "yes"),
+        label=int(asked == place),
+    )
 
 
 def _nli(r: random.Random) -> Record:
@@ -51,8 +55,12 @@ def _mc4(r: random.Random) -> Record:
     wrong = r.sample([f for f in FOODS if f != food], 3)
     options = [food, *wrong]
     r.shuffle(options)
-    return Record({"context": context, "question": f"What did {name} buy?"}, (food,),
-                  options=tuple(options), label=options.index(food))
+    return Record(
+        {"context": context, "question": f"What did {name} buy?"},
+        (food,),
+        options=tuple(options),
+        label=options.index(food),
+    )
 
 
 def _qa(r: random.Random) -> Record:
@@ -74,8 +82,11 @@ def _concepts(r: random.Random) -> Record:
     thing = r.choice(sorted(VERBS))
     animal, place = r.choice(ANIMALS), r.choice(PLACES)
     concepts = (animal, thing, place)
-    return Record({"concepts": ", ".join(concepts)}, (f"The {animal} {VERBS[thing]} a {thing} at the {place}.",),
-                  concepts=concepts)
+    return Record(
+        {"concepts": ", ".join(concepts)},
+        (f"The {animal} {VERBS[thing]} a {thing} at the {place}.",),
+        concepts=concepts,
+    )
 
 
 def _loader(name: str, make):
@@ -87,27 +98,78 @@ def _loader(name: str, make):
 
 
 DEMO_TASKS: tuple[Task, ...] = (
-    Task("demo_yesno", "options",
-         (Template("{passage}\n\nQuestion: {question}?\n{options}"),
-          Template("Read the text and answer yes or no.\n{passage}\n{question}?\n{options}")),
-         ("accuracy",), 4, _loader("demo_yesno", _yesno), "yes/no question over a passage (BoolQ shape)"),
-    Task("demo_nli", "options",
-         (Template("Premise: {premise}\nHypothesis: {hypothesis}\nDoes the premise entail the hypothesis?\n{options}"),
-          Template("{premise}\nCan we conclude that \"{hypothesis}\"?\n{options}")),
-         ("accuracy",), 8, _loader("demo_nli", _nli), "3-way entailment (ANLI shape)"),
-    Task("demo_mc4", "options",
-         (Template("{context}\nQuestion: {question}\n{options}"),
-          Template("Answer the question about the story.\n{context}\n{question}\n{options}")),
-         ("accuracy",), 6, _loader("demo_mc4", _mc4), "4-way multiple choice (CosmosQA shape)"),
-    Task("demo_qa", "generate",
-         (Template("{context}\n\nAnswer the question from the text: {question}"),
-          Template("Read this and answer.\n{context}\nQ: {question}")),
-         ("squad",), 12, _loader("demo_qa", _qa), "extractive QA (SQuAD shape)"),
-    Task("demo_summary", "generate",
-         (Template("Summarize this dialogue:\n{dialogue}"), Template("{dialogue}\n\nWhat was this conversation about?")),
-         ("rouge_l",), 24, _loader("demo_summary", _summary), "dialogue summary (SAMSum shape)"),
-    Task("demo_concepts", "generate",
-         (Template("Write a sentence using these concepts: {concepts}"),
-          Template("Concepts: {concepts}\nMake a sentence with all of them.")),
-         ("rouge_l", "coverage"), 24, _loader("demo_concepts", _concepts), "concepts to sentence (CommonGen shape)"),
+    Task(
+        "demo_yesno",
+        "options",
+        (
+            Template("{passage}\n\nQuestion: {question}?\n{options}"),
+            Template("Read the text and answer yes or no.\n{passage}\n{question}?\n{options}"),
+        ),
+        ("accuracy",),
+        4,
+        _loader("demo_yesno", _yesno),
+        "yes/no question over a passage (BoolQ shape)",
+    ),
+    Task(
+        "demo_nli",
+        "options",
+        (
+            Template(
+                "Premise: {premise}\nHypothesis: {hypothesis}\nDoes the premise entail the hypothesis?\n{options}"
+            ),
+            Template('{premise}\nCan we conclude that "{hypothesis}"?\n{options}'),
+        ),
+        ("accuracy",),
+        8,
+        _loader("demo_nli", _nli),
+        "3-way entailment (ANLI shape)",
+    ),
+    Task(
+        "demo_mc4",
+        "options",
+        (
+            Template("{context}\nQuestion: {question}\n{options}"),
+            Template("Answer the question about the story.\n{context}\n{question}\n{options}"),
+        ),
+        ("accuracy",),
+        6,
+        _loader("demo_mc4", _mc4),
+        "4-way multiple choice (CosmosQA shape)",
+    ),
+    Task(
+        "demo_qa",
+        "generate",
+        (
+            Template("{context}\n\nAnswer the question from the text: {question}"),
+            Template("Read this and answer.\n{context}\nQ: {question}"),
+        ),
+        ("squad",),
+        12,
+        _loader("demo_qa", _qa),
+        "extractive QA (SQuAD shape)",
+    ),
+    Task(
+        "demo_summary",
+        "generate",
+        (
+            Template("Summarize this dialogue:\n{dialogue}"),
+            Template("{dialogue}\n\nWhat was this conversation about?"),
+        ),
+        ("rouge_l",),
+        24,
+        _loader("demo_summary", _summary),
+        "dialogue summary (SAMSum shape)",
+    ),
+    Task(
+        "demo_concepts",
+        "generate",
+        (
+            Template("Write a sentence using these concepts: {concepts}"),
+            Template("Concepts: {concepts}\nMake a sentence with all of them."),
+        ),
+        ("rouge_l", "coverage"),
+        24,
+        _loader("demo_concepts", _concepts),
+        "concepts to sentence (CommonGen shape)",
+    ),
 )
