@@ -30,7 +30,7 @@ def peaked_top_k(rng: np.random.Generator, n: int, k: int, vocab: int, batch: in
     for start in range(0, n, batch):
         m = min(batch, n - start)
         logits = prior + rng.standard_normal((m, vocab), dtype=np.float32) * 1.5
-        confidence = rng.choice([9.0, 4.0, 0.5], size=(m, 1), p=[0.6, 0.3, 0.1]).astype(np.float32)
+        confidence = rng.choice([7.0, 3.5, 0.5], size=(m, 1), p=[0.5, 0.35, 0.15]).astype(np.float32)
         logits[:, :1] += confidence + rng.uniform(-1, 1, (m, 1)).astype(np.float32)
         logits -= logits.max(1, keepdims=True)
         p = np.exp(logits)
@@ -48,7 +48,7 @@ def dir_bytes(path: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=32128)
     parser.add_argument("--seed", type=int, default=0)

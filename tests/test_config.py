@@ -1,0 +1,53 @@
+import pytest
+
+from pipeline.config import ConfigError, TeacherCacheConfig, load, to_dict
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_file_values_then_flags_override(tmp_path):
+    path = write(tmp_path, "teacher_cache:\n  top_k: 32\n  tasks: {demo_qa: 5}\n  seed: 3\n")
+    cfg = load(TeacherCacheConfig, path, "teacher_cache", {"seed": 7, "batch_size": None})
+    assert (cfg.top_k, cfg.seed, cfg.tasks, cfg.batch_size) == (32, 7, {"demo_qa": 5}, 32)
+    assert to_dict(cfg)["top_k"] == 32
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'topk'.*known: .*top_k"):
+        load(TeacherCacheConfig, write(tmp_path, "teacher_cache:\n  topk: 3\n"), "teacher_cache")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("teacher_cache:\n  top_k: many\n", "--top-k: expected int, got 'many'"),
+        ("teacher_cache:\n  top_k: 2.5\n", "--top-k: expected an integer"),
+        ("teacher_cache:\n  store_ids: maybe\n", "--store-ids: expected true or false"),
+        ("teacher_cache:\n  tasks: [a, b]\n", "--tasks: expected a mapping"),
+        ("teacher_cache:\n  tasks: {demo_qa: 0}\n", "--tasks: demo_qa=0 must be a positive"),
+        ("teacher_cache:\n  answers: silver\n", "--answers: 'silver' is not one of gold, teacher"),
+        ("teacher_cache: [1, 2]\n", "section 'teacher_cache'.* must be a mapping"),
+        ("teacher_cache: {top_k: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_values_name_the_flag(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load(TeacherCacheConfig, write(tmp_path, text), "teacher_cache")
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(TeacherCacheConfig, tmp_path / "none.yaml", "teacher_cache")
+
+
+def test_shipped_configs_load():
+    from tests.conftest import REPO
+
+    for name in ("demo.yaml", "flan-t5-xxl.yaml"):
+        cfg = load(TeacherCacheConfig, REPO / "configs" / name, "teacher_cache")
+        assert cfg.top_k == 64
+    assert load(TeacherCacheConfig, REPO / "configs" / "flan-t5-xxl.yaml", "teacher_cache").quantize == "nf4"

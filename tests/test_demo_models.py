@@ -1,0 +1,64 @@
+import json
+
+import torch
+
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from pipeline import demo_models as builder
+from pipeline.tasks import build_mixture, get_task, render
+from pipeline.tasks.demo import DEMO_TASKS
+
+
+def test_demo_models_load_like_real_checkpoints_with_different_tokenizers(demo_models):
+    t_tok = AutoTokenizer.from_pretrained(demo_models["teacher"])
+    s_tok = AutoTokenizer.from_pretrained(demo_models["student"])
+    teacher = AutoModelForSeq2SeqLM.from_pretrained(demo_models["teacher"])
+    student = AutoModelForCausalLM.from_pretrained(demo_models["student"])
+    assert teacher.config.model_type == "t5" and student.config.model_type == "gpt2"
+    assert len(t_tok) != len(s_tok)
+    text = "Summarize this dialogue: Ana: Shall we meet on Monday?"
+    assert t_tok(text).input_ids != s_tok(text).input_ids
+    assert t_tok(text).input_ids[-1] == t_tok.eos_token_id  # T5-style: the tokenizer appends EOS
+    assert t_tok.decode(t_tok(text).input_ids, skip_special_tokens=True) == text
+    assert s_tok.decode(s_tok(text).input_ids) == text  # byte-level BPE round-trips exactly
+
+
+def test_demo_teacher_was_fine_tuned_so_its_distributions_carry_signal(demo_models):
+    stamp = json.loads((demo_models["teacher"] / builder.STAMP).read_text())
+    assert stamp["training"]["steps"] == builder.TEACHER_STEPS
+    tok = AutoTokenizer.from_pretrained(demo_models["teacher"])
+    trained = AutoModelForSeq2SeqLM.from_pretrained(demo_models["teacher"]).eval()
+    torch.manual_seed(0)
+    untrained = AutoModelForSeq2SeqLM.from_config(trained.config).eval()
+    examples = build_mixture({t.name: 8 for t in DEMO_TASKS}, split="validation", data_dir=None, seed=5).examples
+    enc = tok([e.prompt for e in examples], return_tensors="pt", padding=True)
+    labels = tok([e.answer for e in examples], return_tensors="pt", padding=True).input_ids
+    labels[labels == tok.pad_token_id] = -100
+    with torch.no_grad():
+        trained_ce, untrained_ce = (m(**enc, labels=labels).loss.item() for m in (trained, untrained))
+    assert trained_ce < 1.0 < 4.0 < untrained_ce  # held-out answers: far better than an untrained teacher
+
+
+def test_build_is_skipped_when_up_to_date(demo_models):
+    before = (demo_models["teacher"] / "model.safetensors").stat().st_mtime_ns
+    assert builder.build(demo_models["teacher"].parent)["built"] is False
+    assert (demo_models["teacher"] / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_demo_tasks_are_seeded_and_splits_differ():
+    a = build_mixture({t.name: 20 for t in DEMO_TASKS}, split="train", data_dir=None, seed=3)
+    b = build_mixture({t.name: 20 for t in DEMO_TASKS}, split="train", data_dir=None, seed=3)
+    c = build_mixture({t.name: 20 for t in DEMO_TASKS}, split="validation", data_dir=None, seed=3)
+    assert [e.key for e in a.examples] == [e.key for e in b.examples]
+    assert not {e.key for e in a.examples} & {e.key for e in c.examples}
+    assert {e.template_id for e in a.examples} == {0, 1}
+
+
+def test_every_demo_template_renders_and_option_answers_are_options():
+    for task in DEMO_TASKS:
+        record = task.load("train", None, 1, 0).records[0]
+        for template_id in range(len(task.templates)):
+            prompt, answer = render(get_task(task.name), record, template_id)
+            assert prompt and answer
+            if task.kind == "options":
+                assert answer in record.options and "OPTIONS:" in prompt
