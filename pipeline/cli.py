@@ -132,7 +132,7 @@ def eval_group(ctx: click.Context, config_file: str | None, **flags) -> None:
     if ctx.invoked_subcommand is not None:
         given = [k for k, v in flags.items() if v not in (None, ())] + (["config"] if config_file else [])
         if given:
-            raise click.UsageError(f"`kdpipe eval {ctx.invoked_subcommand}` takes no evaluation flags "
+            raise click.ClickException(f"`kdpipe eval {ctx.invoked_subcommand}` takes no evaluation flags "
                                    f"(got --{given[0].replace('_', '-')})")
         return
     from stages import eval as stage
@@ -178,13 +178,11 @@ def generate(model: str, prompt: str, max_new_tokens: int, max_prompt_tokens: in
     """Print the model's greedy completion of PROMPT, encoded as in training and evaluation."""
     from pipeline.models import load_model, pick_device
     from pipeline.scoring import EvalModel
-    from stages.eval import _check_model
 
     if max_new_tokens <= 0 or max_prompt_tokens <= 0:
         raise click.ClickException("--max-new-tokens and --max-prompt-tokens must be > 0")
-    _check_model(model)
-    lm = EvalModel(*load_model(model, device=pick_device(device))[:2], max_prompt_tokens=max_prompt_tokens,
-                   batch_size=1)
+    loaded, tokenizer, _ = load_model(model, device=pick_device(device), role="--model")
+    lm = EvalModel(loaded, tokenizer, max_prompt_tokens=max_prompt_tokens, batch_size=1)
     click.echo(lm.generate([prompt], max_new_tokens)[0])
 
 
