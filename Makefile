@@ -41,6 +41,9 @@ eval: models
 demo: teacher-cache
 	$(KDPIPE) cache verify $(RUNS)/cache
 	$(KDPIPE) cache info $(RUNS)/cache
+	$(KDPIPE) eval --config $(CONFIG) --model models/tiny-t5-teacher --model $(RUNS)/student-ft \
+		--model $(RUNS)/student-kd --out $(RUNS)/eval
+	cat $(RUNS)/eval/results.md
 
 test: models
 	$(PY) -m pytest -q

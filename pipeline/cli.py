@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from pipeline import __version__
-from pipeline.config import ConfigError, TeacherCacheConfig, click_options, load
+from pipeline.config import ConfigError, EvalConfig, TeacherCacheConfig, click_options, load
 
 log = logging.getLogger("kdpipe")
 
@@ -123,6 +123,78 @@ def cache_verify(path: str) -> None:
         f"ok: {report['path']}: {report['examples']} examples, {report['rows']} rows, {report['files']} files "
         f"checked; probabilities + tail = 1 within {report['max_sum_error']:.1e}"
     )
+
+
+def _field_help(cls: type, name: str) -> str:
+    import dataclasses
+
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+
+
+@main.group("eval", invoke_without_command=True)
+@config_option
+@click.option("--model", "models", multiple=True, help=_field_help(EvalConfig, "models"))
+@click.option("--name", "names", multiple=True, help=_field_help(EvalConfig, "names"))
+@click_options(EvalConfig, skip=("models", "names"))
+@click.pass_context
+@_user_errors
+def eval_group(ctx: click.Context, config_file: str | None, **flags) -> None:
+    """Evaluate models side by side (results.json, results.md, results.png); `eval score` rescores a file."""
+    if ctx.invoked_subcommand is not None:
+        given = [k for k, v in flags.items() if v not in (None, ())] + (["config"] if config_file else [])
+        if given:
+            raise click.ClickException(f"`kdpipe eval {ctx.invoked_subcommand}` takes no evaluation flags "
+                                   f"(got --{given[0].replace('_', '-')})")
+        return
+    from stages import eval as stage
+
+    result = stage.run(load(EvalConfig, config_file, "eval", flags))
+    click.echo(result.table)
+    click.echo(f"results: {result.out / 'results.json'}, {result.out / 'results.md'}, {result.out / 'results.png'}")
+
+
+@eval_group.command("score")
+@click.option("--task", required=True, help="Task whose metrics to compute (e.g. squad, commongen).")
+@click.option("--predictions", required=True, type=click.Path(dir_okay=False),
+              help='JSONL, one {"prediction": str, "references": [str, ...]} a line (+ "concepts" for CommonGen).')
+@click.option("--bertscore-model", type=click.Path(file_okay=False), default=None,
+              help="Local BERTScore model directory; when given, BERTScore is added to the task's metrics.")
+@_user_errors
+def eval_score(task: str, predictions: str, bertscore_model: str | None) -> None:
+    """Score an existing predictions file with TASK's metrics and print them as JSON."""
+    from pipeline.metrics import MetricError, score_predictions_file
+    from pipeline.tasks import get_task
+
+    metric_names = get_task(task).metrics
+    if bertscore_model:
+        metric_names = (*metric_names, "bertscore")
+    if not Path(predictions).is_file():
+        raise click.ClickException(f"--predictions: no such file {predictions}")
+    try:
+        scores = score_predictions_file(metric_names, predictions, bertscore_model=bertscore_model)
+    except MetricError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps({"task": task, "values": scores.values, "not_computed": scores.not_computed}, indent=2))
+
+
+@main.command("generate")
+@click.option("--model", required=True, help="Model directory or hub id (a student, or the teacher).")
+@click.argument("prompt")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Most tokens to generate.")
+@click.option("--max-prompt-tokens", type=int, default=512, show_default=True,
+              help="Prompt tokens kept; a longer prompt loses its middle.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@_user_errors
+def generate(model: str, prompt: str, max_new_tokens: int, max_prompt_tokens: int, device: str) -> None:
+    """Print the model's greedy completion of PROMPT, encoded as in training and evaluation."""
+    from pipeline.models import load_model, pick_device
+    from pipeline.scoring import EvalModel
+
+    if max_new_tokens <= 0 or max_prompt_tokens <= 0:
+        raise click.ClickException("--max-new-tokens and --max-prompt-tokens must be > 0")
+    loaded, tokenizer, _ = load_model(model, device=pick_device(device), role="--model")
+    lm = EvalModel(loaded, tokenizer, max_prompt_tokens=max_prompt_tokens, batch_size=1)
+    click.echo(lm.generate([prompt], max_new_tokens)[0])
 
 
 if __name__ == "__main__":

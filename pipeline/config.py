@@ -268,4 +268,71 @@ def click_options(cls: type, *, skip: tuple[str, ...] = ()) -> Callable:
 def _show(value: Any) -> str:
     if isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
     return "none" if value is None else str(value)
+
+
+# ---------------------------------------------------------------------------------------------- eval
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    models: tuple[str, ...] = option(help="Model to evaluate: a local directory or a hub id; repeat for several.",
+                                     factory=tuple)
+    names: tuple[str, ...] = option(help="Short name per --model, in the same order (default: from the path).",
+                                    factory=tuple)
+    tasks: tuple[str, ...] = option(help="Tasks to evaluate, comma-separated or repeated.",
+                                    factory=lambda: tuple(DEMO_TASKS))
+    data_dir: str | None = option(None, "Folder of original release files, <data-dir>/<task>/; default: the hub.")
+    split: str = option("validation", "Split of each task to evaluate on.", choices=("validation", "test"))
+    task_splits: dict[str, str] = option(help="Per-task split overrides, e.g. xsum=test (a folder holding only "
+                                              "that split's file).", factory=dict)
+    limit: int | None = option(None, "Evaluate the first N examples of each task.")
+    seed: int = option(0, "Seed handed to the task loaders (the demo tasks generate their examples from it).")
+    field_caps: dict[str, int] = option(help="Cap named prompt fields to N words, e.g. passage=300.", factory=dict)
+    max_prompt_tokens: int = option(512, "Prompt tokens kept; a longer prompt loses its middle (instructions open "
+                                         "and questions close prompts). A causal model's context caps it further.")
+    max_new_tokens: int | None = option(None, "Cap on generated tokens (default: each task's own budget).")
+    batch_size: int = option(16, "Sequences per forward pass (prompt+option pairs, or prompts to generate from).")
+    quantize: str = option("none", "Weights of the evaluated models: NF4 4-bit, int8 (bitsandbytes, CUDA) or "
+                                   "unquantized.", choices=("none", "nf4", "int8"))
+    device: str = option("auto", "Where the models run: auto picks CUDA when present.",
+                         choices=("auto", "cpu", "cuda"))
+    bertscore_model: str | None = option(None, "Local BERTScore model directory; when given, generation tasks "
+                                               "also report BERTScore.")
+    resume: bool = option(True, "Reuse (model, task) results already in --out that were made with the same "
+                                "settings and model files.")
+    out: str = option("runs/eval", "Folder for results.json, results.md, results.png and predictions/.")
+
+    def __post_init__(self) -> None:
+        from pipeline.tasks import get_task
+
+        check_all_choices(self)
+        check_positive(self, "limit", "max_prompt_tokens", "max_new_tokens", "batch_size")
+        # "--tasks a,b" and "--tasks a --tasks b" (and a YAML list) all mean the same list.
+        tasks = tuple(dict.fromkeys(t.strip() for item in self.tasks for t in item.split(",") if t.strip()))
+        object.__setattr__(self, "tasks", tasks)
+        if not self.models:
+            raise ConfigError("--model: give at least one model to evaluate")
+        if self.names and len(self.names) != len(self.models):
+            raise ConfigError(f"--name: {len(self.names)} names for {len(self.models)} models; give one per --model")
+        bad = [n for n in self.names if not n or "/" in n or "\\" in n or n.startswith(".")]
+        if bad or len(set(self.names)) != len(self.names):
+            raise ConfigError(f"--name: names must be unique folder names, got {list(self.names)!r}")
+        if not tasks:
+            raise ConfigError("--tasks: no task to evaluate")
+        for name in tasks:
+            try:
+                get_task(name)
+            except ValueError as e:
+                raise ConfigError(f"--tasks: {e}") from None
+        for name, split in self.task_splits.items():
+            if name not in tasks:
+                raise ConfigError(f"--task-splits: {name!r} is not one of the --tasks ({', '.join(tasks)})")
+            if split not in ("train", "validation", "test"):
+                raise ConfigError(f"--task-splits: {name}={split!r} is not one of train, validation, test")
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise ConfigError(f"--data-dir: no such folder {self.data_dir}")
+        if self.bertscore_model is not None and not Path(self.bertscore_model).is_dir():
+            raise ConfigError(f"--bertscore-model: no such folder {self.bertscore_model}")

@@ -1,0 +1,191 @@
+"""Model-side evaluation: option log-likelihoods (rank classification) and greedy generation, batched.
+
+Text is encoded exactly as training saw it (see ``stages.teacher_cache._tokenize`` and the distill stage):
+
+- seq2seq (T5): the prompt with the tokenizer's special tokens (``… </s>``) as encoder input; an answer or
+  option with them (``… </s>``) as decoder labels;
+- causal LM: prompt ids and answer ids tokenized separately without special tokens, then
+  ``prompt ids + answer ids + [EOS]``; only the answer tokens (and EOS) are scored, and generation stops at EOS.
+
+An option's score is the log-likelihood of its tokens including the final EOS, so an option that is a prefix of
+another ("No" vs "No way") is not favoured by stopping early. Batches are left-padded for causal models (the
+answers then line up at the right edge, and ``generate`` continues every row from the same position) with
+explicit position ids; seq2seq batches are right-padded as usual.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+from transformers import GenerationConfig
+
+
+@dataclass(frozen=True)
+class OptionScore:
+    logprob_sum: float  # Σ log p(token) over the option's tokens, EOS included
+    n_tokens: int
+
+    @property
+    def logprob_mean(self) -> float:
+        """Length-normalised score: mean log-probability per token."""
+        return self.logprob_sum / self.n_tokens
+
+
+def context_limit(config) -> int | None:
+    """Positions a causal model can attend to (None: no absolute limit, e.g. T5's relative positions)."""
+    if config.is_encoder_decoder:
+        return None
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class EvalModel:
+    """A loaded model and its tokenizer, with the encoding its training used (module doc)."""
+
+    def __init__(self, model, tokenizer, *, max_prompt_tokens: int, batch_size: int):
+        self.model, self.tokenizer = model, tokenizer
+        self.seq2seq = bool(model.config.is_encoder_decoder)
+        self.eos = tokenizer.eos_token_id
+        if self.eos is None:
+            raise ValueError(f"tokenizer of {model.name_or_path!r} has no EOS token")
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        self.max_prompt_tokens, self.batch_size = max_prompt_tokens, batch_size
+        self.context = context_limit(model.config)
+        self.device = model.device
+        self.truncated = 0  # prompts cut so far
+
+    # ---- encoding ----------------------------------------------------------------------------------------
+
+    def prompt_ids(self, prompts: Sequence[str], reserve: int = 0) -> list[list[int]]:
+        """Prompt token ids; a prompt over the limit loses its MIDDLE, keeping its first and last halves.
+
+        Instructions open some templates ("Summarize this article…") and the question and options close others,
+        so both ends are kept, as LongBench does (https://arxiv.org/abs/2308.14508, section 3.3). ``reserve``
+        positions are left free for the answer in a causal model's context window.
+        """
+        limit = self.max_prompt_tokens
+        if self.context is not None:
+            limit = min(limit, self.context - reserve)
+        if limit < 1:
+            raise ValueError(f"no room for a prompt: context {self.context}, {reserve} positions reserved")
+        ids = self.tokenizer(list(prompts), add_special_tokens=self.seq2seq).input_ids
+        self.truncated += sum(len(p) > limit for p in ids)
+        head = limit // 2
+        return [(p if len(p) <= limit else p[:head] + p[len(p) - (limit - head) :]) or [self.eos] for p in ids]
+
+    def answer_ids(self, answers: Sequence[str]) -> list[list[int]]:
+        ids = self.tokenizer(list(answers), add_special_tokens=self.seq2seq).input_ids
+        return ids if self.seq2seq else [[*a, self.eos] for a in ids]
+
+    def _left_pad(self, rows: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[self.pad] * (width - len(r)) + r for r in rows], device=self.device)  # [B, T]
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)  # [B, T]
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def _right_pad(self, rows: Sequence[list[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [fill] * (width - len(r)) for r in rows], device=self.device)  # [B, T]
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)  # [B, T]
+        return ids, mask
+
+    # ---- rank classification -----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def score_options(
+        self, prompts: Sequence[str], options: Sequence[Sequence[str]], desc: str = "score"
+    ) -> list[list[OptionScore]]:
+        """Log-likelihood of every option of every prompt; ``result[i][j]`` scores ``options[i][j]``."""
+        answers = [self.answer_ids(opts) for opts in options]
+        longest = max(len(a) for opts in answers for a in opts)
+        prompt_ids = self.prompt_ids(prompts, reserve=longest)
+        pairs = [(i, j) for i, opts in enumerate(answers) for j in range(len(opts))]
+        # Longest first: similar lengths share a batch (less padding), and an out-of-memory shows up at once.
+        pairs.sort(key=lambda ij: -(len(prompt_ids[ij[0]]) + len(answers[ij[0]][ij[1]])))
+        scores: list[list[OptionScore | None]] = [[None] * len(opts) for opts in answers]
+        bar = tqdm(total=len(pairs), desc=desc, unit="option", mininterval=1.0, leave=False)
+        start, tokens = time.monotonic(), 0
+        for b in range(0, len(pairs), self.batch_size):
+            batch = pairs[b : b + self.batch_size]
+            prompt_batch = [prompt_ids[i] for i, _ in batch]
+            answer_batch = [answers[i][j] for i, j in batch]
+            score = self._seq2seq_logprobs if self.seq2seq else self._causal_logprobs
+            logprobs, mask = score(prompt_batch, answer_batch)  # [B, L], [B, L]
+            for (i, j), total, n in zip(batch, (logprobs * mask).sum(-1).tolist(), mask.sum(-1).tolist(), strict=True):
+                scores[i][j] = OptionScore(total, int(n))
+            tokens += sum(len(p) + len(a) for p, a in zip(prompt_batch, answer_batch, strict=True))
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{tokens / max(time.monotonic() - start, 1e-9):.0f}")
+        bar.close()
+        return scores  # type: ignore[return-value]
+
+    def _causal_logprobs(self, prompts: list[list[int]], answers: list[list[int]]) -> tuple[torch.Tensor, ...]:
+        """Left-padded prompt+answer rows: every answer ends at the right edge, so its tokens are the last L."""
+        batch = self._left_pad([p + a for p, a in zip(prompts, answers, strict=True)])
+        positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # [B, T]: real tokens count from 0
+        width = max(len(a) for a in answers)
+        logits = self.model(**batch, position_ids=positions, logits_to_keep=width + 1).logits  # [B, L+1, V]
+        targets = batch["input_ids"][:, -width:]  # [B, L]
+        logprobs = logits[:, :-1].float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, L]
+        lengths = torch.tensor([len(a) for a in answers], device=self.device)  # [B]
+        mask = torch.arange(width, device=self.device) >= (width - lengths)[:, None]  # [B, L]: the last len(a)
+        return logprobs, mask
+
+    def _seq2seq_logprobs(self, prompts: list[list[int]], answers: list[list[int]]) -> tuple[torch.Tensor, ...]:
+        input_ids, attention_mask = self._right_pad(prompts, self.pad)  # [B, S]
+        labels, mask = self._right_pad(answers, -100)  # [B, L]
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).logits  # [B, L, V]
+        logprobs = logits.float().log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return logprobs, mask.bool()  # [B, L], [B, L]
+
+    # ---- greedy generation -------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, desc: str = "generate") -> list[str]:
+        """Greedy completion of every prompt, up to ``max_new_tokens`` tokens or EOS."""
+        prompt_ids = self.prompt_ids(prompts, reserve=max_new_tokens)
+        order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
+        outputs: list[str] = [""] * len(prompt_ids)
+        config = self._generation_config(max_new_tokens)
+        bar = tqdm(total=len(order), desc=desc, unit="ex", mininterval=1.0, leave=False)
+        start, new_tokens = time.monotonic(), 0
+        for b in range(0, len(order), self.batch_size):
+            index = order[b : b + self.batch_size]
+            rows = [prompt_ids[i] for i in index]
+            if self.seq2seq:
+                input_ids, attention_mask = self._right_pad(rows, self.pad)
+                batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+            else:
+                batch = self._left_pad(rows)
+            out = self.model.generate(**batch, generation_config=config)  # [B, (T +) N]
+            generated = out[:, 1:] if self.seq2seq else out[:, batch["input_ids"].shape[1] :]  # drop start / prompt
+            for i, ids in zip(index, generated.tolist(), strict=True):
+                ids = ids[: ids.index(self.eos)] if self.eos in ids else ids
+                new_tokens += len(ids)
+                outputs[i] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            bar.update(len(index))
+            bar.set_postfix(new_tok_s=f"{new_tokens / max(time.monotonic() - start, 1e-9):.0f}")
+        bar.close()
+        return outputs
+
+    def _generation_config(self, max_new_tokens: int) -> GenerationConfig:
+        # Greedy whatever the checkpoint's own generation defaults say (sampling, beams, length penalties).
+        start = None
+        if self.seq2seq:
+            start = getattr(self.model.generation_config, "decoder_start_token_id", None)
+            start = start if start is not None else getattr(self.model.config, "decoder_start_token_id", None)
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=self.eos,
+            pad_token_id=self.pad,
+            decoder_start_token_id=start,
+        )
