@@ -143,8 +143,10 @@ def eval_group(ctx: click.Context, config_file: str | None, **flags) -> None:
     if ctx.invoked_subcommand is not None:
         given = [k for k, v in flags.items() if v not in (None, ())] + (["config"] if config_file else [])
         if given:
-            raise click.ClickException(f"`kdpipe eval {ctx.invoked_subcommand}` takes no evaluation flags "
-                                   f"(got --{given[0].replace('_', '-')})")
+            raise click.ClickException(
+                f"`kdpipe eval {ctx.invoked_subcommand}` takes no evaluation flags "
+                f"(got --{given[0].replace('_', '-')})"
+            )
         return
     from stages import eval as stage
 
@@ -155,10 +157,18 @@ def eval_group(ctx: click.Context, config_file: str | None, **flags) -> None:
 
 @eval_group.command("score")
 @click.option("--task", required=True, help="Task whose metrics to compute (e.g. squad, commongen).")
-@click.option("--predictions", required=True, type=click.Path(dir_okay=False),
-              help='JSONL, one {"prediction": str, "references": [str, ...]} a line (+ "concepts" for CommonGen).')
-@click.option("--bertscore-model", type=click.Path(file_okay=False), default=None,
-              help="Local BERTScore model directory; when given, BERTScore is added to the task's metrics.")
+@click.option(
+    "--predictions",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help='JSONL, one {"prediction": str, "references": [str, ...]} a line (+ "concepts" for CommonGen).',
+)
+@click.option(
+    "--bertscore-model",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Local BERTScore model directory; when given, BERTScore is added to the task's metrics.",
+)
 @_user_errors
 def eval_score(task: str, predictions: str, bertscore_model: str | None) -> None:
     """Score an existing predictions file with TASK's metrics and print them as JSON."""
@@ -181,8 +191,13 @@ def eval_score(task: str, predictions: str, bertscore_model: str | None) -> None
 @click.option("--model", required=True, help="Model directory or hub id (a student, or the teacher).")
 @click.argument("prompt")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Most tokens to generate.")
-@click.option("--max-prompt-tokens", type=int, default=512, show_default=True,
-              help="Prompt tokens kept; a longer prompt loses its middle.")
+@click.option(
+    "--max-prompt-tokens",
+    type=int,
+    default=512,
+    show_default=True,
+    help="Prompt tokens kept; a longer prompt loses its middle.",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @_user_errors
 def generate(model: str, prompt: str, max_new_tokens: int, max_prompt_tokens: int, device: str) -> None:

@@ -278,31 +278,44 @@ def _show(value: Any) -> str:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    models: tuple[str, ...] = option(help="Model to evaluate: a local directory or a hub id; repeat for several.",
-                                     factory=tuple)
-    names: tuple[str, ...] = option(help="Short name per --model, in the same order (default: from the path).",
-                                    factory=tuple)
-    tasks: tuple[str, ...] = option(help="Tasks to evaluate, comma-separated or repeated.",
-                                    factory=lambda: tuple(DEMO_TASKS))
+    models: tuple[str, ...] = option(
+        help="Model to evaluate: a local directory or a hub id; repeat for several.", factory=tuple
+    )
+    names: tuple[str, ...] = option(
+        help="Short name per --model, in the same order (default: from the path).", factory=tuple
+    )
+    tasks: tuple[str, ...] = option(
+        help="Tasks to evaluate, comma-separated or repeated.", factory=lambda: tuple(DEMO_TASKS)
+    )
     data_dir: str | None = option(None, "Folder of original release files, <data-dir>/<task>/; default: the hub.")
     split: str = option("validation", "Split of each task to evaluate on.", choices=("validation", "test"))
-    task_splits: dict[str, str] = option(help="Per-task split overrides, e.g. xsum=test (a folder holding only "
-                                              "that split's file).", factory=dict)
+    task_splits: dict[str, str] = option(
+        help="Per-task split overrides, e.g. xsum=test (a folder holding only that split's file).", factory=dict
+    )
     limit: int | None = option(None, "Evaluate the first N examples of each task.")
     seed: int = option(0, "Seed handed to the task loaders (the demo tasks generate their examples from it).")
     field_caps: dict[str, int] = option(help="Cap named prompt fields to N words, e.g. passage=300.", factory=dict)
-    max_prompt_tokens: int = option(512, "Prompt tokens kept; a longer prompt loses its middle (instructions open "
-                                         "and questions close prompts). A causal model's context caps it further.")
+    max_prompt_tokens: int = option(
+        512,
+        "Prompt tokens kept; a longer prompt loses its middle (instructions open "
+        "and questions close prompts). A causal model's context caps it further.",
+    )
     max_new_tokens: int | None = option(None, "Cap on generated tokens (default: each task's own budget).")
     batch_size: int = option(16, "Sequences per forward pass (prompt+option pairs, or prompts to generate from).")
-    quantize: str = option("none", "Weights of the evaluated models: NF4 4-bit, int8 (bitsandbytes, CUDA) or "
-                                   "unquantized.", choices=("none", "nf4", "int8"))
-    device: str = option("auto", "Where the models run: auto picks CUDA when present.",
-                         choices=("auto", "cpu", "cuda"))
-    bertscore_model: str | None = option(None, "Local BERTScore model directory; when given, generation tasks "
-                                               "also report BERTScore.")
-    resume: bool = option(True, "Reuse (model, task) results already in --out that were made with the same "
-                                "settings and model files.")
+    quantize: str = option(
+        "none",
+        "Weights of the evaluated models: NF4 4-bit, int8 (bitsandbytes, CUDA) or unquantized.",
+        choices=("none", "nf4", "int8"),
+    )
+    device: str = option(
+        "auto", "Where the models run: auto picks CUDA when present.", choices=("auto", "cpu", "cuda")
+    )
+    bertscore_model: str | None = option(
+        None, "Local BERTScore model directory; when given, generation tasks also report BERTScore."
+    )
+    resume: bool = option(
+        True, "Reuse (model, task) results already in --out that were made with the same settings and model files."
+    )
     out: str = option("runs/eval", "Folder for results.json, results.md, results.png and predictions/.")
 
     def __post_init__(self) -> None:

@@ -1,7 +1,6 @@
 import json
 
 import torch
-
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from pipeline import demo_models as builder
