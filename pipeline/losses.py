@@ -1,0 +1,117 @@
+"""Training losses: causal-LM cross-entropy and the Universal Logit Distillation (ULD) distance.
+
+ULD (Boizard et al. 2024, https://arxiv.org/abs/2402.12030) compares teacher and student token
+distributions without a shared vocabulary: each distribution is sorted in decreasing order, the shorter is
+zero-padded, and the two are compared with the L1 distance. The training loss is
+
+    loss = CE + λ · ULD,    λ = 1.5 in the official recipe (https://github.com/Nicolas-BZRD/llm-recipes).
+
+The teacher side comes from the offline cache as top-k probabilities already sorted descending.
+"""
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def causal_lm_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the next token, averaged over answer tokens (the usual Hugging Face shift).
+
+    Args:
+        student_logits: [B, T, Vs] logits for every input position.
+        labels: [B, T] token ids aligned with input_ids, ``-100`` on prompt and padding.
+
+    Returns:
+        Scalar ``-mean_p log softmax(logits[p - 1])[labels[p]]`` over positions p with ``labels[p] != -100``;
+        zero (still connected to ``student_logits``) when there is no answer token.
+    """
+    targets = labels[:, 1:]  # [B, T-1]
+    answer = targets != IGNORE_INDEX  # [B, T-1]
+    # Only the answer rows are upcast: float32 softmax without a float32 copy of the whole [B, T, Vs].
+    rows = student_logits[:, :-1][answer].float()  # [N, Vs]
+    total = F.cross_entropy(rows, targets[answer], reduction="sum")
+    return total / max(rows.shape[0], 1)
+
+
+def uld_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    teacher_lengths: torch.Tensor,
+    *,
+    student_temperature: float = 1.0,
+    skip_student_eos: bool = True,
+) -> torch.Tensor:
+    """The unweighted ULD distance between the student and the cached teacher top-k, official semantics.
+
+    The student answer rows are the logits rows ``p - 1`` for every label position p with
+    ``labels[p] != -100`` (the row before the first answer label predicts it); with ``skip_student_eos`` the
+    last of them (the one predicting EOS) is dropped. For example b with S_b student answer rows and
+    L_b = ``teacher_lengths[b]`` teacher rows, the first n_b = min(S_b, L_b) rows of each are paired and
+
+        ULD_b = 1/n_b Σ_rows Σ_i |sort↓(softmax(z / τ))_i − pad(t)_i|,   ULD = mean over b with n_b > 0.
+
+    The teacher is zero beyond its k cached entries, so with s = sort↓(softmax(z / τ))
+
+        Σ_i |s_i − t_i| = Σ_{i≤k} |s_i − t_i| + Σ_{i>k} s_i,
+
+    and only the student's top-k is needed, not a sort of its whole vocabulary. The tail Σ_{i>k} s_i is
+    summed from the remaining probabilities (a logsumexp) rather than taken as 1 − Σ_{i≤k} s_i, which loses
+    the small tails to cancellation.
+
+    Args:
+        student_logits: [B, T, Vs] student logits for every input position.
+        labels: [B, T] Hugging Face causal-LM labels aligned with input_ids, ``-100`` on prompt and padding.
+        teacher_probs: [B, Tt, k] cached teacher top-k probabilities, sorted descending; rows at and beyond
+            ``teacher_lengths[b]`` are padding.
+        teacher_lengths: [B] number of real teacher rows per example.
+        student_temperature: τ, dividing the student logits before the softmax (the teacher's temperature is
+            applied when the cache is written).
+        skip_student_eos: drop the student's last answer row (it predicts EOS, which the teacher rows lack).
+
+    Returns:
+        Scalar float32 loss. Examples with n_b = 0 are left out of the mean; if all are, a zero that is still
+        connected to ``student_logits`` in the autograd graph.
+    """
+    batch, _, vocab = student_logits.shape
+    _, teacher_rows, top_k = teacher_probs.shape
+    if labels.shape != student_logits.shape[:2]:
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match logits {tuple(student_logits.shape)}")
+    if teacher_probs.shape[0] != batch or teacher_lengths.shape != (batch,):
+        raise ValueError(
+            f"teacher batch (probs {tuple(teacher_probs.shape)}, lengths {tuple(teacher_lengths.shape)}) "
+            f"does not match student batch {batch}"
+        )
+    if student_temperature <= 0:
+        raise ValueError(f"student_temperature must be > 0, got {student_temperature}")
+
+    # Student answer rows: row p - 1 predicts label p.
+    answer = labels[:, 1:] != IGNORE_INDEX  # [B, T-1]
+    rank = answer.cumsum(dim=1)  # [B, T-1] 1-based index of each answer row within its example
+    student_rows = answer.sum(dim=1) - int(skip_student_eos)  # [B] (-1 for an empty answer)
+    lengths = teacher_lengths.to(device=labels.device, dtype=rank.dtype)  # [B]
+    if bool((lengths > teacher_rows).any()):
+        raise ValueError(f"teacher_lengths {lengths.tolist()} exceed the {teacher_rows} teacher rows given")
+    n_rows = torch.minimum(student_rows, lengths).clamp(min=0)  # [B]
+    keep = answer & (rank <= n_rows[:, None])  # [B, T-1] the n_b paired rows of each example
+    b_idx, t_idx = keep.nonzero(as_tuple=True)  # [N], [N]
+    if b_idx.numel() == 0:
+        return student_logits[..., :0].sum().float()
+
+    z = student_logits[b_idx, t_idx].float() / student_temperature  # [N, Vs]
+    teacher = teacher_probs[b_idx, rank[b_idx, t_idx] - 1].float()  # [N, k]
+
+    log_norm = z.logsumexp(dim=-1, keepdim=True)  # [N, 1]
+    top_z, top_idx = z.topk(min(top_k, vocab), dim=-1)  # [N, min(k, Vs)]
+    student_top = (top_z - log_norm).exp()  # [N, min(k, Vs)]
+    student_top = F.pad(student_top, (0, top_k - student_top.shape[1]))  # [N, k] zero-padded when Vs < k
+    distance = (student_top - teacher).abs().sum(dim=-1)  # [N]
+    if top_k < vocab:
+        # The finite floor (not -inf) keeps logsumexp's backward finite; exp(floor - log_norm) is exactly 0.
+        rest = z.scatter(-1, top_idx, torch.finfo(z.dtype).min)  # [N, Vs] the top-k masked out
+        distance = distance + (rest.logsumexp(dim=-1, keepdim=True) - log_norm).exp().squeeze(-1)  # [N]
+
+    per_example = torch.zeros(batch, dtype=distance.dtype, device=distance.device).index_add(0, b_idx, distance)
+    per_example = per_example / n_rows.clamp(min=1)  # [B]
+    return per_example.sum() / (n_rows > 0).sum()
