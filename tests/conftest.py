@@ -18,3 +18,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def demo_models() -> dict[str, Path]:
+    """The embedded tiny teacher and student, built once into the repo's models/ (a no-op when up to date)."""
+    from pipeline import demo_models as builder
+
+    built = builder.build(REPO / "models")
+    return {"teacher": Path(built["teacher"]), "student": Path(built["student"])}
+
+
+def run_kdpipe(*args: str, cwd: Path | None = None, timeout: float = 600):
+    """Run the real console entry point in a subprocess; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd or REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})

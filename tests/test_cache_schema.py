@@ -1,0 +1,218 @@
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zarr
+
+import cache_schema as cs
+
+
+def peaked_rows(rng: np.random.Generator, n: int, k: int, vocab: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    logits = rng.standard_normal((n, vocab)) * 2.0
+    logits[:, 0] += rng.uniform(2, 10, n)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    top = -np.sort(-p, axis=1)[:, :k].astype(np.float32)
+    return top, (1.0 - top.sum(1, dtype=np.float64)).astype(np.float32)
+
+
+def identity(k: int = 8) -> dict:
+    return cs.identity_attrs(teacher={"id": "t"}, tokenizer_fingerprint="f", top_k=k, temperature=1.0,
+                             answers="gold", eos_token_id=1, mixture={"tasks": {"a": 3}}, config={"x": 1})
+
+
+def write_cache(path: Path, lengths=(3, 1, 5, 2), k: int = 8, store_ids: bool = False, seed: int = 0,
+                commit_every: int = 2) -> dict:
+    """A small finished cache; returns what was written, for comparison."""
+    rng = np.random.default_rng(seed)
+    writer = cs.CacheWriter(path, identity(k), max_rows=sum(lengths) + 10, store_ids=store_ids, chunk_rows=4,
+                            shard_rows=8)
+    written = {"probs": [], "tail": [], "ids": [], "topk": [], "keys": []}
+    for b in range(0, len(lengths), commit_every):
+        group = lengths[b:b + commit_every]
+        probs, tail = peaked_rows(rng, sum(group), k)
+        ids = rng.integers(0, 500, sum(group)).astype(np.int32)
+        topk = rng.integers(0, 500, (sum(group), k)).astype(np.int32)
+        records = [{"key": f"k{b + i}", "task": "a" if (b + i) % 2 else "b", "template_id": 0, "prompt": "p",
+                    "answer": "a", "n_rows": n} for i, n in enumerate(group)]
+        writer.commit(b, b + len(group), records, probs, tail, ids, topk if store_ids else None)
+        for key, arr in (("probs", probs), ("tail", tail), ("ids", ids), ("topk", topk)):
+            written[key].append(arr)
+        written["keys"] += [r["key"] for r in records]
+    writer.finalize(cs.counts_attrs(writer.examples, writer.rows, {}, {}, {}))
+    return {k: (np.concatenate(v) if k != "keys" else v) for k, v in written.items()}
+
+
+def test_encoding_round_trip_is_within_the_documented_tolerance():
+    rng = np.random.default_rng(1)
+    probs, _ = peaked_rows(rng, 500, 64)
+    decoded = cs.decode_probs(cs.encode_probs(probs))
+    assert decoded.dtype == np.float32 and decoded.shape == probs.shape
+    assert (np.diff(decoded, axis=1) <= 0).all()
+    assert np.abs(decoded - probs).sum(1).max() <= cs.decode_tolerance(64)
+    assert np.abs(decoded - probs).max() <= 0.5 / cs.PROB_SCALE + 1e-7
+
+
+def test_encoding_refuses_unsorted_rows():
+    with pytest.raises(cs.CacheError, match="sorted descending"):
+        cs.encode_probs(np.array([[0.1, 0.5, 0.2]], dtype=np.float32))
+
+
+def test_written_cache_reads_back(tmp_path):
+    written = write_cache(tmp_path / "c", store_ids=True)
+    cache = cs.open_cache(tmp_path / "c")
+    assert len(cache) == 4 and cache.total_rows == 11 and cache.top_k == 8
+    assert cache.keys == written["keys"]
+    start = 0
+    for i, n in enumerate((3, 1, 5, 2)):
+        ex = cache[i]
+        assert ex.probs.shape == (n, 8) and ex.probs.dtype == np.float32
+        assert np.abs(ex.probs - written["probs"][start:start + n]).sum(1).max() <= cs.decode_tolerance(8)
+        np.testing.assert_array_equal(ex.tail, written["tail"][start:start + n])
+        np.testing.assert_array_equal(ex.token_ids, written["ids"][start:start + n])
+        np.testing.assert_array_equal(ex.topk_ids, written["topk"][start:start + n])
+        start += n
+    assert cache[-1].key == "k3"
+    with pytest.raises(IndexError):
+        cache[4]
+    assert not (tmp_path / "c" / cs.PARTS_DIR).exists()
+    report = cs.verify_cache(tmp_path / "c")
+    assert report["examples"] == 4 and report["rows"] == 11
+
+
+def test_cache_opens_from_a_zip_in_place(tmp_path):
+    write_cache(tmp_path / "c")
+    zpath = tmp_path / "c.zip"
+    with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_STORED) as z:
+        for file in sorted((tmp_path / "c").rglob("*")):
+            if file.is_file():
+                z.write(file, file.relative_to(tmp_path / "c").as_posix())
+    cache = cs.open_cache(str(zpath))
+    np.testing.assert_array_equal(cache[2].probs, cs.open_cache(tmp_path / "c")[2].probs)
+    assert cs.verify_cache(str(zpath))["rows"] == 11
+
+
+def test_incomplete_cache_is_refused_and_summarised(tmp_path):
+    writer = cs.CacheWriter(tmp_path / "c", identity(), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
+    probs, tail = peaked_rows(np.random.default_rng(0), 3, 8)
+    writer.commit(0, 1, [{"key": "a", "task": "t", "template_id": 0, "prompt": "p", "answer": "a", "n_rows": 3}],
+                  probs, tail, np.zeros(3, np.int32))
+    with pytest.raises(cs.CacheError, match="incomplete"):
+        cs.open_cache(tmp_path / "c")
+    text = cs.summary(tmp_path / "c")
+    assert "complete     False" in text and "1 examples in 1 parts" in text
+
+
+def test_resume_continues_after_the_last_committed_part(tmp_path):
+    path = tmp_path / "c"
+    writer = cs.CacheWriter(path, identity(), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
+    probs, tail = peaked_rows(np.random.default_rng(0), 3, 8)
+    rec = {"key": "a", "task": "t", "template_id": 0, "prompt": "p", "answer": "a", "n_rows": 3}
+    writer.commit(0, 2, [rec], probs, tail, np.zeros(3, np.int32))
+    (path / cs.PARTS_DIR / "000000002-000000003.parquet.tmp").write_bytes(b"half-written")
+    again = cs.CacheWriter(path, identity(), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
+    assert (again.next_batch, again.rows, again.examples) == (2, 3, 1)
+    with pytest.raises(cs.CacheError, match="batch 5 while batch 2"):
+        again.commit(5, 6, [rec], probs, tail, np.zeros(3, np.int32))
+
+
+def test_resume_with_a_different_identity_names_both_values(tmp_path):
+    cs.CacheWriter(tmp_path / "c", identity(8), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
+    with pytest.raises(cs.CacheError, match=r"different top_k: 8 there, 16 asked"):
+        cs.CacheWriter(tmp_path / "c", identity(16), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
+
+
+def test_writer_refuses_a_folder_that_is_not_a_cache_and_a_complete_cache(tmp_path):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(cs.CacheError, match="not a kdpipe cache"):
+        cs.CacheWriter(tmp_path / "other", identity(), max_rows=5, store_ids=False)
+    write_cache(tmp_path / "c")
+    with pytest.raises(cs.CacheComplete):
+        cs.CacheWriter(tmp_path / "c", identity(), max_rows=5, store_ids=False)
+
+
+def _edit_attrs(path: Path, **changes) -> None:
+    group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+")
+    attrs = group.attrs.asdict()
+    attrs.update(changes)
+    group.attrs.put(attrs)
+
+
+def test_other_schema_version_is_refused_with_both_versions(tmp_path):
+    write_cache(tmp_path / "c")
+    _edit_attrs(tmp_path / "c", **{cs.ATTR_VERSION: 2})
+    with pytest.raises(cs.CacheError, match=r"schema version 2, this kdpipe reads 1"):
+        cs.open_cache(tmp_path / "c")
+
+
+def test_tampered_attribute_is_detected(tmp_path):
+    write_cache(tmp_path / "c")
+    _edit_attrs(tmp_path / "c", **{cs.ATTR_TEMPERATURE: 2.0})
+    with pytest.raises(cs.CacheError, match="attributes were modified"):
+        cs.open_cache(tmp_path / "c")
+
+
+def test_verify_names_a_flipped_byte_and_a_missing_shard(tmp_path):
+    write_cache(tmp_path / "c")
+    shard = sorted(p for p in (tmp_path / "c" / cs.PROBS).rglob("*") if p.is_file() and p.name != "zarr.json")[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    rel = shard.relative_to(tmp_path / "c").as_posix()
+    with pytest.raises(cs.CacheError, match=f"{rel}: checksum mismatch"):
+        cs.verify_cache(tmp_path / "c")
+    shard.unlink()
+    with pytest.raises(cs.CacheError, match=f"{rel}: file missing"):
+        cs.verify_cache(tmp_path / "c")
+
+
+def test_examples_table_that_disagrees_with_the_arrays_is_refused(tmp_path):
+    write_cache(tmp_path / "c")
+    table = pq.read_table(tmp_path / "c" / cs.EXAMPLES_FILE)
+    n_rows = table.column("n_rows").to_pylist()
+    n_rows[0] += 1
+    table = table.set_column(table.schema.get_field_index("n_rows"), "n_rows", pa.array(n_rows, pa.int32()))
+    pq.write_table(table, tmp_path / "c" / cs.EXAMPLES_FILE)
+    with pytest.raises(cs.CacheError, match="do not tile"):
+        cs.open_cache(tmp_path / "c")
+
+
+def test_truncated_examples_file_is_refused(tmp_path):
+    write_cache(tmp_path / "c")
+    path = tmp_path / "c" / cs.EXAMPLES_FILE
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(cs.CacheError, match="examples.parquet: unreadable"):
+        cs.open_cache(tmp_path / "c")
+
+
+def test_hostile_top_k_is_refused_before_reading(tmp_path):
+    write_cache(tmp_path / "c")
+    group = zarr.open_group(zarr.storage.LocalStore(tmp_path / "c"), mode="r+")
+    attrs = group.attrs.asdict()
+    attrs[cs.ATTR_TOP_K] = 10**9
+    attrs[cs.ATTR_DIGEST] = cs.fingerprint({k: v for k, v in attrs.items() if k != cs.ATTR_DIGEST})
+    group.attrs.put(attrs)
+    with pytest.raises(cs.CacheError, match="top_k 1000000000"):
+        cs.open_cache(tmp_path / "c")
+
+
+def test_not_a_cache(tmp_path):
+    with pytest.raises(cs.CacheError, match="not a kdpipe cache"):
+        cs.open_cache(tmp_path)
+
+
+def test_no_pickle_and_plain_dtypes_on_disk(tmp_path):
+    write_cache(tmp_path / "c", store_ids=True)
+    for name, dtype in cs.ARRAY_DTYPES.items():
+        meta = json.loads((tmp_path / "c" / name / "zarr.json").read_text())
+        assert meta["data_type"] == dtype.name
+    for file in (tmp_path / "c").rglob("*"):
+        if file.is_file():
+            assert b"\x80\x04\x95" not in file.read_bytes()[:3]  # no pickle protocol-4 header
+    assert os.path.getsize(tmp_path / "c" / cs.EXAMPLES_FILE) > 0
