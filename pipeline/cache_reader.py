@@ -114,20 +114,24 @@ class StudentEncoder:
     def collate(
         self, encoded: list[tuple[list[int], list[int]]], probs: list[np.ndarray], indices: np.ndarray, position: int
     ) -> Batch:
+        # numpy, not torch: a torch fill this size runs on the intra-op thread pool the training step is using
         width = max(len(p) + len(a) for p, a in encoded)
         teacher_width = max(len(r) for r in probs)
         batch = len(encoded)
-        input_ids = torch.full((batch, width), self.pad, dtype=torch.long)  # [B, T]
-        attention_mask = torch.zeros((batch, width), dtype=torch.long)  # [B, T]
-        labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)  # [B, T]
-        teacher_probs = torch.zeros((batch, teacher_width, probs[0].shape[1]), dtype=torch.float32)  # [B, Tt, k]
+        input_ids = np.full((batch, width), self.pad, dtype=np.int64)  # [B, T]
+        attention_mask = np.zeros((batch, width), dtype=np.int64)  # [B, T]
+        labels = np.full((batch, width), IGNORE_INDEX, dtype=np.int64)  # [B, T]
+        teacher_probs = np.zeros((batch, teacher_width, probs[0].shape[1]), dtype=np.float32)  # [B, Tt, k]
         for b, ((p, a), rows) in enumerate(zip(encoded, probs, strict=True)):
             n = len(p) + len(a)
-            input_ids[b, :n] = torch.tensor(p + a)
+            input_ids[b, :n] = p + a
             attention_mask[b, :n] = 1
-            labels[b, len(p) : n] = torch.tensor(a)
-            teacher_probs[b, : len(rows)] = torch.from_numpy(rows)
-        lengths = torch.tensor([len(r) for r in probs], dtype=torch.long)  # [B]
+            labels[b, len(p) : n] = a
+            teacher_probs[b, : len(rows)] = rows
+        lengths = np.array([len(r) for r in probs], dtype=np.int64)  # [B]
+        input_ids, attention_mask, labels, teacher_probs, lengths = map(
+            torch.from_numpy, (input_ids, attention_mask, labels, teacher_probs, lengths)
+        )
         return Batch(input_ids, attention_mask, labels, teacher_probs, lengths, indices, position)
 
 
