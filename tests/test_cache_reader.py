@@ -1,5 +1,6 @@
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +180,14 @@ def test_an_incomplete_cache_is_refused(tmp_path):
     write_cache(tmp_path / "partial", finalize=False)
     with pytest.raises(cs.CacheError, match="incomplete"):
         cs.open_cache(tmp_path / "partial")
+
+
+def test_a_zipped_cache_streams_the_same_batches(cache, encoder, tmp_path):
+    zipped = tmp_path / "cache.zip"
+    with zipfile.ZipFile(zipped, "w", compression=zipfile.ZIP_STORED) as z:
+        for file in sorted(Path(cache.path).rglob("*")):
+            if file.is_file():
+                z.write(file, file.relative_to(cache.path).as_posix())
+    for a, b in zip(take(cache, encoder, 12), take(cs.open_cache(str(zipped)), encoder, 12), strict=True):
+        np.testing.assert_array_equal(a.indices, b.indices)
+        assert torch.equal(a.teacher_probs, b.teacher_probs) and torch.equal(a.input_ids, b.input_ids)

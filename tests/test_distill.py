@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import zarr
 from click.testing import CliRunner
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, LlamaConfig
 from transformers import pipeline as hf_pipeline
@@ -238,6 +239,10 @@ def test_user_errors_end_in_one_line(kd_run, cache, demo_models, tmp_path):
     one_line_error(cli("--cache", str(tmp_path / "no"), "--out", str(tmp_path / "o1"), *student), "not a kdpipe cache")
     write_cache(tmp_path / "partial", finalize=False)
     one_line_error(cli("--cache", str(tmp_path / "partial"), "--out", str(tmp_path / "o2"), *student), "incomplete")
+    write_cache(tmp_path / "v2")
+    group = zarr.open_group(zarr.storage.LocalStore(tmp_path / "v2"), mode="r+")
+    group.attrs.put({**group.attrs.asdict(), cs.ATTR_VERSION: 2})
+    one_line_error(cli("--cache", str(tmp_path / "v2"), "--out", str(tmp_path / "o2"), *student), "schema version 2")
     one_line_error(
         cli("--cache", str(cache), "--out", str(tmp_path / "o3"), "--student", str(tmp_path / "none")), "cannot load"
     )
