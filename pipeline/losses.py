@@ -56,9 +56,8 @@ def uld_loss(
 
         Σ_i |s_i − t_i| = Σ_{i≤k} |s_i − t_i| + Σ_{i>k} s_i,
 
-    and only the student's top-k is needed, not a sort of its whole vocabulary. The tail Σ_{i>k} s_i is
-    summed from the remaining probabilities (a logsumexp) rather than taken as 1 − Σ_{i≤k} s_i, which loses
-    the small tails to cancellation.
+    and only the student's top-k is needed, not a sort of its whole vocabulary: the tail Σ_{i>k} s_i is
+    1 − Σ_{i≤k} s_i (clamped at 0), taken in float64 from the float32 softmax.
 
     Args:
         student_logits: [B, T, Vs] student logits for every input position.
@@ -99,19 +98,17 @@ def uld_loss(
     if b_idx.numel() == 0:
         return student_logits[..., :0].sum().float()
 
-    z = student_logits[b_idx, t_idx].float() / student_temperature  # [N, Vs]
-    teacher = teacher_probs[b_idx, rank[b_idx, t_idx] - 1].float()  # [N, k]
-
-    log_norm = z.logsumexp(dim=-1, keepdim=True)  # [N, 1]
-    top_z, top_idx = z.topk(min(top_k, vocab), dim=-1)  # [N, min(k, Vs)]
-    student_top = (top_z - log_norm).exp()  # [N, min(k, Vs)]
-    student_top = F.pad(student_top, (0, top_k - student_top.shape[1]))  # [N, k] zero-padded when Vs < k
-    distance = (student_top - teacher).abs().sum(dim=-1)  # [N]
+    z = student_logits[b_idx, t_idx].float()  # [N, Vs]
+    if student_temperature != 1.0:
+        z = z / student_temperature
+    student = torch.softmax(z, dim=-1)  # [N, Vs]
+    # The k-sized rest in float64: 1 − Σ s_i then keeps the tail to float32 precision despite the cancellation.
+    student_top = student.topk(min(top_k, vocab), dim=-1).values.double()  # [N, min(k, Vs)]
+    teacher = teacher_probs[b_idx, rank[b_idx, t_idx] - 1].double()  # [N, k]
+    distance = (F.pad(student_top, (0, top_k - student_top.shape[1])) - teacher).abs().sum(dim=-1)  # [N]
     if top_k < vocab:
-        # The finite floor (not -inf) keeps logsumexp's backward finite; exp(floor - log_norm) is exactly 0.
-        rest = z.scatter(-1, top_idx, torch.finfo(z.dtype).min)  # [N, Vs] the top-k masked out
-        distance = distance + (rest.logsumexp(dim=-1, keepdim=True) - log_norm).exp().squeeze(-1)  # [N]
+        distance = distance + (1.0 - student_top.sum(dim=-1)).clamp(min=0.0)  # [N] the student mass beyond k
 
     per_example = torch.zeros(batch, dtype=distance.dtype, device=distance.device).index_add(0, b_idx, distance)
     per_example = per_example / n_rows.clamp(min=1)  # [B]
-    return per_example.sum() / (n_rows > 0).sum()
+    return (per_example.sum() / (n_rows > 0).sum()).float()
