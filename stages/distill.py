@@ -216,8 +216,9 @@ def _train(
                 )
             loss = ce + cfg.uld_weight * uld if cfg.uld_weight > 0 else ce
             (loss / cfg.grad_accum).backward()
-            for key, value in (("loss", loss), ("ce", ce), ("uld", uld)):
-                sums[key] += value.item() / cfg.grad_accum
+            values = torch.stack([loss.detach(), ce.detach(), uld.detach()]).float().tolist()  # one device sync
+            for key, value in zip(("loss", "ce", "uld"), values, strict=True):
+                sums[key] += value / cfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -233,7 +234,7 @@ def _train(
             "step_s": round(seconds, 4),
         }
         if not math.isfinite(row["loss"]):
-            raise FloatingPointError(f"step {step + 1}: the loss is {row['loss']} (try a lower --lr)")
+            raise ConfigError(f"--lr: the loss became {row['loss']} at step {step + 1}; try a lower --lr")
         metrics.append(row)
         bar.update(1)
         bar.set_postfix(
