@@ -38,9 +38,12 @@ eval: models
 	$(KDPIPE) eval --config $(CONFIG) --model models/tiny-t5-teacher --model $(RUNS)/student-ft \
 		--model $(RUNS)/student-kd --out $(RUNS)/eval
 
+# teacher-cache -> check the cache -> distill (KD) and finetune (FT) from it. Rerunning resumes each step.
 demo: teacher-cache
 	$(KDPIPE) cache verify $(RUNS)/cache
 	$(KDPIPE) cache info $(RUNS)/cache
+	$(KDPIPE) distill --config $(CONFIG) --cache $(RUNS)/cache --out $(RUNS)/student-kd --resume
+	$(KDPIPE) distill --config $(CONFIG) --cache $(RUNS)/cache --out $(RUNS)/student-ft --uld-weight 0 --resume
 	$(KDPIPE) eval --config $(CONFIG) --model models/tiny-t5-teacher --model $(RUNS)/student-ft \
 		--model $(RUNS)/student-kd --out $(RUNS)/eval
 	cat $(RUNS)/eval/results.md

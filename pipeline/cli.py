@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from pipeline import __version__
-from pipeline.config import ConfigError, EvalConfig, TeacherCacheConfig, click_options, load
+from pipeline.config import ConfigError, DistillConfig, EvalConfig, TeacherCacheConfig, click_options, load
 
 log = logging.getLogger("kdpipe")
 
@@ -94,6 +94,35 @@ def teacher_cache(config_file: str | None, out: str, **flags) -> None:
         source = {t: c for t, c in counts.get("source", {}).items() if c} if label == "skipped" else {}
         if flat or source:
             click.echo(f"{label}: {json.dumps({**flat, **({'source': source} if source else {})})}")
+
+
+@main.command("distill")
+@config_option
+@click.option("--cache", "cache_path", required=True, help="Teacher cache: a directory, a .zip or an fsspec URL.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Directory for the trained student, its metrics and checkpoints.",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click_options(DistillConfig)
+@_user_errors
+def distill(config_file: str | None, cache_path: str, out: str, resume: bool, **flags) -> None:
+    """Train a student from the teacher cache with CE + λ·ULD (--uld-weight 0: the fine-tuning baseline)."""
+    from stages import distill as stage
+
+    cfg = load(DistillConfig, config_file, "distill", flags)
+    result = stage.run(cfg, cache_path, out, resume=resume)
+    if result.already_complete:
+        click.echo(f"{out}: already complete ({result.steps} steps); nothing to do")
+        return
+    final = result.final
+    click.echo(
+        f"student: {result.path}  ({result.steps} steps, {result.seconds:.1f} s; last step loss "
+        f"{final.get('loss', float('nan')):.4f}, ce {final.get('ce', float('nan')):.4f}, "
+        f"uld {final.get('uld', float('nan')):.4f})"
+    )
 
 
 @main.group()

@@ -131,6 +131,74 @@ class TeacherCacheConfig:
             raise ConfigError(f"--shard-rows: {self.shard_rows} is not a multiple of --chunk-rows {self.chunk_rows}")
 
 
+@dataclass(frozen=True)
+class DistillConfig:
+    student: str = option("models/tiny-gpt2-student", "Student: a causal LM, hub id or local directory.")
+    revision: str | None = option(None, "Hub revision (branch, tag or commit) of the student.")
+    uld_weight: float = option(
+        1.5,
+        "λ in CE + λ·ULD (1.5 in the official recipe); 0 is plain fine-tuning on the "
+        "same examples, the FT baseline (the ULD distance is then still logged).",
+    )
+    student_temperature: float = option(1.0, "Temperature τ of the student softmax inside ULD.")
+    skip_student_eos: bool = option(True, "Leave the student row predicting EOS out of ULD (official recipe).")
+    epochs: float = option(1.0, "Passes over the cache (fractions allowed); --steps overrides it.")
+    steps: int | None = option(None, "Optimizer steps to train for (default: from --epochs).")
+    batch_size: int = option(8, "Examples per micro-batch.")
+    grad_accum: int = option(1, "Micro-batches accumulated into one optimizer step.")
+    lr: float = option(5e-5, "Peak learning rate of AdamW.")
+    schedule: str = option(
+        "one-cycle",
+        "Learning-rate schedule after warmup; one-cycle is the official recipe's "
+        "OneCycleLR (start lr/2, end lr/10, cosine).",
+        choices=("one-cycle", "cosine", "linear", "constant"),
+    )
+    warmup_ratio: float = option(0.1, "Fraction of the steps spent warming up (one-cycle: its pct_start).")
+    weight_decay: float = option(0.1, "AdamW decoupled weight decay, on weight matrices (not biases or norms).")
+    max_grad_norm: float = option(1.0, "Clip the global gradient norm to this; 0 disables clipping.")
+    seed: int = option(0, "Seed of the data order and of dropout.")
+    device: str = option(
+        "auto", "Where the student trains: auto picks CUDA when present.", choices=("auto", "cpu", "cuda")
+    )
+    precision: str = option(
+        "auto",
+        "bf16 autocast (CUDA) over fp32 weights, or plain fp32; auto is bf16 on a CUDA GPU that supports it.",
+        choices=("auto", "bf16", "fp32"),
+    )
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
+    max_prompt_tokens: int = option(512, "Student prompt tokens kept (the start of longer prompts).")
+    max_answer_tokens: int = option(128, "Student answer tokens kept, EOS included.")
+    shuffle_chunks: int = option(8, "Cache chunks read in one sequential range and shuffled together.")
+    prefetch: int = option(8, "Batches the background reader prepares ahead.")
+    checkpoint_every: int = option(500, "Write a resumable checkpoint every N optimizer steps (0: never).")
+    keep_checkpoint: bool = option(False, "Keep the last checkpoint once training has finished.")
+
+    def __post_init__(self) -> None:
+        check_all_choices(self)
+        check_positive(
+            self,
+            "student_temperature",
+            "epochs",
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "lr",
+            "max_prompt_tokens",
+            "max_answer_tokens",
+            "shuffle_chunks",
+            "prefetch",
+        )
+        check_positive(
+            self, "uld_weight", "weight_decay", "max_grad_norm", "seed", "checkpoint_every", allow_zero=True
+        )
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"--warmup-ratio: must be in [0, 1), got {self.warmup_ratio!r}")
+
+
+# Fields that change how a run is carried out, not what it computes: a resumed run may change them.
+DISTILL_OPERATIONAL = ("prefetch", "checkpoint_every", "keep_checkpoint")
+
+
 # ---------------------------------------------------------------------------------------------- loading
 
 

@@ -1,0 +1,231 @@
+"""Training pieces of the distill stage: student loading, optimizer, learning-rate schedule, checkpoints, metrics.
+
+Everything a resumed run needs is either a pure function of the config and the step (the schedule, the data
+order) or in the checkpoint (weights, optimizer state, RNG state), so a run killed at any point and resumed
+from its last checkpoint computes what the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from pipeline.config import DistillConfig
+from pipeline.models import ModelError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+TRAINING_STATE = "training_state.pt"
+# OneCycleLR settings of the official ULD recipe (https://github.com/Nicolas-BZRD/llm-recipes, configs/training.py).
+ONE_CYCLE_DIV = 2.0  # the first lr is peak / 2
+ONE_CYCLE_FINAL_DIV = 5.0  # the last lr is (peak / 2) / 5
+
+
+def load_student(name: str, revision: str | None, weights: Path | None = None):
+    """A causal LM in float32 (autocast supplies bf16 compute) and its tokenizer, or a one-line ModelError.
+
+    ``weights``: a checkpoint directory to take the weights from instead (a resumed run).
+    """
+    try:
+        config = AutoConfig.from_pretrained(name, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"student {name!r}: cannot load it from a local directory or the hub ({first})") from None
+    if config.is_encoder_decoder:
+        raise ModelError(f"student {name!r}: is an encoder-decoder ({config.model_type}); distill trains causal LMs")
+    if tokenizer.eos_token_id is None:
+        raise ModelError(f"student {name!r}: its tokenizer has no EOS token, which every answer ends with")
+    try:
+        if weights is not None:
+            model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"student {name!r}: cannot load the weights ({str(e).splitlines()[0]})") from None
+    return model, tokenizer
+
+
+def max_positions(model) -> int | None:
+    """The longest sequence the student's position embeddings allow (None when unbounded, e.g. RoPE unset)."""
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def total_steps(cfg: DistillConfig, examples: int) -> int:
+    return cfg.steps or max(1, math.ceil(cfg.epochs * examples / (cfg.batch_size * cfg.grad_accum)))
+
+
+def lr_at(step: int, total: int, cfg: DistillConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based) out of ``total``: a pure function, nothing to checkpoint.
+
+    ``one-cycle`` follows torch.optim.lr_scheduler.OneCycleLR (cosine annealing, pct_start = warmup_ratio) with
+    the official recipe's div factors; the others warm up linearly from 0 and then decay to 0 (cosine, linear)
+    or stay (constant).
+    """
+    peak = cfg.lr
+    if cfg.schedule == "one-cycle":
+        initial = peak / ONE_CYCLE_DIV
+        final = initial / ONE_CYCLE_FINAL_DIV
+        up_end, down_end = cfg.warmup_ratio * total - 1, total - 1
+        if up_end > 0 and step <= up_end:
+            return _cos_anneal(initial, peak, step / up_end)
+        down_start = max(up_end, 0)  # no warmup phase when it would be shorter than a step
+        return _cos_anneal(peak, final, (step - down_start) / max(down_end - down_start, 1))
+    warmup = round(cfg.warmup_ratio * total)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    if cfg.schedule == "cosine":
+        return peak * 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.schedule == "linear":
+        return peak * (1 - progress)
+    return peak
+
+
+def _cos_anneal(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2 * (math.cos(math.pi * pct) + 1)
+
+
+def build_optimizer(model, cfg: DistillConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (biases and norm gains are left alone, as in nanoGPT)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def _step_dir(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def latest_checkpoint(out: Path) -> tuple[int, Path] | None:
+    """(step, directory) of the newest complete checkpoint; leftovers of an interrupted write are removed."""
+    root = out / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return None
+    found = []
+    for entry in root.iterdir():
+        if entry.name.startswith(".tmp-"):
+            shutil.rmtree(entry)  # killed mid-write: never renamed, so never used
+        elif entry.name.startswith("step-") and (entry / TRAINING_STATE).is_file():
+            found.append((int(entry.name.removeprefix("step-")), entry))
+    return max(found) if found else None
+
+
+def save_checkpoint(out: Path, step: int, model, optimizer: torch.optim.Optimizer) -> Path:
+    """Write weights, optimizer and RNG state to a temporary directory, rename it into place, drop older ones."""
+    root = out / CHECKPOINTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final, tmp = root / _step_dir(step), root / f".tmp-{_step_dir(step)}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    torch.save(state, tmp / TRAINING_STATE)
+    _fsync_dir(tmp)
+    os.replace(tmp, final)  # atomic: a checkpoint directory is either absent or whole
+    _fsync_dir(root)
+    for entry in root.iterdir():
+        if entry.name.startswith("step-") and entry != final:
+            shutil.rmtree(entry)
+    return final
+
+
+def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> int:
+    """Restore optimizer and RNG state from checkpoint ``path``; returns the step it was written at."""
+    state = torch.load(path / TRAINING_STATE, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng_cpu"])
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    return int(state["step"])
+
+
+def _fsync_dir(path: Path) -> None:
+    for name in [*os.listdir(path), "."]:
+        fd = os.open(path / name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+class MetricsLog:
+    """metrics.jsonl, one row per optimizer step; on resume, rows after the checkpoint are dropped first."""
+
+    def __init__(self, path: Path, keep_through_step: int):
+        self.path = path
+        self.rows = read_metrics(path) if path.exists() else []
+        self.rows = [r for r in self.rows if r["step"] <= keep_through_step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        os.replace(tmp, path)
+        self._file = path.open("a")
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Rows of a metrics.jsonl; a line cut short by a kill is ignored."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s: ignoring an incomplete line", path)
+    return rows
+
+
+def plot_metrics(rows: list[dict], path: Path, title: str) -> None:
+    """Loss curves (total, CE, ULD) and the learning rate against the step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    for key in ("loss", "ce", "uld"):
+        top.plot(steps, [r[key] for r in rows], label=key, linewidth=1)
+    top.set_ylabel("loss")
+    top.set_title(title)
+    top.legend()
+    top.grid(alpha=0.3)
+    bottom.plot(steps, [r["lr"] for r in rows], color="gray", linewidth=1)
+    bottom.set_ylabel("lr")
+    bottom.set_xlabel("step")
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

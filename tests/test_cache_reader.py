@@ -1,0 +1,193 @@
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+import cache_schema as cs
+from pipeline.cache_reader import IGNORE_INDEX, BatchStream, StudentEncoder, chunk_groups, epoch_order
+
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "seven", "green", "birds", "sang", "over", "quiet", "hills"]
+K = 8
+CHUNK_ROWS = 16
+
+
+def write_cache(path: Path, n_examples: int = 60, seed: int = 0, finalize: bool = True) -> Path:
+    """A finished synthetic cache: text prompts and answers, 1-9 peaked teacher rows each, small chunks."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 10, n_examples)
+    identity = cs.identity_attrs(
+        teacher={"id": "synthetic"},
+        tokenizer_fingerprint="f",
+        top_k=K,
+        temperature=1.0,
+        answers="gold",
+        eos_token_id=1,
+        mixture={"tasks": {"t": n_examples}},
+        config={},
+    )
+    writer = cs.CacheWriter(
+        path, identity, max_rows=int(lengths.sum()), store_ids=False, chunk_rows=CHUNK_ROWS, shard_rows=4 * CHUNK_ROWS
+    )
+    for b in range(0, n_examples, 10):
+        group = lengths[b : b + 10]
+        logits = rng.standard_normal((int(group.sum()), 64)) * 2
+        logits[:, 0] += 4
+        p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        top = -np.sort(-p, axis=1)[:, :K].astype(np.float32)
+        records = [
+            {
+                "key": f"k{b + i}",
+                "task": "t",
+                "template_id": 0,
+                "prompt": " ".join(rng.choice(WORDS, int(rng.integers(3, 12)))) + f" #{b + i}?",
+                "answer": " ".join(rng.choice(WORDS, int(n))),
+                "n_rows": int(n),
+            }
+            for i, n in enumerate(group)
+        ]
+        writer.commit(
+            b // 10, b // 10 + 1, records, top, (1 - top.sum(1)).astype(np.float32), np.zeros(len(top), np.int32)
+        )
+    if finalize:
+        writer.finalize(cs.counts_attrs(writer.examples, writer.rows, {}, {}, {}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> cs.Cache:
+    return cs.open_cache(write_cache(tmp_path_factory.mktemp("reader") / "cache"))
+
+
+@pytest.fixture(scope="module")
+def encoder(demo_models) -> StudentEncoder:
+    return StudentEncoder(AutoTokenizer.from_pretrained(demo_models["student"]), 64, 16)
+
+
+def take(cache, encoder, n_batches: int, **kwargs) -> list:
+    options = {"batch_size": 7, "seed": 0, "shuffle_chunks": 2, **kwargs}
+    with BatchStream(cache, encoder, **options) as stream:
+        return [next(stream) for _ in range(n_batches)]
+
+
+def test_every_example_is_delivered_once_per_epoch_and_epochs_are_reshuffled(cache, encoder):
+    n = len(cache)
+    batches = take(cache, encoder, n_batches=(3 * n) // 7 + 1)  # batches of 7 run across epoch boundaries
+    stream = np.concatenate([b.indices for b in batches])
+    epochs = [stream[e * n : (e + 1) * n] for e in range(3)]
+    for order in epochs:
+        assert sorted(order.tolist()) == list(range(n))
+    assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+    assert [b.position for b in batches] == [7 * i for i in range(len(batches))]
+
+
+def test_order_is_a_pure_function_of_the_seed(cache, encoder):
+    first = np.concatenate([b.indices for b in take(cache, encoder, 9, seed=3)])
+    again = np.concatenate([b.indices for b in take(cache, encoder, 9, seed=3)])
+    other = np.concatenate([b.indices for b in take(cache, encoder, 9, seed=4)])
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert not np.array_equal(first, np.sort(first))  # shuffled, not cache order
+
+
+def test_starting_at_a_batch_gives_the_same_batches_without_reading_what_comes_before(cache, encoder):
+    full = take(cache, encoder, 20)
+    with BatchStream(cache, encoder, batch_size=7, seed=0, shuffle_chunks=2, start_batch=12) as stream:
+        resumed = [next(stream) for _ in range(8)]
+        reads = stream.stats.rows_read
+    for a, b in zip(full[12:], resumed, strict=True):
+        np.testing.assert_array_equal(a.indices, b.indices)
+        for name in ("input_ids", "attention_mask", "labels", "teacher_probs", "teacher_lengths"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert reads < 2 * cache.total_rows  # started in the second epoch without reading the first
+
+
+def test_reads_are_one_sequential_range_per_chunk_group(cache, encoder, monkeypatch):
+    calls = []
+    original = cache.read_rows
+
+    def recording(start, stop):
+        calls.append((start, stop))
+        return original(start, stop)
+
+    monkeypatch.setattr(cache, "read_rows", recording)
+    groups = chunk_groups(cache, 2)
+    take(cache, encoder, n_batches=2 * len(cache) // 7)  # two epochs
+    span = 2 * CHUNK_ROWS
+    for epoch in (calls[: len(groups)], calls[len(groups) : 2 * len(groups)]):
+        # one read per group per epoch; together they tile the row axis, each one contiguous range
+        assert sorted(epoch)[0][0] == 0 and sorted(epoch)[-1][1] == cache.total_rows
+        assert all(a[1] == b[0] for a, b in zip(sorted(epoch), sorted(epoch)[1:], strict=False))
+        for start, stop in epoch:
+            assert stop - start <= span + int(cache.n_rows.max())
+            starting = cache.row_start[(cache.row_start >= start) & (cache.row_start < stop)]
+            assert starting[0] == start and (starting // span == start // span).all()  # one group's examples
+    assert calls[: len(groups)] != calls[len(groups) : 2 * len(groups)]  # groups visited in a new order
+
+
+def test_teacher_rows_are_the_cached_rows_of_each_example(cache, encoder):
+    for batch in take(cache, encoder, 6):
+        assert batch.teacher_probs.dtype == torch.float32 and batch.teacher_probs.shape[2] == K
+        for b, i in enumerate(batch.indices):
+            item = cache[int(i)]
+            n = len(item.probs)
+            assert int(batch.teacher_lengths[b]) == n == cache.n_rows[i]
+            np.testing.assert_array_equal(batch.teacher_probs[b, :n].numpy(), item.probs)
+            assert not batch.teacher_probs[b, n:].any()
+
+
+def test_student_tokens_mask_the_prompt_and_end_the_answer_with_eos(cache, encoder):
+    tok = encoder.tokenizer
+    batch = take(cache, encoder, 1)[0]
+    for b, i in enumerate(batch.indices):
+        prompt = cache.examples.column("prompt")[int(i)].as_py()
+        answer = cache.examples.column("answer")[int(i)].as_py()
+        length = int(batch.attention_mask[b].sum())
+        assert batch.attention_mask[b, :length].all() and not batch.attention_mask[b, length:].any()
+        answer_ids = [*tok(answer, add_special_tokens=False).input_ids, tok.eos_token_id][: encoder.max_answer]
+        labels = batch.labels[b]
+        assert labels[labels != IGNORE_INDEX].tolist() == answer_ids
+        n_prompt = length - len(answer_ids)
+        assert (labels[:n_prompt] == IGNORE_INDEX).all() and (labels[length:] == IGNORE_INDEX).all()
+        assert tok.decode(batch.input_ids[b, :n_prompt]) == prompt
+        assert batch.input_ids[b, n_prompt:length].tolist() == answer_ids
+        assert (batch.input_ids[b, length:] == tok.eos_token_id).all()  # pad under the mask, no new token
+
+
+def test_prefetch_and_decoded_rows_stay_bounded(cache, encoder):
+    with BatchStream(cache, encoder, batch_size=4, seed=0, shuffle_chunks=2, prefetch=3) as stream:
+        time.sleep(0.5)  # nobody consumes: the producer must stop at the queue bound
+        assert stream.stats.batches == 3
+        for _ in range(40):
+            next(stream)
+        assert stream.stats.max_group_rows <= 2 * CHUNK_ROWS + int(cache.n_rows.max())
+    assert not any(t.name == "cache-reader" for t in threading.enumerate())  # closed with the context
+
+
+def test_epoch_order_depends_on_nothing_but_seed_and_epoch(cache):
+    groups = chunk_groups(cache, 2)
+    a, b = epoch_order(groups, 5, 2), epoch_order(groups, 5, 2)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert sorted(np.concatenate(a).tolist()) == list(range(len(cache)))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, epoch_order(groups, 5, 3), strict=True))
+
+
+def test_an_incomplete_cache_is_refused(tmp_path):
+    write_cache(tmp_path / "partial", finalize=False)
+    with pytest.raises(cs.CacheError, match="incomplete"):
+        cs.open_cache(tmp_path / "partial")
+
+
+def test_a_zipped_cache_streams_the_same_batches(cache, encoder, tmp_path):
+    zipped = tmp_path / "cache.zip"
+    with zipfile.ZipFile(zipped, "w", compression=zipfile.ZIP_STORED) as z:
+        for file in sorted(Path(cache.path).rglob("*")):
+            if file.is_file():
+                z.write(file, file.relative_to(cache.path).as_posix())
+    for a, b in zip(take(cache, encoder, 12), take(cs.open_cache(str(zipped)), encoder, 12), strict=True):
+        np.testing.assert_array_equal(a.indices, b.indices)
+        assert torch.equal(a.teacher_probs, b.teacher_probs) and torch.equal(a.input_ids, b.input_ids)

@@ -1,0 +1,298 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, LlamaConfig
+from transformers import pipeline as hf_pipeline
+
+import cache_schema as cs
+from pipeline import training
+from pipeline.cli import main
+from pipeline.config import ConfigError, DistillConfig, TeacherCacheConfig, load, to_dict
+from stages import distill, teacher_cache
+from tests.conftest import REPO
+from tests.test_cache_reader import write_cache
+
+STEPS = 16
+COMPARED = ("step", "loss", "ce", "uld", "lr", "grad_norm")  # the columns a resumed run must reproduce
+
+
+def small_config(student: Path, **overrides) -> DistillConfig:
+    base = DistillConfig(
+        student=str(student),
+        steps=STEPS,
+        batch_size=4,
+        lr=2e-3,
+        device="cpu",
+        checkpoint_every=4,
+        keep_checkpoint=True,
+        max_prompt_tokens=128,
+        max_answer_tokens=32,
+        shuffle_chunks=2,
+        seed=0,
+    )
+    return replace(base, **overrides)
+
+
+def flags(cfg: DistillConfig) -> list[str]:
+    """The command-line flags that give ``cfg`` (every field, so the CLI run is the same run)."""
+    out = []
+    for key, value in to_dict(cfg).items():
+        name = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(name if value else "--no-" + key.replace("_", "-"))
+        elif value is not None:
+            out += [name, str(value)]
+    return out
+
+
+def metrics(out: Path) -> list[dict]:
+    return training.read_metrics(out / distill.METRICS_FILE)
+
+
+@pytest.fixture(scope="module")
+def cache(demo_models, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("distill") / "cache"
+    teacher_cache.run(
+        TeacherCacheConfig(
+            teacher=str(demo_models["teacher"]),
+            tasks={"demo_yesno": 12, "demo_qa": 12, "demo_summary": 12, "demo_concepts": 12},
+            batch_size=16,
+            top_k=16,
+            max_answer_tokens=32,
+            device="cpu",
+            chunk_rows=64,
+            shard_rows=128,
+        ),
+        out,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def kd_run(cache, demo_models, tmp_path_factory) -> tuple[DistillConfig, Path, distill.DistillResult]:
+    cfg = small_config(demo_models["student"])
+    out = tmp_path_factory.mktemp("kd") / "student"
+    return cfg, out, distill.run(cfg, cache, out)
+
+
+@pytest.fixture(scope="module")
+def ft_run(cache, demo_models, tmp_path_factory) -> tuple[DistillConfig, Path, distill.DistillResult]:
+    cfg = small_config(demo_models["student"], uld_weight=0.0, keep_checkpoint=False)
+    out = tmp_path_factory.mktemp("ft") / "student"
+    return cfg, out, distill.run(cfg, cache, out)
+
+
+def test_distill_writes_metrics_checkpoint_config_curve_and_a_loadable_student(kd_run, cache):
+    cfg, out, result = kd_run
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1)) and result.steps == STEPS
+    for r in rows:
+        assert set(r) >= {"step", "loss", "ce", "uld", "lr", "tokens_s", "data_wait", "grad_norm", "epoch"}
+        assert math.isfinite(r["loss"]) and r["uld"] > 0 and 0 <= r["data_wait"] <= 1 and r["tokens_s"] > 0
+        assert r["loss"] == pytest.approx(r["ce"] + 1.5 * r["uld"], abs=1e-5)
+        assert r["lr"] == pytest.approx(training.lr_at(r["step"] - 1, STEPS, cfg))
+    assert rows[-1]["epoch"] == pytest.approx(STEPS * 4 / 48, abs=1e-3)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+    checkpoint = out / training.CHECKPOINTS_DIR / f"step-{STEPS:08d}"
+    assert sorted(p.name for p in (out / training.CHECKPOINTS_DIR).iterdir()) == [checkpoint.name]  # older removed
+    assert (checkpoint / training.TRAINING_STATE).is_file() and (checkpoint / "model.safetensors").is_file()
+    assert (out / distill.CURVE_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    record = json.loads((out / distill.RUN_FILE).read_text())
+    meta = cs.open_cache(cache).meta
+    assert record["complete"] and record["config"] == to_dict(cfg) and record["final"] == rows[-1]
+    for name in (cs.ATTR_TEACHER, cs.ATTR_MIXTURE_FP, cs.ATTR_VERSION, cs.ATTR_SCHEMA, cs.ATTR_TOP_K):
+        assert record["cache"][name] == meta[name]
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert type(model).__name__ == "GPT2LMHeadModel" and model.generation_config.pad_token_id is not None
+    generate = hf_pipeline("text-generation", model=str(out), device="cpu")
+    prompt = "Question: is the sky blue?\nAnswer:"
+    text = generate(prompt, min_new_tokens=4, max_new_tokens=6, do_sample=False)[0]["generated_text"]
+    assert text.startswith(prompt) and len(text) > len(prompt)
+
+
+def test_finetune_baseline_trains_on_ce_alone_and_still_logs_the_uld_distance(kd_run, ft_run):
+    (_, kd_out, _), (_, ft_out, _) = kd_run, ft_run
+    kd, ft = metrics(kd_out), metrics(ft_out)
+    assert all(r["loss"] == r["ce"] and r["uld"] > 0 for r in ft)
+    assert kd[0]["ce"] == pytest.approx(ft[0]["ce"], abs=1e-5)  # same model, same first batch
+    assert not (ft_out / training.CHECKPOINTS_DIR).exists()  # removed once finished unless kept
+    # the ULD term is what KD optimizes: by the end its distance is below the baseline's
+    assert sum(r["uld"] for r in kd[-4:]) < sum(r["uld"] for r in ft[-4:])
+    kd_model, ft_model = AutoModelForCausalLM.from_pretrained(kd_out), AutoModelForCausalLM.from_pretrained(ft_out)
+    assert not torch.equal(kd_model.lm_head.weight, ft_model.lm_head.weight)
+
+
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(kd_run, cache, tmp_path):
+    cfg, reference, _ = kd_run
+    out = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "distill",
+        "--cache",
+        str(cache),
+        "--out",
+        str(out),
+        *flags(replace(cfg, checkpoint_every=2)),
+    ]
+    proc = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 300
+    while not list((out / training.CHECKPOINTS_DIR).glob("step-*")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    killed_at = len(metrics(out))
+    assert killed_at < STEPS
+
+    result = distill.run(cfg, cache, out, resume=True)
+    assert 0 < result.resumed_from_step <= killed_at
+    resumed, uninterrupted = metrics(out), metrics(reference)
+    assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
+    for a, b in zip(resumed, uninterrupted, strict=True):
+        assert {k: a[k] for k in COMPARED} == pytest.approx({k: b[k] for k in COMPARED}, rel=1e-5, abs=1e-6)
+    a, b = AutoModelForCausalLM.from_pretrained(out), AutoModelForCausalLM.from_pretrained(reference)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_out_dir_of_another_run_is_refused_and_a_finished_run_is_not_redone(kd_run, cache):
+    cfg, out, _ = kd_run
+    with pytest.raises(ConfigError, match="--resume"):
+        distill.run(cfg, cache, out)
+    with pytest.raises(ConfigError, match="--lr"):
+        distill.run(replace(cfg, lr=1e-3), cache, out, resume=True)
+    again = distill.run(replace(cfg, checkpoint_every=7), cache, out, resume=True)
+    assert again.already_complete and again.steps == STEPS
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
+def test_pythia_and_smollm_architectures_distill(arch, cache, demo_models, tmp_path):
+    tok = AutoTokenizer.from_pretrained(demo_models["student"])
+    common = {
+        "vocab_size": len(tok),
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "max_position_embeddings": 256,
+        "bos_token_id": tok.eos_token_id,
+        "eos_token_id": tok.eos_token_id,
+    }
+    config = GPTNeoXConfig(**common) if arch == "gpt_neox" else LlamaConfig(num_key_value_heads=2, **common)
+    torch.manual_seed(0)
+    student = tmp_path / arch
+    AutoModelForCausalLM.from_config(config).save_pretrained(student)
+    tok.save_pretrained(student)
+    cfg = small_config(
+        student,
+        steps=3,
+        grad_accum=2,
+        gradient_checkpointing=arch == "llama",
+        keep_checkpoint=False,
+        max_prompt_tokens=200,
+    )
+    result = distill.run(cfg, cache, tmp_path / "out")
+    rows = metrics(tmp_path / "out")
+    assert result.steps == 3 and len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert model.config.model_type == arch and model.config.use_cache
+    ids = tok("Question: is it?", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+
+
+def cli(*args: str):
+    return CliRunner().invoke(main, ["distill", *args])
+
+
+def one_line_error(result, match: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and match in lines[0], result.output
+
+
+def test_user_errors_end_in_one_line(kd_run, cache, demo_models, tmp_path):
+    student = ["--student", str(demo_models["student"])]
+    one_line_error(cli("--cache", str(tmp_path / "no"), "--out", str(tmp_path / "o1"), *student), "not a kdpipe cache")
+    write_cache(tmp_path / "partial", finalize=False)
+    one_line_error(cli("--cache", str(tmp_path / "partial"), "--out", str(tmp_path / "o2"), *student), "incomplete")
+    write_cache(tmp_path / "v2")
+    group = zarr.open_group(zarr.storage.LocalStore(tmp_path / "v2"), mode="r+")
+    group.attrs.put({**group.attrs.asdict(), cs.ATTR_VERSION: 2})
+    one_line_error(cli("--cache", str(tmp_path / "v2"), "--out", str(tmp_path / "o2"), *student), "schema version 2")
+    one_line_error(
+        cli("--cache", str(cache), "--out", str(tmp_path / "o3"), "--student", str(tmp_path / "none")), "cannot load"
+    )
+    one_line_error(cli("--cache", str(cache), "--out", str(kd_run[1]), *student), "already holds a finished")
+    one_line_error(cli("--cache", str(cache), "--out", str(tmp_path / "o4"), "--batch-size", "0"), "--batch-size")
+    if not torch.cuda.is_available():
+        one_line_error(
+            cli("--cache", str(cache), "--out", str(tmp_path / "o5"), "--device", "cuda", *student), "--device cuda"
+        )
+        one_line_error(
+            cli("--cache", str(cache), "--out", str(tmp_path / "o6"), "--precision", "bf16", *student),
+            "--precision bf16",
+        )
+
+
+def test_one_cycle_schedule_is_torchs_one_cycle_with_the_official_factors():
+    cfg = DistillConfig(lr=1e-3, schedule="one-cycle", warmup_ratio=0.1)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=50, pct_start=0.1, div_factor=2, final_div_factor=5, cycle_momentum=False
+    )
+    expected = []
+    for _ in range(50):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert [training.lr_at(s, 50, cfg) for s in range(50)] == pytest.approx(expected, rel=1e-9)
+    cosine = replace(cfg, schedule="cosine")
+    assert training.lr_at(0, 50, cosine) == pytest.approx(cfg.lr / 5) and training.lr_at(4, 50, cosine) == cfg.lr
+    assert training.lr_at(49, 50, cosine) < 1e-5 and training.lr_at(
+        27, 50, replace(cfg, schedule="linear")
+    ) == pytest.approx(cfg.lr * (1 - 22 / 45))
+
+
+def test_config_validation_names_the_flag_and_the_demo_config_loads():
+    for bad, flag in (
+        ({"batch_size": 0}, "--batch-size"),
+        ({"uld_weight": -1.0}, "--uld-weight"),
+        ({"warmup_ratio": 1.0}, "--warmup-ratio"),
+        ({"schedule": "step"}, "--schedule"),
+    ):
+        with pytest.raises(ConfigError, match=flag):
+            DistillConfig(**bad)
+    for name in ("demo.yaml", "flan-t5-xxl.yaml"):
+        cfg = load(DistillConfig, REPO / "configs" / name, "distill")
+        assert cfg.uld_weight == 1.5
+    assert load(DistillConfig, REPO / "configs" / "demo.yaml", "distill", {"uld_weight": 0.0}).uld_weight == 0.0
+
+
+def test_an_interrupted_checkpoint_write_is_ignored(tmp_path):
+    (tmp_path / training.CHECKPOINTS_DIR / ".tmp-step-00000008").mkdir(parents=True)
+    assert training.latest_checkpoint(tmp_path) is None
+    assert not (tmp_path / training.CHECKPOINTS_DIR / ".tmp-step-00000008").exists()
