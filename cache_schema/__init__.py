@@ -12,6 +12,17 @@ of a Parquet table::
       topk_ids/            int32   [rows, k]  optional (--store-ids): the teacher vocabulary id of each prob
       _parts/              only while being written: one Parquet file per committed range of batches
 
+A cache is written by one process, or by several workers (``teacher-cache --worker I --num-workers N``, or
+RANK and WORLD_SIZE under torchrun) that each write a part: a cache of the same layout holding the global
+batches I, I + N, I + 2N, ... of the one batch plan, in a folder of its own::
+
+    out/
+      worker-0-of-2/       a part: a complete cache plus ATTR_WORKER and ATTR_BATCH_EXAMPLES
+      worker-1-of-2/
+
+``kdpipe cache merge out merged`` joins the parts batch by batch in plan order (cache_schema.merge), so the
+merged cache holds the examples and rows of a one-worker run, in the same order and the same bytes.
+
 Rows: every answer token of every example, flattened; example ``i`` owns rows
 ``[row_start[i], row_start[i] + n_rows[i])``. Row ``j`` of an example is the teacher's distribution
 softmax(logits / T) at answer position ``j`` (teacher-forced on the answer, or on its own greedy answer),
@@ -27,7 +38,12 @@ descending), which compress far better than the values. Decode with plain numpy:
 The decoded row is within ``k / (2 · 65535)`` L1 of the float32 values (≤ 4.9e-4 at k = 64).
 
 A cache is untrusted data: nothing in it is executed or unpickled, dtypes and shapes are checked against
-this schema before anything is read, and a mismatch raises :class:`CacheError` naming both values.
+this schema before anything is read (no pickle, no object dtype, only the codecs in ALLOWED_CODECS, sizes
+bounded by the MAX_* constants), and a mismatch raises :class:`CacheError` naming both values.
+
+Modules: this one names the format; ``store`` maps a path, zip or URL to files; ``reader`` opens and reads a
+cache; ``audit`` verifies and describes one; ``writer`` creates and resumes one; ``share`` copies and packs
+caches; ``merge`` joins worker parts.
 """
 
 from __future__ import annotations
@@ -46,6 +62,7 @@ PROB_SCALE = 65535
 EXAMPLES_FILE = "examples.parquet"
 GROUP_META_FILE = "zarr.json"  # holds the attributes, so it is covered by ATTR_DIGEST, not by a checksum
 PARTS_DIR = "_parts"
+WORKER_PART = "worker-{index}-of-{count}"  # folder of worker ``index``'s part, beside the other parts
 
 # Arrays along the flat row axis.
 PROBS = "probs"
@@ -91,17 +108,43 @@ ATTR_LAYOUT = "layout"  # {"chunk_rows", "shard_rows", "store_ids"}
 ATTR_CHECKSUMS = "checksums"  # {relative file path: sha256}, every file but GROUP_META_FILE; set at finalize
 ATTR_COMPLETE = "complete"  # true only after a finished run; readers refuse a cache without it
 ATTR_DIGEST = "attrs_digest"  # sha256 of all the other attributes; catches an edited attribute
+# Only in a worker's part (absent from one-worker and merged caches; older caches read as before):
+ATTR_WORKER = "worker"  # {"index": i, "count": n, "plan_batches": B}: this part holds global batches i, i+n, ...
+ATTR_BATCH_EXAMPLES = "batch_examples"  # examples in each of the part's batches, in order; merge interleaves by it
+# Only in a merged cache:
+ATTR_MERGED = "merged_from"  # {"parts": n, "attrs_digests": [digest of each part, by worker index]}
+
+# The attributes that define what a cache holds: resuming, and merging parts, require them equal.
+IDENTITY_ATTRS = (
+    ATTR_TEACHER,
+    ATTR_TOKENIZER_FP,
+    ATTR_TOP_K,
+    ATTR_TEMPERATURE,
+    ATTR_ANSWERS,
+    ATTR_EOS,
+    ATTR_MIXTURE,
+    ATTR_MIXTURE_FP,
+    ATTR_CONFIG,
+)
 
 # Bounds checked before allocating anything a cache asks for.
 MAX_TOP_K = 4096
 MAX_ROWS_PER_EXAMPLE = 1 << 16
 MAX_CHUNK_BYTES = 256 << 20
+MAX_CHUNKS_PER_SHARD = 1 << 16  # a shard's index (16 bytes per chunk) is read whole
+MAX_EXAMPLES = 1 << 28
+MAX_METADATA_BYTES = 64 << 20  # any zarr.json
+ALLOWED_CODECS = frozenset({"sharding_indexed", "bytes", "blosc", "zstd", "gzip", "crc32c", "transpose"})
 DEFAULT_CHUNK_ROWS = 4096
 DEFAULT_SHARD_ROWS = 65536
 
 
 class CacheError(Exception):
     """A cache that cannot be used as asked: wrong version, mismatch, truncation, corruption."""
+
+
+class CacheIncomplete(CacheError):
+    """A cache whose writer has not finished (``kdpipe cache info`` still reports its progress)."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +214,7 @@ def identity_attrs(
     mixture: dict,
     config: dict,
 ) -> dict:
-    """The attributes that define a cache: a resumed run must match them exactly."""
+    """The attributes that define a cache (IDENTITY_ATTRS): a resumed run must match them exactly."""
     return {
         ATTR_TEACHER: teacher,
         ATTR_TOKENIZER_FP: tokenizer_fingerprint,
@@ -185,11 +228,23 @@ def identity_attrs(
     }
 
 
+def worker_attrs(index: int, count: int, plan_batches: int) -> dict:
+    """The ATTR_WORKER value of worker ``index`` of ``count``; it joins a part's identity."""
+    return {ATTR_WORKER: {"index": index, "count": count, "plan_batches": plan_batches}}
+
+
+def worker_part(out: str, index: int, count: int) -> str:
+    """Where worker ``index`` of ``count`` writes its part of the cache ``out`` (a path or URL)."""
+    return f"{out.rstrip('/')}/{WORKER_PART.format(index=index, count=count)}"
+
+
 # The reading and writing code builds on the names above, so it is imported after them.
+from cache_schema.audit import check_provenance as check_provenance  # noqa: E402
+from cache_schema.audit import describe as describe  # noqa: E402
+from cache_schema.audit import provenance as provenance  # noqa: E402
+from cache_schema.audit import summary as summary  # noqa: E402
+from cache_schema.audit import verify_cache as verify_cache  # noqa: E402
 from cache_schema.reader import Cache as Cache  # noqa: E402
-from cache_schema.reader import describe as describe  # noqa: E402
 from cache_schema.reader import open_cache as open_cache  # noqa: E402
-from cache_schema.reader import summary as summary  # noqa: E402
-from cache_schema.reader import verify_cache as verify_cache  # noqa: E402
 from cache_schema.writer import CacheComplete as CacheComplete  # noqa: E402
 from cache_schema.writer import CacheWriter as CacheWriter  # noqa: E402

@@ -1,11 +1,17 @@
-"""Reading a cache: open and validate it, read rows, verify it, describe it."""
+"""Opening a cache: every metadata file is checked against the schema before a byte of data is read.
+
+Order of the checks in :func:`open_cache`, each raising CacheError that names the file and both values:
+group attributes (schema, version, completeness, digest, k, counts within the MAX_* bounds) → the footer of
+examples.parquet (its columns and row count, not its data) → each array's zarr.json (dtype, shape, chunk and
+shard sizes, codecs) → only then the examples table, which must tile the row axis of the arrays.
+"""
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
-import posixpath
 from collections.abc import Iterator
 
 import fsspec
@@ -15,29 +21,24 @@ import pyarrow.parquet as pq
 import zarr
 
 from cache_schema import (
+    ALLOWED_CODECS,
     ARRAY_DTYPES,
-    ATTR_ANSWERS,
-    ATTR_CHECKSUMS,
     ATTR_COMPLETE,
     ATTR_COUNTS,
-    ATTR_CREATED,
     ATTR_DIGEST,
     ATTR_LAYOUT,
-    ATTR_MIXTURE,
-    ATTR_MIXTURE_FP,
     ATTR_SCHEMA,
-    ATTR_TEACHER,
-    ATTR_TEMPERATURE,
-    ATTR_TOOL_VERSION,
     ATTR_TOP_K,
     ATTR_VERSION,
     EXAMPLE_COLUMNS,
     EXAMPLES_FILE,
     GROUP_META_FILE,
     MAX_CHUNK_BYTES,
+    MAX_CHUNKS_PER_SHARD,
+    MAX_EXAMPLES,
+    MAX_METADATA_BYTES,
     MAX_ROWS_PER_EXAMPLE,
     MAX_TOP_K,
-    PARTS_DIR,
     PROBS,
     SCHEMA_NAME,
     SCHEMA_VERSION,
@@ -46,21 +47,32 @@ from cache_schema import (
     TOPK_IDS,
     CachedExample,
     CacheError,
+    CacheIncomplete,
     attrs_digest,
     decode_probs,
-    decode_tolerance,
 )
-from cache_schema.store import filesystem, is_zip, list_files, sha256, zarr_store
+from cache_schema.store import can_list, filesystem, join, storage_errors, zarr_store
 
 
 class Cache:
-    """A validated, complete cache opened for reading. ``cache[i]`` is the i-th example's rows."""
+    """A validated, complete cache opened for reading. ``cache[i]`` is the i-th example's rows.
 
-    def __init__(self, path: str, group: zarr.Group, meta: dict, examples: pa.Table):
-        self.path = path
+    ``fs`` and ``root`` locate its files (``store.join(root, relative path)``), wherever the cache lives.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        fs: fsspec.AbstractFileSystem,
+        root: str,
+        arrays: dict[str, zarr.Array],
+        meta: dict,
+        examples: pa.Table,
+    ):
+        self.path, self.fs, self.root = path, fs, root
         self.meta = meta
         self.examples = examples
-        self._group = group
+        self._arrays = arrays
         self.top_k = int(meta[ATTR_TOP_K])
         self.total_rows = int(meta[ATTR_COUNTS]["rows"])
         self.chunk_rows = int(meta[ATTR_LAYOUT]["chunk_rows"])
@@ -83,11 +95,14 @@ class Cache:
 
     def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Decoded rows ``[start, stop)``: probs float32 [n, k], tail float32 [n], token_ids int32 [n], topk_ids."""
+        stored = self.read_stored(start, stop)
+        return decode_probs(stored[PROBS]), stored[TAIL], stored[TOKEN_IDS], stored.get(TOPK_IDS)
+
+    def read_stored(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows ``[start, stop)`` of every array as stored (probs still encoded), by array name."""
         if not 0 <= start <= stop <= self.total_rows:
             raise CacheError(f"rows [{start}, {stop}) outside the cache's {self.total_rows} rows")
-        probs = decode_probs(self._group[PROBS][start:stop])
-        topk_ids = self._group[TOPK_IDS][start:stop] if self.has_topk_ids else None
-        return probs, self._group[TAIL][start:stop], self._group[TOKEN_IDS][start:stop], topk_ids
+        return {name: array[start:stop] for name, array in self._arrays.items()}
 
     def iter_chunks(self) -> Iterator[tuple[int, int]]:
         """Row ranges aligned with the stored chunks: reading one touches one chunk of each array."""
@@ -95,187 +110,177 @@ class Cache:
             yield start, min(start + self.chunk_rows, self.total_rows)
 
 
-def open_cache(path: str | os.PathLike, *, require_complete: bool = True) -> Cache:
-    """Open and validate a cache: a local directory, a ``.zip`` of one, or an fsspec URL."""
+@storage_errors
+def open_cache(path: str | os.PathLike) -> Cache:
+    """Open and validate a complete cache: a local directory, a ``.zip`` of one, or an fsspec URL."""
     path = os.fspath(path)
     fs, root = filesystem(path)
-    if not fs.exists(posixpath.join(root, GROUP_META_FILE) if root else GROUP_META_FILE):
-        raise CacheError(f"{path}: not a kdpipe cache (no {GROUP_META_FILE})")
+    meta = read_attrs(path, fs, root)
+    _check_meta(path, meta)
+    examples, rows = _check_counts(path, meta)
+    footer = _examples_footer(path, fs, root, examples)
+    names = array_names(meta)
+    for name in names:
+        _check_array_meta(path, fs, root, name, (rows, meta[ATTR_TOP_K]) if name in (PROBS, TOPK_IDS) else (rows,))
+    store = zarr_store(fs, root, read_only=True)
     try:
-        group = zarr.open_group(zarr_store(path, read_only=True), mode="r")
+        arrays = {name: zarr.open_array(store, path=name, mode="r", zarr_format=3) for name in names}
     except Exception as e:  # zarr raises many types for a broken store; the user needs the path and the cause
-        raise CacheError(f"{path}: cannot open the Zarr group: {e}") from e
-    meta = dict(group.attrs.asdict())
-    _check_meta(path, meta, require_complete)
-    examples = _read_examples(path, fs, root)
-    _check_arrays(path, group, meta, examples)
-    return Cache(path, group, meta, examples)
+        raise CacheError(f"{path}: cannot open the Zarr arrays: {e}") from e
+    table = _read_examples(path, footer)
+    _check_tiling(path, table, rows)
+    return Cache(path, fs, root, arrays, meta, table)
 
 
-def _check_meta(path: str, meta: dict, require_complete: bool) -> None:
+def array_names(meta: dict) -> list[str]:
+    return [PROBS, TAIL, TOKEN_IDS] + ([TOPK_IDS] if meta.get(ATTR_LAYOUT, {}).get("store_ids") else [])
+
+
+def read_json(path: str, fs: fsspec.AbstractFileSystem, name: str, what: str) -> dict:
+    """A zarr.json as a dict, refused when it is missing, oversized or not a JSON object."""
+    if not fs.exists(name):
+        raise CacheError(f"{path}: {what} missing")
+    if fs.size(name) > MAX_METADATA_BYTES:
+        raise CacheError(f"{path}: {what} is {fs.size(name)} bytes, more than the {MAX_METADATA_BYTES} allowed")
+    try:
+        value = json.loads(fs.cat_file(name))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CacheError(f"{path}: {what} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise CacheError(f"{path}: {what} is not a JSON object")
+    return value
+
+
+def read_attrs(path: str, fs: fsspec.AbstractFileSystem, root: str) -> dict:
+    """The group attributes, read as plain JSON (before Zarr parses anything)."""
+    name = join(root, GROUP_META_FILE)
+    if not fs.exists(name):
+        partial = can_list(fs) and fs.isdir(root or "/") and bool(fs.ls(root or "/"))
+        hint = "; a copy writes it last: rerun the same push or pull to finish one" if partial else ""
+        raise CacheError(f"{path}: not a kdpipe cache (no {GROUP_META_FILE}{hint})")
+    attrs = read_json(path, fs, name, GROUP_META_FILE).get("attributes", {})
+    if not isinstance(attrs, dict):
+        raise CacheError(f"{path}/{GROUP_META_FILE}: attributes are not a JSON object")
+    return attrs
+
+
+def _check_meta(path: str, meta: dict) -> None:
     if meta.get(ATTR_SCHEMA) != SCHEMA_NAME:
         raise CacheError(f"{path}: schema is {meta.get(ATTR_SCHEMA)!r}, expected {SCHEMA_NAME!r}")
     if meta.get(ATTR_VERSION) != SCHEMA_VERSION:
         raise CacheError(f"{path}: schema version {meta.get(ATTR_VERSION)!r}, this kdpipe reads {SCHEMA_VERSION}")
-    if require_complete and meta.get(ATTR_COMPLETE) is not True:
-        raise CacheError(f"{path}: the cache is incomplete (its writer has not finished; rerun it to resume)")
-    if meta.get(ATTR_COMPLETE) is True and meta.get(ATTR_DIGEST) != attrs_digest(meta):
+    if meta.get(ATTR_COMPLETE) is not True:
+        raise CacheIncomplete(f"{path}: the cache is incomplete (its writer has not finished; rerun it to resume)")
+    if meta.get(ATTR_DIGEST) != attrs_digest(meta):
         raise CacheError(f"{path}/{GROUP_META_FILE}: attributes were modified after the cache was written")
     k = meta.get(ATTR_TOP_K)
-    if not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
+    if not _is_int(k) or not 1 <= k <= MAX_TOP_K:
         raise CacheError(f"{path}: top_k {k!r} is not an integer in [1, {MAX_TOP_K}]")
+    layout = meta.get(ATTR_LAYOUT)
+    if not isinstance(layout, dict) or not all(_is_int(layout.get(n)) for n in ("chunk_rows", "shard_rows")):
+        raise CacheError(f"{path}/{GROUP_META_FILE}: layout {layout!r} lacks integer chunk_rows and shard_rows")
 
 
-def _read_examples(path: str, fs: fsspec.AbstractFileSystem, root: str) -> pa.Table:
-    name = posixpath.join(root, EXAMPLES_FILE) if root else EXAMPLES_FILE
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_counts(path: str, meta: dict) -> tuple[int, int]:
+    """(examples, rows) from the attributes, bounded before anything of that size is read."""
+    counts = meta.get(ATTR_COUNTS)
+    examples, rows = (counts.get("examples"), counts.get("rows")) if isinstance(counts, dict) else (None, None)
+    if not _is_int(examples) or not 0 <= examples <= MAX_EXAMPLES:
+        raise CacheError(f"{path}: {examples!r} examples is not an integer in [0, {MAX_EXAMPLES}]")
+    if not _is_int(rows) or not examples <= rows <= examples * MAX_ROWS_PER_EXAMPLE:
+        raise CacheError(
+            f"{path}: {rows!r} rows for {examples} examples is not an integer in "
+            f"[{examples}, {examples} x {MAX_ROWS_PER_EXAMPLE}]"
+        )
+    return examples, rows
+
+
+def _examples_footer(path: str, fs: fsspec.AbstractFileSystem, root: str, examples: int) -> pq.ParquetFile:
+    """examples.parquet opened on its footer alone: columns and row count are checked before the data is read."""
+    name = join(root, EXAMPLES_FILE)
     if not fs.exists(name):
-        raise CacheError(f"{path}: {EXAMPLES_FILE} is missing")
+        raise CacheError(f"{path}/{EXAMPLES_FILE}: file missing")
     try:
-        table = pq.read_table(io.BytesIO(fs.cat_file(name)))
+        parquet = pq.ParquetFile(io.BytesIO(fs.cat_file(name)))
     except Exception as e:  # a truncated or corrupt Parquet file
         raise CacheError(f"{path}/{EXAMPLES_FILE}: unreadable: {e}") from e
-    if not table.schema.equals(EXAMPLE_COLUMNS):
-        raise CacheError(f"{path}/{EXAMPLES_FILE}: columns {table.schema} differ from the schema {EXAMPLE_COLUMNS}")
-    return table
+    if not parquet.schema_arrow.equals(EXAMPLE_COLUMNS):
+        raise CacheError(
+            f"{path}/{EXAMPLES_FILE}: columns {parquet.schema_arrow} differ from the schema {EXAMPLE_COLUMNS}"
+        )
+    if parquet.metadata.num_rows != examples:
+        raise CacheError(
+            f"{path}/{EXAMPLES_FILE}: claims {parquet.metadata.num_rows} examples, the attributes say {examples}"
+        )
+    return parquet
 
 
-def _check_arrays(path: str, group: zarr.Group, meta: dict, examples: pa.Table) -> None:
-    k, rows = meta[ATTR_TOP_K], meta.get(ATTR_COUNTS, {}).get("rows")
-    names = [PROBS, TAIL, TOKEN_IDS] + ([TOPK_IDS] if meta.get(ATTR_LAYOUT, {}).get("store_ids") else [])
-    for name in names:
-        if name not in group:
-            raise CacheError(f"{path}/{name}: array missing")
-        array = group[name]
-        expected_shape = (rows, k) if name in (PROBS, TOPK_IDS) else (rows,)
-        if array.dtype != ARRAY_DTYPES[name]:
-            raise CacheError(f"{path}/{name}: dtype {array.dtype}, schema says {ARRAY_DTYPES[name]}")
-        if tuple(array.shape) != expected_shape:
-            raise CacheError(f"{path}/{name}: shape {tuple(array.shape)}, expected {expected_shape}")
-        if int(np.prod(array.chunks)) * array.dtype.itemsize > MAX_CHUNK_BYTES:
-            raise CacheError(f"{path}/{name}: chunk shape {array.chunks} exceeds {MAX_CHUNK_BYTES} bytes")
+def _read_examples(path: str, parquet: pq.ParquetFile) -> pa.Table:
+    try:
+        table = parquet.read()
+    except Exception as e:  # a corrupt page behind a sound footer
+        raise CacheError(f"{path}/{EXAMPLES_FILE}: unreadable: {e}") from e
+    return table.replace_schema_metadata(None)
+
+
+def _check_array_meta(path: str, fs: fsspec.AbstractFileSystem, root: str, name: str, shape: tuple[int, ...]) -> None:
+    """An array's zarr.json against the schema: dtype, shape, a bounded chunk and shard, known codecs only."""
+    where = f"{path}/{name}/{GROUP_META_FILE}"
+    meta = read_json(path, fs, join(root, f"{name}/{GROUP_META_FILE}"), f"array {name!r}")
+    if meta.get("node_type") != "array" or meta.get("zarr_format") != 3:
+        raise CacheError(f"{where}: not a Zarr v3 array")
+    if meta.get("data_type") != ARRAY_DTYPES[name].name:
+        raise CacheError(f"{where}: dtype {meta.get('data_type')!r}, schema says {ARRAY_DTYPES[name].name!r}")
+    if meta.get("shape") != list(shape):
+        raise CacheError(f"{where}: shape {meta.get('shape')!r}, expected {list(shape)}")
+    if meta.get("storage_transformers"):
+        raise CacheError(f"{where}: storage transformers {meta['storage_transformers']!r} are not allowed")
+    grid = meta.get("chunk_grid", {})
+    outer = grid.get("configuration", {}).get("chunk_shape") if isinstance(grid, dict) else None
+    _check_shape(where, "chunk shape", outer, len(shape))
+    codecs = meta.get("codecs")
+    inner = outer
+    for codec in _walk_codecs(where, codecs):
+        if codec["name"] == "sharding_indexed":
+            inner = codec.get("configuration", {}).get("chunk_shape")
+            _check_shape(where, "inner chunk shape", inner, len(shape))
+            if any(o % i for o, i in zip(outer, inner, strict=True)):
+                raise CacheError(f"{where}: shard shape {outer} is not a multiple of chunk shape {inner}")
+    if math.prod(inner) * ARRAY_DTYPES[name].itemsize > MAX_CHUNK_BYTES:
+        raise CacheError(f"{where}: chunk shape {inner} exceeds {MAX_CHUNK_BYTES} bytes")
+    if math.prod(o // i for o, i in zip(outer, inner, strict=True)) > MAX_CHUNKS_PER_SHARD:
+        raise CacheError(f"{where}: shard shape {outer} holds more than {MAX_CHUNKS_PER_SHARD} chunks of {inner}")
+
+
+def _check_shape(where: str, what: str, value: object, ndim: int) -> None:
+    if not isinstance(value, list) or len(value) != ndim or not all(_is_int(v) and v > 0 for v in value):
+        raise CacheError(f"{where}: {what} {value!r} is not {ndim} positive integers")
+
+
+def _walk_codecs(where: str, codecs: object) -> Iterator[dict]:
+    """Every codec of a codec list, nested ones (a shard's inner and index codecs) included; unknown ones raise."""
+    if not isinstance(codecs, list) or not codecs:
+        raise CacheError(f"{where}: codecs {codecs!r} is not a list of codecs")
+    for codec in codecs:
+        if not isinstance(codec, dict) or codec.get("name") not in ALLOWED_CODECS:
+            name = codec.get("name") if isinstance(codec, dict) else codec
+            raise CacheError(f"{where}: codec {name!r} is not one of {', '.join(sorted(ALLOWED_CODECS))}")
+        yield codec
+        config = codec.get("configuration", {})
+        for key in ("codecs", "index_codecs"):
+            if isinstance(config, dict) and key in config:
+                yield from _walk_codecs(where, config[key])
+
+
+def _check_tiling(path: str, examples: pa.Table, rows: int) -> None:
     n_rows = examples.column("n_rows").to_numpy()
     row_start = examples.column("row_start").to_numpy()
-    if len(n_rows) != meta[ATTR_COUNTS]["examples"]:
-        raise CacheError(
-            f"{path}/{EXAMPLES_FILE}: {len(n_rows)} examples, attributes say {meta[ATTR_COUNTS]['examples']}"
-        )
     if len(n_rows) and ((n_rows < 1).any() or (n_rows > MAX_ROWS_PER_EXAMPLE).any()):
         raise CacheError(f"{path}/{EXAMPLES_FILE}: n_rows outside [1, {MAX_ROWS_PER_EXAMPLE}]")
     expected_start = np.concatenate([[0], np.cumsum(n_rows, dtype=np.int64)[:-1]]) if len(n_rows) else n_rows
-    if not np.array_equal(row_start, expected_start) or int(n_rows.sum()) != rows:
+    if not np.array_equal(row_start, expected_start) or int(n_rows.sum(dtype=np.int64)) != rows:
         raise CacheError(f"{path}/{EXAMPLES_FILE}: row_start/n_rows do not tile the {rows} rows of the arrays")
-
-
-# ---------------------------------------------------------------------------------------------- verify
-
-
-def verify_cache(path: str | os.PathLike) -> dict:
-    """Re-check checksums and contents; return a summary, or raise CacheError naming the first problem."""
-    cache = open_cache(path)
-    fs, root = filesystem(cache.path)
-    listed = cache.meta.get(ATTR_CHECKSUMS) or {}
-    present = {p for p in list_files(fs, root) if p != GROUP_META_FILE}
-    for rel in sorted(set(listed) - present):
-        raise CacheError(f"{cache.path}/{rel}: file missing")
-    for rel in sorted(present - set(listed)):
-        raise CacheError(f"{cache.path}/{rel}: file not listed in the cache's checksums")
-    for rel, digest in sorted(listed.items()):
-        if sha256(fs, posixpath.join(root, rel) if root else rel) != digest:
-            raise CacheError(f"{cache.path}/{rel}: checksum mismatch (corrupted or modified)")
-    tolerance = decode_tolerance(cache.top_k)
-    worst = 0.0
-    for start, stop in cache.iter_chunks():
-        try:
-            probs, tail, _, _ = cache.read_rows(start, stop)
-        except CacheError:
-            raise
-        except Exception as e:  # a truncated shard the checksums did not cover
-            raise CacheError(f"{cache.path}: rows [{start}, {stop}) unreadable: {e}") from e
-        if (np.diff(probs, axis=1) > 0).any():
-            raise CacheError(f"{cache.path}/{PROBS}: rows [{start}, {stop}) not sorted descending")
-        if (tail < -tolerance).any() or (tail > 1 + tolerance).any():
-            raise CacheError(f"{cache.path}/{TAIL}: rows [{start}, {stop}) have a tail outside [0, 1]")
-        error = np.abs(probs.sum(axis=1, dtype=np.float64) + tail - 1.0)
-        worst = max(worst, float(error.max(initial=0.0)))
-        if worst > tolerance:
-            raise CacheError(
-                f"{cache.path}/{PROBS}: rows [{start}, {stop}) sum to 1 only within {worst:.2e} (> {tolerance:.2e})"
-            )
-    return {
-        "path": cache.path,
-        "examples": len(cache),
-        "rows": cache.total_rows,
-        "files": len(listed),
-        "max_sum_error": worst,
-    }
-
-
-def summary(path: str | os.PathLike) -> str:
-    """A human summary for ``kdpipe cache info``: a complete cache in full, an incomplete one's progress."""
-    path = os.fspath(path)
-    try:
-        return describe(open_cache(path))
-    except CacheError as e:
-        if "incomplete" not in str(e) or "://" in path or is_zip(path):
-            raise
-    meta = dict(zarr.open_group(zarr.storage.LocalStore(path, read_only=True), mode="r").attrs.asdict())
-    parts = (
-        [n for n in os.listdir(os.path.join(path, PARTS_DIR)) if n.endswith(".parquet")]
-        if os.path.isdir(os.path.join(path, PARTS_DIR))
-        else []
-    )
-    examples = sum(pq.read_metadata(os.path.join(path, PARTS_DIR, n)).num_rows for n in parts)
-    return "\n".join(
-        [
-            f"cache        {path}",
-            f"schema       {meta.get(ATTR_SCHEMA)} v{meta.get(ATTR_VERSION)}",
-            "complete     False (rerun the same teacher-cache command to resume)",
-            f"teacher      {meta.get(ATTR_TEACHER, {}).get('id')}",
-            f"top-k        {meta.get(ATTR_TOP_K)}   temperature {meta.get(ATTR_TEMPERATURE)}   "
-            f"answers {meta.get(ATTR_ANSWERS)}",
-            f"committed    {examples} examples in {len(parts)} parts",
-        ]
-    )
-
-
-def describe(cache: Cache) -> str:
-    """A human summary of a complete cache."""
-    m = cache.meta
-    counts, teacher = m[ATTR_COUNTS], m[ATTR_TEACHER]
-    fs, root = filesystem(cache.path)
-    size = sum(fs.size(posixpath.join(root, p) if root else p) for p in (m.get(ATTR_CHECKSUMS) or {}))
-    stored = sum(
-        fs.size(posixpath.join(root, p) if root else p)
-        for p in (m.get(ATTR_CHECKSUMS) or {})
-        if p.split("/")[0] in (PROBS, TAIL)
-    )
-    lines = [
-        f"cache        {cache.path}",
-        f"schema       {m[ATTR_SCHEMA]} v{m[ATTR_VERSION]} (kdpipe {m[ATTR_TOOL_VERSION]})",
-        f"complete     {m[ATTR_COMPLETE]}",
-        f"created      {m[ATTR_CREATED]['at']} on {m[ATTR_CREATED]['on']}",
-        f"teacher      {teacher['id']} (revision {teacher.get('revision')}, {teacher.get('quantization')}, "
-        f"{teacher.get('compute_dtype')})",
-        f"top-k        {m[ATTR_TOP_K]}   temperature {m[ATTR_TEMPERATURE]}   answers {m[ATTR_ANSWERS]}",
-        f"mixture      {m[ATTR_MIXTURE_FP][:16]}  split {m[ATTR_MIXTURE].get('split')}  "
-        f"seed {m[ATTR_MIXTURE].get('seed')}",
-        f"examples     {counts['examples']}   rows {counts['rows']}",
-        f"size         {size} bytes; probs + tail {stored / max(counts['rows'], 1):.1f} bytes/row",
-        "per task     "
-        + "  ".join(f"{t}: {c['examples']} ex / {c['rows']} rows" for t, c in counts["per_task"].items()),
-    ]
-    for label in ("skipped", "truncated"):
-        nonzero = _nonzero(counts.get(label) or {})
-        if nonzero:
-            lines.append(f"{label:<13}{json.dumps(nonzero)}")
-    return "\n".join(lines)
-
-
-def _nonzero(counts: dict) -> dict:
-    """Nested counts with the zeros and empty groups left out."""
-    out = {}
-    for key, value in counts.items():
-        value = _nonzero(value) if isinstance(value, dict) else value
-        if value:
-            out[key] = value
-    return out

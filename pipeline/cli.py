@@ -123,6 +123,8 @@ def cache_verify(path: str) -> None:
         f"ok: {report['path']}: {report['examples']} examples, {report['rows']} rows, {report['files']} files "
         f"checked; probabilities + tail = 1 within {report['max_sum_error']:.1e}"
     )
+    if report["listed_only"]:
+        click.echo("note: this store cannot list files, so only the files the cache lists were checked")
 
 
 if __name__ == "__main__":
