@@ -246,5 +246,7 @@ from cache_schema.audit import summary as summary  # noqa: E402
 from cache_schema.audit import verify_cache as verify_cache  # noqa: E402
 from cache_schema.reader import Cache as Cache  # noqa: E402
 from cache_schema.reader import open_cache as open_cache  # noqa: E402
+from cache_schema.share import copy_cache as copy_cache  # noqa: E402
+from cache_schema.share import pack_cache as pack_cache  # noqa: E402
 from cache_schema.writer import CacheComplete as CacheComplete  # noqa: E402
 from cache_schema.writer import CacheWriter as CacheWriter  # noqa: E402
