@@ -244,6 +244,8 @@ from cache_schema.audit import describe as describe  # noqa: E402
 from cache_schema.audit import provenance as provenance  # noqa: E402
 from cache_schema.audit import summary as summary  # noqa: E402
 from cache_schema.audit import verify_cache as verify_cache  # noqa: E402
+from cache_schema.merge import find_parts as find_parts  # noqa: E402
+from cache_schema.merge import merge_parts as merge_parts  # noqa: E402
 from cache_schema.reader import Cache as Cache  # noqa: E402
 from cache_schema.reader import open_cache as open_cache  # noqa: E402
 from cache_schema.share import copy_cache as copy_cache  # noqa: E402

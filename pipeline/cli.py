@@ -90,6 +90,8 @@ def teacher_cache(config_file: str | None, out: str, **flags) -> None:
         click.echo(f"{result.path}: already complete ({result.examples} examples, {result.rows} rows); nothing to do")
         return
     click.echo(f"cache: {result.path}  ({result.examples} examples, {result.rows} rows, {result.seconds:.1f} s)")
+    if result.workers > 1:
+        click.echo(f"a part of {result.workers}; once all are written: kdpipe cache merge {out} MERGED")
     for label, counts in (("skipped", result.skipped), ("truncated", result.truncated)):
         flat = {k: v for k, v in counts.items() if v and k != "source"}
         source = {t: c for t, c in counts.get("source", {}).items() if c} if label == "skipped" else {}
@@ -187,6 +189,21 @@ def cache_unpack(zip_path: str, out: str) -> None:
     import cache_schema
 
     _echo_copy(cache_schema.copy_cache(zip_path, out), "unpacked")
+
+
+@cache.command("merge")
+@click.argument("parts", nargs=-1, required=True)
+@click.argument("out")
+@_user_errors
+def cache_merge(parts: tuple[str, ...], out: str) -> None:
+    """Join the worker parts PARTS (caches, or folders of worker-I-of-N parts) into the cache OUT."""
+    import cache_schema
+
+    report = cache_schema.merge_parts(list(parts), out)
+    if report.get("already_complete"):
+        click.echo(f"{out}: already complete; nothing to do")
+        return
+    click.echo(f"merged: {out}  ({report['parts']} parts, {report['examples']} examples, {report['rows']} rows)")
 
 
 if __name__ == "__main__":
