@@ -84,11 +84,14 @@ def teacher_cache(config_file: str | None, out: str, **flags) -> None:
     from stages import teacher_cache as stage
 
     cfg = load(TeacherCacheConfig, config_file, "teacher_cache", flags)
+    _quiet_storage_logs()
     result = stage.run(cfg, out)
     if result.already_complete:
-        click.echo(f"{out}: already complete ({result.examples} examples, {result.rows} rows); nothing to do")
+        click.echo(f"{result.path}: already complete ({result.examples} examples, {result.rows} rows); nothing to do")
         return
     click.echo(f"cache: {result.path}  ({result.examples} examples, {result.rows} rows, {result.seconds:.1f} s)")
+    if result.workers > 1:
+        click.echo(f"a part of {result.workers}; once all are written: kdpipe cache merge {out} MERGED")
     for label, counts in (("skipped", result.skipped), ("truncated", result.truncated)):
         flat = {k: v for k, v in counts.items() if v and k != "source"}
         source = {t: c for t, c in counts.get("source", {}).items() if c} if label == "skipped" else {}
@@ -127,7 +130,15 @@ def distill(config_file: str | None, cache_path: str, out: str, resume: bool, **
 
 @main.group()
 def cache() -> None:
-    """Inspect and check teacher-logit caches."""
+    """Inspect, check, share and merge teacher-logit caches (directories, .zip files or fsspec URLs)."""
+    _quiet_storage_logs()
+
+
+def _quiet_storage_logs() -> None:
+    """The S3 clients log every credential and endpoint lookup at INFO; keep them for -v (debug) only."""
+    if logging.getLogger().level > logging.DEBUG:
+        for name in ("botocore", "aiobotocore", "s3fs"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @cache.command("info")
@@ -152,6 +163,76 @@ def cache_verify(path: str) -> None:
         f"ok: {report['path']}: {report['examples']} examples, {report['rows']} rows, {report['files']} files "
         f"checked; probabilities + tail = 1 within {report['max_sum_error']:.1e}"
     )
+    if report["listed_only"]:
+        click.echo("note: this store cannot list files, so only the files the cache lists were checked")
+
+
+def _echo_copy(report: dict, verb: str) -> None:
+    copied, total = len(report["copied"]), len(report["copied"]) + len(report["skipped"])
+    click.echo(
+        f"{verb}: {report['destination']}  (copied {copied} of {total} files, {report['bytes']} bytes; "
+        "checksums checked; the others were already there)"
+    )
+
+
+@cache.command("push")
+@click.argument("path")
+@click.argument("url")
+@_user_errors
+def cache_push(path: str, url: str) -> None:
+    """Copy the cache at PATH to URL (s3://, gs://, a directory), checksums checked; a rerun resumes."""
+    import cache_schema
+
+    _echo_copy(cache_schema.copy_cache(path, url), "pushed")
+
+
+@cache.command("pull")
+@click.argument("url")
+@click.argument("path", type=click.Path(file_okay=False))
+@_user_errors
+def cache_pull(url: str, path: str) -> None:
+    """Copy the cache at URL (s3://, gs://, https://, a zip) to the directory PATH; a rerun resumes."""
+    import cache_schema
+
+    _echo_copy(cache_schema.copy_cache(url, path), "pulled")
+
+
+@cache.command("pack")
+@click.argument("path")
+@click.argument("out", type=click.Path(dir_okay=False))
+@_user_errors
+def cache_pack(path: str, out: str) -> None:
+    """Write the cache at PATH as one zip (entries stored, not recompressed) that reads in place."""
+    import cache_schema
+
+    report = cache_schema.pack_cache(path, out)
+    click.echo(f"packed: {report['zip']}  ({report['files']} files, {report['bytes']} bytes)")
+
+
+@cache.command("unpack")
+@click.argument("zip_path", metavar="ZIP", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@_user_errors
+def cache_unpack(zip_path: str, out: str) -> None:
+    """Extract a packed cache into the directory OUT, checksums checked; unsafe entry names are refused."""
+    import cache_schema
+
+    _echo_copy(cache_schema.copy_cache(zip_path, out), "unpacked")
+
+
+@cache.command("merge")
+@click.argument("parts", nargs=-1, required=True)
+@click.argument("out")
+@_user_errors
+def cache_merge(parts: tuple[str, ...], out: str) -> None:
+    """Join the worker parts PARTS (caches, or folders of worker-I-of-N parts) into the cache OUT."""
+    import cache_schema
+
+    report = cache_schema.merge_parts(list(parts), out)
+    if report.get("already_complete"):
+        click.echo(f"{out}: already complete; nothing to do")
+        return
+    click.echo(f"merged: {out}  ({report['parts']} parts, {report['examples']} examples, {report['rows']} rows)")
 
 
 def _field_help(cls: type, name: str) -> str:

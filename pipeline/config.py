@@ -108,6 +108,14 @@ class TeacherCacheConfig:
     store_ids: bool = option(False, "Also store the teacher token id of each top-k probability.")
     chunk_rows: int = option(4096, "Rows per Zarr chunk (the unit a reader decodes).")
     shard_rows: int = option(65536, "Rows per Zarr shard file (the unit a writer commits).")
+    worker: int | None = option(
+        None, "With --num-workers N: this process writes batches b with b % N == I into OUT/worker-I-of-N."
+    )
+    num_workers: int | None = option(
+        None,
+        "Processes writing one cache together (default: WORLD_SIZE and RANK under torchrun or accelerate "
+        "launch, else 1); join their parts with kdpipe cache merge.",
+    )
 
     def __post_init__(self) -> None:
         check_all_choices(self)
@@ -121,6 +129,7 @@ class TeacherCacheConfig:
             "chunk_rows",
             "shard_rows",
             "limit",
+            "num_workers",
         )
         if not self.tasks:
             raise ConfigError("--tasks: the mixture names no task")
@@ -129,6 +138,10 @@ class TeacherCacheConfig:
                 raise ConfigError(f"--tasks: {name}={n!r} must be a positive number of examples")
         if self.shard_rows % self.chunk_rows:
             raise ConfigError(f"--shard-rows: {self.shard_rows} is not a multiple of --chunk-rows {self.chunk_rows}")
+        if (self.worker is None) != (self.num_workers is None):
+            raise ConfigError("--worker and --num-workers go together (give neither to read RANK and WORLD_SIZE)")
+        if self.num_workers is not None and not 0 <= self.worker < self.num_workers:
+            raise ConfigError(f"--worker: {self.worker} is not in [0, --num-workers {self.num_workers})")
 
 
 @dataclass(frozen=True)

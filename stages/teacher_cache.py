@@ -6,17 +6,20 @@ background writer that commits whole batches → finalize (examples.parquet, che
 
 The batch plan depends only on the config, and committed work is marked per range of batches, so a run
 killed at any moment and started again computes the remaining batches exactly as the first run would have.
+With several workers (--worker/--num-workers, or RANK/WORLD_SIZE from torchrun or accelerate launch), each
+computes every N-th batch of that plan into a part of its own; ``kdpipe cache merge`` joins the parts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 import cache_schema
-from pipeline.config import TeacherCacheConfig, to_dict
+from pipeline.config import ConfigError, TeacherCacheConfig, to_dict
 from pipeline.models import load_model, pick_device, tokenizer_fingerprint
 from pipeline.tasks import MixtureExample, build_mixture, mixture_spec
 
@@ -50,6 +53,7 @@ class TeacherCacheResult:
     resumed_from_batch: int
     prepare_seconds: float = 0.0  # mixture, tokenization and batch plan
     already_complete: bool = False
+    workers: int = 1  # > 1: ``path`` is this worker's part
     skipped: dict = field(default_factory=dict)
     truncated: dict = field(default_factory=dict)
 
@@ -57,7 +61,10 @@ class TeacherCacheResult:
 def run(cfg: TeacherCacheConfig, out: str | Path) -> TeacherCacheResult:
     """Write (or resume, or confirm) the cache for ``cfg`` at ``out``."""
     out = str(out)
+    worker, workers = _worker_slot(cfg)
     device = pick_device(cfg.device)
+    if device.type == "cuda" and workers > 1 and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process under torchrun
     model, tokenizer, teacher_info = load_model(
         cfg.teacher, revision=cfg.revision, quantize=cfg.quantize, device=device, role="teacher"
     )
@@ -88,9 +95,13 @@ def run(cfg: TeacherCacheConfig, out: str | Path) -> TeacherCacheResult:
             caps=cfg.field_caps,
             source="files" if cfg.data_dir else "hub",
         ),
-        config=to_dict(cfg),
+        config=_config_attr(cfg),
     )
-    max_rows = len(prepared) * cfg.max_answer_tokens
+    if workers > 1:
+        out = cache_schema.worker_part(out, worker, workers)
+        identity.update(cache_schema.worker_attrs(worker, workers, len(plan)))
+        plan = plan[worker::workers]  # this worker's global batches, in plan order
+    max_rows = sum(len(b) for b in plan) * cfg.max_answer_tokens
     try:
         writer = cache_schema.CacheWriter(
             out,
@@ -103,14 +114,16 @@ def run(cfg: TeacherCacheConfig, out: str | Path) -> TeacherCacheResult:
     except cache_schema.CacheComplete:
         meta = cache_schema.open_cache(out).meta
         counts = meta[cache_schema.ATTR_COUNTS]
-        return TeacherCacheResult(out, counts["examples"], counts["rows"], 0.0, len(plan), already_complete=True)
+        return TeacherCacheResult(
+            out, counts["examples"], counts["rows"], 0.0, len(plan), already_complete=True, workers=workers
+        )
     prepare_seconds = time.monotonic() - prepare_start
     resumed_from = writer.next_batch
     if resumed_from:
         log.info("resuming %s: %d of %d batches already committed", out, resumed_from, len(plan))
     start = time.monotonic()
     _write_batches(model, tokenizer, prepared, plan, writer, cfg, device)
-    per_task = _per_task_counts(writer)
+    per_task = writer.per_task_counts()
     writer.finalize(cache_schema.counts_attrs(writer.examples, writer.rows, per_task, skipped, truncated))
     return TeacherCacheResult(
         out,
@@ -121,7 +134,27 @@ def run(cfg: TeacherCacheConfig, out: str | Path) -> TeacherCacheResult:
         prepare_seconds,
         skipped=skipped,
         truncated=truncated,
+        workers=workers,
     )
+
+
+def _worker_slot(cfg: TeacherCacheConfig) -> tuple[int, int]:
+    """(worker, workers): the flags, else RANK and WORLD_SIZE as torchrun and accelerate launch set them."""
+    if cfg.num_workers is not None:
+        return cfg.worker, cfg.num_workers
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if world is None:
+        return 0, 1
+    try:
+        slot = replace(cfg, worker=int(rank or 0), num_workers=int(world))
+    except (ValueError, ConfigError) as e:
+        raise ConfigError(f"RANK={rank!r} WORLD_SIZE={world!r}: not a worker slot ({e})") from None
+    return slot.worker, slot.num_workers
+
+
+def _config_attr(cfg: TeacherCacheConfig) -> dict:
+    """The config a cache records: without the worker slot, so all parts and a one-worker run record the same."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("worker", "num_workers")}
 
 
 def _tokenize(examples: list[MixtureExample], tokenizer, cfg: TeacherCacheConfig, seq2seq: bool):
@@ -345,14 +378,5 @@ class _Committer:
             cat([p[3] for p in pending]),
             cat([p[4] for p in pending]),
             topk,
+            batch_examples=[len(p[1]) for p in pending],
         )
-
-
-def _per_task_counts(writer: cache_schema.CacheWriter) -> dict:
-    counts: dict[str, dict[str, int]] = {}
-    for *_, table in writer.parts:
-        for task, n in zip(table.column("task").to_pylist(), table.column("n_rows").to_pylist(), strict=True):
-            c = counts.setdefault(task, {"examples": 0, "rows": 0})
-            c["examples"] += 1
-            c["rows"] += n
-    return dict(sorted(counts.items()))

@@ -241,3 +241,204 @@ def test_no_pickle_and_plain_dtypes_on_disk(tmp_path):
         if file.is_file():
             assert b"\x80\x04\x95" not in file.read_bytes()[:3]  # no pickle protocol-4 header
     assert os.path.getsize(tmp_path / "c" / cs.EXAMPLES_FILE) > 0
+
+
+# ---------------------------------------------------------------------------------------------- verify via the CLI
+
+
+def _forge_attrs(path: Path, **changes) -> None:
+    """Edit attributes the way a forger would: the attrs digest recomputed to match."""
+    group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+")
+    attrs = group.attrs.asdict()
+    attrs.update(changes)
+    attrs[cs.ATTR_DIGEST] = cs.attrs_digest(attrs)
+    group.attrs.put(attrs)
+
+
+def _first_file(path: Path, array: str) -> Path:
+    return sorted(p for p in (path / array).rglob("*") if p.is_file() and p.name != "zarr.json")[0]
+
+
+def _flip_byte(path: Path) -> str:
+    shard = _first_file(path, cs.PROBS)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    return shard.relative_to(path).as_posix()
+
+
+def _truncate_chunk(path: Path) -> str:
+    shard = _first_file(path, cs.TAIL)
+    shard.write_bytes(shard.read_bytes()[:-7])
+    return shard.relative_to(path).as_posix()
+
+
+def _remove_shard(path: Path) -> str:
+    shard = _first_file(path, cs.TOKEN_IDS)
+    shard.unlink()
+    return shard.relative_to(path).as_posix()
+
+
+def _tamper_attr(path: Path) -> str:
+    _edit_attrs(path, **{cs.ATTR_MIXTURE_FP: "0" * 64})
+    return cs.GROUP_META_FILE
+
+
+def _disagreeing_examples(path: Path) -> str:
+    table = pq.read_table(path / cs.EXAMPLES_FILE)
+    starts = table.column("row_start").to_pylist()
+    starts[1] += 1
+    table = table.set_column(table.schema.get_field_index("row_start"), "row_start", pa.array(starts, pa.int64()))
+    pq.write_table(table, path / cs.EXAMPLES_FILE)
+    return cs.EXAMPLES_FILE
+
+
+@pytest.mark.parametrize("damage", [_flip_byte, _truncate_chunk, _remove_shard, _tamper_attr, _disagreeing_examples])
+def test_cli_verify_names_the_damaged_file_in_one_line(tmp_path, damage):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    write_cache(tmp_path / "c", lengths=(3, 1, 5, 2, 4, 6))
+    assert CliRunner().invoke(main, ["cache", "verify", str(tmp_path / "c")]).exit_code == 0
+    rel = damage(tmp_path / "c")
+    result = CliRunner().invoke(main, ["cache", "verify", str(tmp_path / "c")])
+    assert result.exit_code == 1, result.output
+    assert f"{tmp_path / 'c'}/{rel}" in result.output and result.output.strip().count("\n") == 0, result.output
+
+
+def test_verify_compares_the_per_task_counts_with_the_examples_table(tmp_path):
+    write_cache(tmp_path / "c")
+    _forge_attrs(
+        tmp_path / "c",
+        **{cs.ATTR_COUNTS: {**cs.open_cache(tmp_path / "c").meta[cs.ATTR_COUNTS], "per_task": {"a": {"examples": 4}}}},
+    )
+    with pytest.raises(cs.CacheError, match=r"examples.parquet: per-task counts .* differ from the attributes'"):
+        cs.verify_cache(tmp_path / "c")
+
+
+# ---------------------------------------------------------------------------------------------- hostile caches
+
+
+def _edit_array_meta(path: Path, array: str, edit) -> None:
+    meta_file = path / array / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    edit(meta)
+    meta_file.write_text(json.dumps(meta))
+
+
+def _huge_rows(path: Path) -> None:
+    rows = 10**12
+    counts = cs.open_cache(path).meta[cs.ATTR_COUNTS]
+    for name in (cs.PROBS, cs.TAIL, cs.TOKEN_IDS):
+        _edit_array_meta(path, name, lambda m: m.update(shape=[rows, *m["shape"][1:]]))
+    _forge_attrs(path, **{cs.ATTR_COUNTS: {**counts, "rows": rows}})
+
+
+def _giant_chunk(path: Path) -> None:
+    def edit(meta):
+        meta["chunk_grid"]["configuration"]["chunk_shape"] = [1 << 30, 8]
+        meta["codecs"][0]["configuration"]["chunk_shape"] = [1 << 30, 8]
+
+    _edit_array_meta(path, cs.PROBS, edit)
+
+
+def _giant_shard_index(path: Path) -> None:
+    def edit(meta):
+        meta["chunk_grid"]["configuration"]["chunk_shape"] = [1 << 40]
+        meta["codecs"][0]["configuration"]["chunk_shape"] = [1]
+
+    _edit_array_meta(path, cs.TAIL, edit)
+
+
+def _foreign_codec(path: Path) -> None:
+    _edit_array_meta(
+        path, cs.TOKEN_IDS, lambda m: m["codecs"][0]["configuration"]["codecs"].append({"name": "pickle"})
+    )
+
+
+def _object_dtype(path: Path) -> None:
+    _edit_array_meta(path, cs.TAIL, lambda m: m.update(data_type="string"))
+
+
+def _more_examples_than_attrs(path: Path) -> None:
+    n = 200_000
+    columns = {"key": ["k"] * n, "task": ["t"] * n, "template_id": [0] * n, "prompt": ["p"] * n}
+    columns |= {"answer": ["a"] * n, "n_rows": [1] * n, "row_start": list(range(n))}
+    pq.write_table(pa.table(columns, schema=cs.EXAMPLE_COLUMNS), path / cs.EXAMPLES_FILE)
+
+
+def _huge_example_count(path: Path) -> None:
+    counts = cs.open_cache(path).meta[cs.ATTR_COUNTS]
+    _forge_attrs(path, **{cs.ATTR_COUNTS: {**counts, "examples": 10**12}})
+
+
+@pytest.mark.parametrize(
+    "hostile, message",
+    [
+        (_huge_rows, r"10{12} rows for 4 examples is not an integer in \[4, 4 x 65536\]"),
+        (_giant_chunk, r"probs/zarr.json: chunk shape \[1073741824, 8\] exceeds 268435456 bytes"),
+        (_giant_shard_index, r"tail/zarr.json: shard shape \[1099511627776\] holds more than 65536 chunks"),
+        (_foreign_codec, r"token_ids/zarr.json: codec 'pickle' is not one of"),
+        (_object_dtype, r"tail/zarr.json: dtype 'string', schema says 'float32'"),
+        (_more_examples_than_attrs, r"examples.parquet: claims 200000 examples, the attributes say 4"),
+        (_huge_example_count, r"1000000000000 examples is not an integer in \[0, 268435456\]"),
+    ],
+)
+def test_hostile_sizes_and_codecs_are_refused_before_any_data_is_read(tmp_path, monkeypatch, hostile, message):
+    write_cache(tmp_path / "c")
+    hostile(tmp_path / "c")
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("data was read before the metadata was checked")
+
+    monkeypatch.setattr(cs.reader.zarr, "open_array", no_reading)
+    monkeypatch.setattr(cs.reader, "_read_examples", no_reading)
+    with pytest.raises(cs.CacheError, match=message):
+        cs.open_cache(tmp_path / "c")
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+
+
+def test_provenance_names_where_the_cache_comes_from(tmp_path):
+    write_cache(tmp_path / "c")
+    _forge_attrs(
+        tmp_path / "c",
+        **{cs.ATTR_TEACHER: {"id": "google/flan-t5-xxl", "revision": "abc123", "quantization": "nf4"}},
+    )
+    cache = cs.open_cache(tmp_path / "c")
+    p = cs.provenance(cache)
+    assert (p["teacher"], p["revision"], p["quantization"]) == ("google/flan-t5-xxl", "abc123", "nf4")
+    assert (p["top_k"], p["temperature"], p["schema_version"]) == (8, 1.0, cs.SCHEMA_VERSION)
+    assert p["mixture_fingerprint"] == cs.fingerprint({"tasks": {"a": 3}})
+    assert p["tool_version"] and p["created_at"] and p["created_on"]
+    json.dumps(p)  # recordable as is beside a student
+    text = cs.describe(cache)
+    for value in ("google/flan-t5-xxl", "revision abc123", "nf4", "top-k        8", p["mixture_fingerprint"][:16]):
+        assert value in text
+    assert f"(kdpipe {p['tool_version']})" in text and f"created      {p['created_at']} on" in text
+
+
+def test_check_provenance_refuses_another_mixture_unless_accepted(tmp_path, caplog):
+    write_cache(tmp_path / "c")
+    cache = cs.open_cache(tmp_path / "c")
+    have, want = cache.meta[cs.ATTR_MIXTURE_FP], cs.fingerprint({"tasks": {"b": 3}})
+    cs.check_provenance(cache, have)
+    cs.check_provenance(cache, None)
+    with pytest.raises(cs.CacheError, match=f"mixture fingerprint {have} differs .* {want}; pass --accept-cache"):
+        cs.check_provenance(cache, want)
+    cs.check_provenance(cache, want, accept=True)
+    assert "using it anyway (--accept-cache)" in caplog.text and want in caplog.text
+    cache.meta = {**cache.meta, cs.ATTR_VERSION: 2}
+    with pytest.raises(cs.CacheError, match="schema version 2, this kdpipe reads 1"):
+        cs.check_provenance(cache, have, accept=True)
+
+
+def test_check_provenance_refuses_a_lone_worker_part(tmp_path):
+    write_cache(tmp_path / "c")
+    _forge_attrs(tmp_path / "c", **cs.worker_attrs(1, 2, 4))
+    cache = cs.open_cache(tmp_path / "c")
+    with pytest.raises(cs.CacheError, match="part of worker 1 of 2 only"):
+        cs.check_provenance(cache, None)
+    cs.check_provenance(cache, None, accept=True)

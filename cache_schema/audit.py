@@ -1,0 +1,264 @@
+"""What a cache is and whether it is intact: verify, summary and describe, provenance and its check."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from cache_schema import (
+    ATTR_ANSWERS,
+    ATTR_CHECKSUMS,
+    ATTR_COMPLETE,
+    ATTR_COUNTS,
+    ATTR_CREATED,
+    ATTR_DIGEST,
+    ATTR_MERGED,
+    ATTR_MIXTURE,
+    ATTR_MIXTURE_FP,
+    ATTR_SCHEMA,
+    ATTR_TEACHER,
+    ATTR_TEMPERATURE,
+    ATTR_TOKENIZER_FP,
+    ATTR_TOOL_VERSION,
+    ATTR_TOP_K,
+    ATTR_VERSION,
+    ATTR_WORKER,
+    EXAMPLES_FILE,
+    GROUP_META_FILE,
+    PARTS_DIR,
+    PROBS,
+    SCHEMA_VERSION,
+    TAIL,
+    CacheError,
+    CacheIncomplete,
+    decode_tolerance,
+)
+from cache_schema.reader import Cache, open_cache, read_attrs
+from cache_schema.store import can_list, filesystem, join, list_files, safe_relpath, sha256, storage_errors
+
+log = logging.getLogger(__name__)
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def listed_files(cache: Cache) -> dict[str, str]:
+    """The cache's checksum list {relative path: sha256}, each path checked to stay inside the cache."""
+    listed = cache.meta.get(ATTR_CHECKSUMS)
+    if not isinstance(listed, dict):
+        raise CacheError(f"{cache.path}/{GROUP_META_FILE}: no checksum list")
+    for rel, digest in listed.items():
+        safe_relpath(rel, f"{cache.path}/{GROUP_META_FILE}")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise CacheError(f"{cache.path}/{GROUP_META_FILE}: checksum of {rel} is not a sha256: {digest!r}")
+    return listed
+
+
+def check_files(fs, root: str, where: str, listed: dict[str, str]) -> None:
+    """Every listed file present with its checksum, and (where the store can list) no file beyond them."""
+    for rel in sorted(listed):
+        if not fs.exists(join(root, rel)):
+            raise CacheError(f"{where}/{rel}: file missing")
+    if can_list(fs):  # plain HTTP cannot list: there the checksum list alone says what a cache holds
+        for rel in list_files(fs, root):
+            if rel != GROUP_META_FILE and rel not in listed:
+                raise CacheError(f"{where}/{rel}: file not listed in the cache's checksums")
+    for rel, digest in sorted(listed.items()):
+        if sha256(fs, join(root, rel)) != digest:
+            raise CacheError(f"{where}/{rel}: checksum mismatch (corrupted or modified)")
+
+
+@storage_errors
+def verify_cache(path: str | os.PathLike) -> dict:
+    """Re-check checksums and contents; return a summary, or raise CacheError naming the first problem."""
+    cache = open_cache(path)
+    listed = listed_files(cache)
+    check_files(cache.fs, cache.root, cache.path, listed)
+    _check_per_task(cache)
+    tolerance = decode_tolerance(cache.top_k)
+    worst = 0.0
+    for start, stop in cache.iter_chunks():
+        try:
+            probs, tail, _, _ = cache.read_rows(start, stop)
+        except CacheError:
+            raise
+        except Exception as e:  # a truncated shard the checksums did not cover
+            raise CacheError(f"{cache.path}: rows [{start}, {stop}) unreadable: {e}") from e
+        if (np.diff(probs, axis=1) > 0).any():
+            raise CacheError(f"{cache.path}/{PROBS}: rows [{start}, {stop}) not sorted descending")
+        if (tail < -tolerance).any() or (tail > 1 + tolerance).any():
+            raise CacheError(f"{cache.path}/{TAIL}: rows [{start}, {stop}) have a tail outside [0, 1]")
+        error = np.abs(probs.sum(axis=1, dtype=np.float64) + tail - 1.0)
+        worst = max(worst, float(error.max(initial=0.0)))
+        if worst > tolerance:
+            raise CacheError(
+                f"{cache.path}/{PROBS}: rows [{start}, {stop}) sum to 1 only within {worst:.2e} (> {tolerance:.2e})"
+            )
+    return {
+        "path": cache.path,
+        "examples": len(cache),
+        "rows": cache.total_rows,
+        "files": len(listed),
+        "listed_only": not can_list(cache.fs),
+        "max_sum_error": worst,
+    }
+
+
+def _check_per_task(cache: Cache) -> None:
+    """The per-task counts of the attributes (where recorded) against the examples table."""
+    recorded = cache.meta[ATTR_COUNTS].get("per_task")
+    if not recorded:
+        return
+    examples, rows = Counter(cache.tasks), Counter()
+    for task, n in zip(cache.tasks, cache.n_rows.tolist(), strict=True):
+        rows[task] += n
+    table = {t: {"examples": examples[t], "rows": rows[t]} for t in sorted(examples)}
+    if table != {t: recorded[t] for t in sorted(recorded)}:
+        raise CacheError(
+            f"{cache.path}/{EXAMPLES_FILE}: per-task counts {json.dumps(table)} differ from the attributes' "
+            f"{json.dumps(recorded)}"
+        )
+
+
+@storage_errors
+def summary(path: str | os.PathLike) -> str:
+    """A human summary for ``kdpipe cache info``: a complete cache in full, an incomplete one's progress."""
+    path = os.fspath(path)
+    try:
+        return describe(open_cache(path))
+    except CacheIncomplete:
+        pass
+    fs, root = filesystem(path)
+    meta = read_attrs(path, fs, root)
+    parts = [p for p in list_files(fs, join(root, PARTS_DIR)) if p.endswith(".parquet")] if can_list(fs) else []
+    examples = sum(pq.read_metadata(io.BytesIO(fs.cat_file(join(root, f"{PARTS_DIR}/{p}")))).num_rows for p in parts)
+    return "\n".join(
+        [
+            f"cache        {path}",
+            f"schema       {meta.get(ATTR_SCHEMA)} v{meta.get(ATTR_VERSION)}",
+            "complete     False (rerun the same teacher-cache command to resume)",
+            f"teacher      {_get(meta, ATTR_TEACHER, 'id')}",
+            f"top-k        {meta.get(ATTR_TOP_K)}   temperature {meta.get(ATTR_TEMPERATURE)}   "
+            f"answers {meta.get(ATTR_ANSWERS)}",
+            f"committed    {examples} examples in {len(parts)} parts",
+        ]
+    )
+
+
+def describe(cache: Cache) -> str:
+    """A human summary of a complete cache."""
+    p, counts = provenance(cache), cache.meta[ATTR_COUNTS]
+    sizes = _sizes(cache)
+    stored = sum(size for rel, size in sizes.items() if rel.split("/")[0] in (PROBS, TAIL))
+    lines = [
+        f"cache        {cache.path}",
+        f"schema       {p['schema']} v{p['schema_version']} (kdpipe {p['tool_version']})",
+        f"complete     {cache.meta[ATTR_COMPLETE]}",
+        f"created      {p['created_at']} on {p['created_on']}",
+        f"teacher      {p['teacher']} (revision {p['revision']}, {p['quantization']}, {p['compute_dtype']})",
+        f"top-k        {p['top_k']}   temperature {p['temperature']}   answers {p['answers']}",
+        f"mixture      {str(p['mixture_fingerprint'])[:16]}  split {_get(cache.meta, ATTR_MIXTURE, 'split')}  "
+        f"seed {_get(cache.meta, ATTR_MIXTURE, 'seed')}",
+        f"examples     {p['examples']}   rows {p['rows']}",
+        f"size         {sum(sizes.values())} bytes; probs + tail {stored / max(p['rows'], 1):.1f} bytes/row",
+        "per task     "
+        + "  ".join(f"{t}: {c['examples']} ex / {c['rows']} rows" for t, c in (counts.get("per_task") or {}).items()),
+    ]
+    if p["worker"]:
+        lines.append(f"part         {p['worker']} (join the parts with kdpipe cache merge)")
+    if p["merged_from"]:
+        lines.append(f"merged       from {p['merged_from']} worker parts")
+    for label in ("skipped", "truncated"):
+        nonzero = _nonzero(counts.get(label) or {})
+        if nonzero:
+            lines.append(f"{label:<13}{json.dumps(nonzero)}")
+    return "\n".join(lines)
+
+
+def _sizes(cache: Cache) -> dict[str, int]:
+    """Bytes of each listed file: one listing where the store can list, else one request per file."""
+    listed = listed_files(cache)
+    if can_list(cache.fs):
+        prefix = cache.root.rstrip("/") + "/" if cache.root else ""
+        found = cache.fs.find(cache.root or "/", withdirs=False, detail=True)
+        sizes = {name.removeprefix(prefix).lstrip("/"): info["size"] for name, info in found.items()}
+        return {rel: sizes.get(rel, 0) for rel in listed}
+    return {rel: cache.fs.size(join(cache.root, rel)) for rel in listed}
+
+
+def _get(meta: dict, attr: str, key: str):
+    value = meta.get(attr)
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def _nonzero(counts: dict) -> dict:
+    """Nested counts with the zeros and empty groups left out."""
+    out = {}
+    for key, value in counts.items():
+        value = _nonzero(value) if isinstance(value, dict) else value
+        if value:
+            out[key] = value
+    return out
+
+
+def provenance(cache: Cache) -> dict:
+    """Where a cache comes from, for display and for the artifacts trained from it (JSON-ready)."""
+    m = cache.meta
+    worker, merged = m.get(ATTR_WORKER), m.get(ATTR_MERGED)
+    return {
+        "path": cache.path,
+        "schema": m.get(ATTR_SCHEMA),
+        "schema_version": m.get(ATTR_VERSION),
+        "tool_version": m.get(ATTR_TOOL_VERSION),
+        "created_at": _get(m, ATTR_CREATED, "at"),
+        "created_on": _get(m, ATTR_CREATED, "on"),
+        "teacher": _get(m, ATTR_TEACHER, "id"),
+        "revision": _get(m, ATTR_TEACHER, "revision"),
+        "quantization": _get(m, ATTR_TEACHER, "quantization"),
+        "compute_dtype": _get(m, ATTR_TEACHER, "compute_dtype"),
+        "tokenizer_fingerprint": m.get(ATTR_TOKENIZER_FP),
+        "top_k": m.get(ATTR_TOP_K),
+        "temperature": m.get(ATTR_TEMPERATURE),
+        "answers": m.get(ATTR_ANSWERS),
+        "mixture_fingerprint": m.get(ATTR_MIXTURE_FP),
+        "examples": len(cache),
+        "rows": cache.total_rows,
+        "worker": f"worker {worker['index']} of {worker['count']}" if isinstance(worker, dict) else None,
+        "merged_from": merged.get("parts") if isinstance(merged, dict) else None,
+        "attrs_digest": m.get(ATTR_DIGEST),
+    }
+
+
+def check_provenance(cache: Cache, expected_mixture_fingerprint: str | None, accept: bool = False) -> None:
+    """Refuse a cache a trainer should not silently use: another schema version (always), a mixture other than
+    the configured one or a lone worker part (unless ``accept``, the user's ``--accept-cache``).
+
+    ``expected_mixture_fingerprint``: ``fingerprint(mixture_spec(...))`` of the mixture the config asks for, or
+    None to accept any mixture.
+    """
+    version = cache.meta.get(ATTR_VERSION)
+    if version != SCHEMA_VERSION:
+        raise CacheError(f"{cache.path}: schema version {version!r}, this kdpipe reads {SCHEMA_VERSION}")
+    problems = []
+    have = cache.meta.get(ATTR_MIXTURE_FP)
+    if expected_mixture_fingerprint is not None and have != expected_mixture_fingerprint:
+        problems.append(
+            f"its mixture fingerprint {have} differs from the configured mixture's {expected_mixture_fingerprint}"
+        )
+    worker = cache.meta.get(ATTR_WORKER)
+    if isinstance(worker, dict):
+        problems.append(
+            f"it is the part of worker {worker.get('index')} of {worker.get('count')} only "
+            "(join the parts with kdpipe cache merge)"
+        )
+    if not problems:
+        return
+    if not accept:
+        raise CacheError(f"{cache.path}: {'; '.join(problems)}; pass --accept-cache to use it anyway")
+    log.warning("%s: %s; using it anyway (--accept-cache)", cache.path, "; ".join(problems))

@@ -1,0 +1,286 @@
+"""Opening a cache: every metadata file is checked against the schema before a byte of data is read.
+
+Order of the checks in :func:`open_cache`, each raising CacheError that names the file and both values:
+group attributes (schema, version, completeness, digest, k, counts within the MAX_* bounds) → the footer of
+examples.parquet (its columns and row count, not its data) → each array's zarr.json (dtype, shape, chunk and
+shard sizes, codecs) → only then the examples table, which must tile the row axis of the arrays.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from collections.abc import Iterator
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+
+from cache_schema import (
+    ALLOWED_CODECS,
+    ARRAY_DTYPES,
+    ATTR_COMPLETE,
+    ATTR_COUNTS,
+    ATTR_DIGEST,
+    ATTR_LAYOUT,
+    ATTR_SCHEMA,
+    ATTR_TOP_K,
+    ATTR_VERSION,
+    EXAMPLE_COLUMNS,
+    EXAMPLES_FILE,
+    GROUP_META_FILE,
+    MAX_CHUNK_BYTES,
+    MAX_CHUNKS_PER_SHARD,
+    MAX_EXAMPLES,
+    MAX_METADATA_BYTES,
+    MAX_ROWS_PER_EXAMPLE,
+    MAX_TOP_K,
+    PROBS,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    TAIL,
+    TOKEN_IDS,
+    TOPK_IDS,
+    CachedExample,
+    CacheError,
+    CacheIncomplete,
+    attrs_digest,
+    decode_probs,
+)
+from cache_schema.store import can_list, filesystem, join, storage_errors, zarr_store
+
+
+class Cache:
+    """A validated, complete cache opened for reading. ``cache[i]`` is the i-th example's rows.
+
+    ``fs`` and ``root`` locate its files (``store.join(root, relative path)``), wherever the cache lives.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        fs: fsspec.AbstractFileSystem,
+        root: str,
+        arrays: dict[str, zarr.Array],
+        meta: dict,
+        examples: pa.Table,
+    ):
+        self.path, self.fs, self.root = path, fs, root
+        self.meta = meta
+        self.examples = examples
+        self._arrays = arrays
+        self.top_k = int(meta[ATTR_TOP_K])
+        self.total_rows = int(meta[ATTR_COUNTS]["rows"])
+        self.chunk_rows = int(meta[ATTR_LAYOUT]["chunk_rows"])
+        self.has_topk_ids = bool(meta[ATTR_LAYOUT]["store_ids"])
+        self.keys: list[str] = examples.column("key").to_pylist()
+        self.tasks: list[str] = examples.column("task").to_pylist()
+        self.row_start = examples.column("row_start").to_numpy()
+        self.n_rows = examples.column("n_rows").to_numpy()
+
+    def __len__(self) -> int:
+        return self.examples.num_rows
+
+    def __getitem__(self, i: int) -> CachedExample:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"example {i} out of range for a cache of {len(self)}")
+        i %= len(self)
+        start, n = int(self.row_start[i]), int(self.n_rows[i])
+        probs, tail, token_ids, topk_ids = self.read_rows(start, start + n)
+        return CachedExample(self.keys[i], probs, tail, token_ids, topk_ids)
+
+    def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Decoded rows ``[start, stop)``: probs float32 [n, k], tail float32 [n], token_ids int32 [n], topk_ids."""
+        stored = self.read_stored(start, stop)
+        return decode_probs(stored[PROBS]), stored[TAIL], stored[TOKEN_IDS], stored.get(TOPK_IDS)
+
+    def read_stored(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows ``[start, stop)`` of every array as stored (probs still encoded), by array name."""
+        if not 0 <= start <= stop <= self.total_rows:
+            raise CacheError(f"rows [{start}, {stop}) outside the cache's {self.total_rows} rows")
+        return {name: array[start:stop] for name, array in self._arrays.items()}
+
+    def iter_chunks(self) -> Iterator[tuple[int, int]]:
+        """Row ranges aligned with the stored chunks: reading one touches one chunk of each array."""
+        for start in range(0, self.total_rows, self.chunk_rows):
+            yield start, min(start + self.chunk_rows, self.total_rows)
+
+
+@storage_errors
+def open_cache(path: str | os.PathLike) -> Cache:
+    """Open and validate a complete cache: a local directory, a ``.zip`` of one, or an fsspec URL."""
+    path = os.fspath(path)
+    fs, root = filesystem(path)
+    meta = read_attrs(path, fs, root)
+    _check_meta(path, meta)
+    examples, rows = _check_counts(path, meta)
+    footer = _examples_footer(path, fs, root, examples)
+    names = array_names(meta)
+    for name in names:
+        _check_array_meta(path, fs, root, name, (rows, meta[ATTR_TOP_K]) if name in (PROBS, TOPK_IDS) else (rows,))
+    store = zarr_store(fs, root, read_only=True)
+    try:
+        arrays = {name: zarr.open_array(store, path=name, mode="r", zarr_format=3) for name in names}
+    except Exception as e:  # zarr raises many types for a broken store; the user needs the path and the cause
+        raise CacheError(f"{path}: cannot open the Zarr arrays: {e}") from e
+    table = _read_examples(path, footer)
+    _check_tiling(path, table, rows)
+    return Cache(path, fs, root, arrays, meta, table)
+
+
+def array_names(meta: dict) -> list[str]:
+    return [PROBS, TAIL, TOKEN_IDS] + ([TOPK_IDS] if meta.get(ATTR_LAYOUT, {}).get("store_ids") else [])
+
+
+def read_json(path: str, fs: fsspec.AbstractFileSystem, name: str, what: str) -> dict:
+    """A zarr.json as a dict, refused when it is missing, oversized or not a JSON object."""
+    if not fs.exists(name):
+        raise CacheError(f"{path}: {what} missing")
+    if fs.size(name) > MAX_METADATA_BYTES:
+        raise CacheError(f"{path}: {what} is {fs.size(name)} bytes, more than the {MAX_METADATA_BYTES} allowed")
+    try:
+        value = json.loads(fs.cat_file(name))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CacheError(f"{path}: {what} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise CacheError(f"{path}: {what} is not a JSON object")
+    return value
+
+
+def read_attrs(path: str, fs: fsspec.AbstractFileSystem, root: str) -> dict:
+    """The group attributes, read as plain JSON (before Zarr parses anything)."""
+    name = join(root, GROUP_META_FILE)
+    if not fs.exists(name):
+        partial = can_list(fs) and fs.isdir(root or "/") and bool(fs.ls(root or "/"))
+        hint = "; a copy writes it last: rerun the same push or pull to finish one" if partial else ""
+        raise CacheError(f"{path}: not a kdpipe cache (no {GROUP_META_FILE}{hint})")
+    attrs = read_json(path, fs, name, GROUP_META_FILE).get("attributes", {})
+    if not isinstance(attrs, dict):
+        raise CacheError(f"{path}/{GROUP_META_FILE}: attributes are not a JSON object")
+    return attrs
+
+
+def _check_meta(path: str, meta: dict) -> None:
+    if meta.get(ATTR_SCHEMA) != SCHEMA_NAME:
+        raise CacheError(f"{path}: schema is {meta.get(ATTR_SCHEMA)!r}, expected {SCHEMA_NAME!r}")
+    if meta.get(ATTR_VERSION) != SCHEMA_VERSION:
+        raise CacheError(f"{path}: schema version {meta.get(ATTR_VERSION)!r}, this kdpipe reads {SCHEMA_VERSION}")
+    if meta.get(ATTR_COMPLETE) is not True:
+        raise CacheIncomplete(f"{path}: the cache is incomplete (its writer has not finished; rerun it to resume)")
+    if meta.get(ATTR_DIGEST) != attrs_digest(meta):
+        raise CacheError(f"{path}/{GROUP_META_FILE}: attributes were modified after the cache was written")
+    k = meta.get(ATTR_TOP_K)
+    if not _is_int(k) or not 1 <= k <= MAX_TOP_K:
+        raise CacheError(f"{path}: top_k {k!r} is not an integer in [1, {MAX_TOP_K}]")
+    layout = meta.get(ATTR_LAYOUT)
+    if not isinstance(layout, dict) or not all(_is_int(layout.get(n)) for n in ("chunk_rows", "shard_rows")):
+        raise CacheError(f"{path}/{GROUP_META_FILE}: layout {layout!r} lacks integer chunk_rows and shard_rows")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_counts(path: str, meta: dict) -> tuple[int, int]:
+    """(examples, rows) from the attributes, bounded before anything of that size is read."""
+    counts = meta.get(ATTR_COUNTS)
+    examples, rows = (counts.get("examples"), counts.get("rows")) if isinstance(counts, dict) else (None, None)
+    if not _is_int(examples) or not 0 <= examples <= MAX_EXAMPLES:
+        raise CacheError(f"{path}: {examples!r} examples is not an integer in [0, {MAX_EXAMPLES}]")
+    if not _is_int(rows) or not examples <= rows <= examples * MAX_ROWS_PER_EXAMPLE:
+        raise CacheError(
+            f"{path}: {rows!r} rows for {examples} examples is not an integer in "
+            f"[{examples}, {examples} x {MAX_ROWS_PER_EXAMPLE}]"
+        )
+    return examples, rows
+
+
+def _examples_footer(path: str, fs: fsspec.AbstractFileSystem, root: str, examples: int) -> pq.ParquetFile:
+    """examples.parquet opened on its footer alone: columns and row count are checked before the data is read."""
+    name = join(root, EXAMPLES_FILE)
+    if not fs.exists(name):
+        raise CacheError(f"{path}/{EXAMPLES_FILE}: file missing")
+    try:
+        parquet = pq.ParquetFile(io.BytesIO(fs.cat_file(name)))
+    except Exception as e:  # a truncated or corrupt Parquet file
+        raise CacheError(f"{path}/{EXAMPLES_FILE}: unreadable: {e}") from e
+    if not parquet.schema_arrow.equals(EXAMPLE_COLUMNS):
+        raise CacheError(
+            f"{path}/{EXAMPLES_FILE}: columns {parquet.schema_arrow} differ from the schema {EXAMPLE_COLUMNS}"
+        )
+    if parquet.metadata.num_rows != examples:
+        raise CacheError(
+            f"{path}/{EXAMPLES_FILE}: claims {parquet.metadata.num_rows} examples, the attributes say {examples}"
+        )
+    return parquet
+
+
+def _read_examples(path: str, parquet: pq.ParquetFile) -> pa.Table:
+    try:
+        table = parquet.read()
+    except Exception as e:  # a corrupt page behind a sound footer
+        raise CacheError(f"{path}/{EXAMPLES_FILE}: unreadable: {e}") from e
+    return table.replace_schema_metadata(None)
+
+
+def _check_array_meta(path: str, fs: fsspec.AbstractFileSystem, root: str, name: str, shape: tuple[int, ...]) -> None:
+    """An array's zarr.json against the schema: dtype, shape, a bounded chunk and shard, known codecs only."""
+    where = f"{path}/{name}/{GROUP_META_FILE}"
+    meta = read_json(path, fs, join(root, f"{name}/{GROUP_META_FILE}"), f"array {name!r}")
+    if meta.get("node_type") != "array" or meta.get("zarr_format") != 3:
+        raise CacheError(f"{where}: not a Zarr v3 array")
+    if meta.get("data_type") != ARRAY_DTYPES[name].name:
+        raise CacheError(f"{where}: dtype {meta.get('data_type')!r}, schema says {ARRAY_DTYPES[name].name!r}")
+    if meta.get("shape") != list(shape):
+        raise CacheError(f"{where}: shape {meta.get('shape')!r}, expected {list(shape)}")
+    if meta.get("storage_transformers"):
+        raise CacheError(f"{where}: storage transformers {meta['storage_transformers']!r} are not allowed")
+    grid = meta.get("chunk_grid", {})
+    outer = grid.get("configuration", {}).get("chunk_shape") if isinstance(grid, dict) else None
+    _check_shape(where, "chunk shape", outer, len(shape))
+    codecs = meta.get("codecs")
+    inner = outer
+    for codec in _walk_codecs(where, codecs):
+        if codec["name"] == "sharding_indexed":
+            inner = codec.get("configuration", {}).get("chunk_shape")
+            _check_shape(where, "inner chunk shape", inner, len(shape))
+            if any(o % i for o, i in zip(outer, inner, strict=True)):
+                raise CacheError(f"{where}: shard shape {outer} is not a multiple of chunk shape {inner}")
+    if math.prod(inner) * ARRAY_DTYPES[name].itemsize > MAX_CHUNK_BYTES:
+        raise CacheError(f"{where}: chunk shape {inner} exceeds {MAX_CHUNK_BYTES} bytes")
+    if math.prod(o // i for o, i in zip(outer, inner, strict=True)) > MAX_CHUNKS_PER_SHARD:
+        raise CacheError(f"{where}: shard shape {outer} holds more than {MAX_CHUNKS_PER_SHARD} chunks of {inner}")
+
+
+def _check_shape(where: str, what: str, value: object, ndim: int) -> None:
+    if not isinstance(value, list) or len(value) != ndim or not all(_is_int(v) and v > 0 for v in value):
+        raise CacheError(f"{where}: {what} {value!r} is not {ndim} positive integers")
+
+
+def _walk_codecs(where: str, codecs: object) -> Iterator[dict]:
+    """Every codec of a codec list, nested ones (a shard's inner and index codecs) included; unknown ones raise."""
+    if not isinstance(codecs, list) or not codecs:
+        raise CacheError(f"{where}: codecs {codecs!r} is not a list of codecs")
+    for codec in codecs:
+        if not isinstance(codec, dict) or codec.get("name") not in ALLOWED_CODECS:
+            name = codec.get("name") if isinstance(codec, dict) else codec
+            raise CacheError(f"{where}: codec {name!r} is not one of {', '.join(sorted(ALLOWED_CODECS))}")
+        yield codec
+        config = codec.get("configuration", {})
+        for key in ("codecs", "index_codecs"):
+            if isinstance(config, dict) and key in config:
+                yield from _walk_codecs(where, config[key])
+
+
+def _check_tiling(path: str, examples: pa.Table, rows: int) -> None:
+    n_rows = examples.column("n_rows").to_numpy()
+    row_start = examples.column("row_start").to_numpy()
+    if len(n_rows) and ((n_rows < 1).any() or (n_rows > MAX_ROWS_PER_EXAMPLE).any()):
+        raise CacheError(f"{path}/{EXAMPLES_FILE}: n_rows outside [1, {MAX_ROWS_PER_EXAMPLE}]")
+    expected_start = np.concatenate([[0], np.cumsum(n_rows, dtype=np.int64)[:-1]]) if len(n_rows) else n_rows
+    if not np.array_equal(row_start, expected_start) or int(n_rows.sum(dtype=np.int64)) != rows:
+        raise CacheError(f"{path}/{EXAMPLES_FILE}: row_start/n_rows do not tile the {rows} rows of the arrays")
