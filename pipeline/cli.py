@@ -15,7 +15,15 @@ from pathlib import Path
 import click
 
 from pipeline import __version__
-from pipeline.config import ConfigError, DistillConfig, EvalConfig, TeacherCacheConfig, click_options, load
+from pipeline.config import (
+    ConfigError,
+    DistillConfig,
+    EvalConfig,
+    TeacherCacheConfig,
+    click_options,
+    load,
+    read_section,
+)
 
 log = logging.getLogger("kdpipe")
 
@@ -116,7 +124,7 @@ def distill(config_file: str | None, cache_path: str, out: str, resume: bool, **
     from stages import distill as stage
 
     cfg = load(DistillConfig, config_file, "distill", flags)
-    result = stage.run(cfg, cache_path, out, resume=resume)
+    result = stage.run(cfg, cache_path, out, resume=resume, expected_mixture=_configured_mixture(config_file))
     if result.already_complete:
         click.echo(f"{out}: already complete ({result.steps} steps); nothing to do")
         return
@@ -126,6 +134,15 @@ def distill(config_file: str | None, cache_path: str, out: str, resume: bool, **
         f"{final.get('loss', float('nan')):.4f}, ce {final.get('ce', float('nan')):.4f}, "
         f"uld {final.get('uld', float('nan')):.4f})"
     )
+
+
+def _configured_mixture(config_file: str | None) -> str | None:
+    """Fingerprint of the mixture the config file's teacher_cache section asks for (None without one)."""
+    import cache_schema
+
+    if not read_section(config_file, "teacher_cache"):
+        return None
+    return cache_schema.fingerprint(load(TeacherCacheConfig, config_file, "teacher_cache").mixture())
 
 
 @main.group()

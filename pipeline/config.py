@@ -143,6 +143,15 @@ class TeacherCacheConfig:
         if self.num_workers is not None and not 0 <= self.worker < self.num_workers:
             raise ConfigError(f"--worker: {self.worker} is not in [0, --num-workers {self.num_workers})")
 
+    def mixture(self) -> dict:
+        """The mixture spec recorded in the cache (and compared by distill): tasks, counts, split, seed, caps."""
+        from pipeline.tasks import mixture_spec
+
+        source = "files" if self.data_dir else "hub"
+        return mixture_spec(
+            self.tasks, split=self.split, seed=self.seed, limit=self.limit, caps=self.field_caps, source=source
+        )
+
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -185,6 +194,11 @@ class DistillConfig:
     prefetch: int = option(8, "Batches the background reader prepares ahead.")
     checkpoint_every: int = option(500, "Write a resumable checkpoint every N optimizer steps (0: never).")
     keep_checkpoint: bool = option(False, "Keep the last checkpoint once training has finished.")
+    accept_cache: bool = option(
+        False,
+        "Train from a cache whose mixture differs from the config file's teacher_cache section, or from a lone "
+        "worker part, with a warning instead of an error.",
+    )
 
     def __post_init__(self) -> None:
         check_all_choices(self)
@@ -209,7 +223,7 @@ class DistillConfig:
 
 
 # Fields that change how a run is carried out, not what it computes: a resumed run may change them.
-DISTILL_OPERATIONAL = ("prefetch", "checkpoint_every", "keep_checkpoint")
+DISTILL_OPERATIONAL = ("prefetch", "checkpoint_every", "keep_checkpoint", "accept_cache")
 
 
 # ---------------------------------------------------------------------------------------------- loading

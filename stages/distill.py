@@ -60,12 +60,23 @@ class DistillResult:
     already_complete: bool = False
 
 
-def run(cfg: DistillConfig, cache: str | os.PathLike, out: str | os.PathLike, resume: bool = False) -> DistillResult:
-    """Train the student of ``cfg`` from the cache at ``cache`` into ``out`` (continuing it with ``resume``)."""
+def run(
+    cfg: DistillConfig,
+    cache: str | os.PathLike,
+    out: str | os.PathLike,
+    resume: bool = False,
+    expected_mixture: str | None = None,
+) -> DistillResult:
+    """Train the student of ``cfg`` from the cache at ``cache`` into ``out`` (continuing it with ``resume``).
+
+    ``expected_mixture``: fingerprint of the mixture the config asks for; a cache of another mixture is refused
+    unless ``cfg.accept_cache``.
+    """
     out = Path(out)
     device = pick_device(cfg.device)
     bf16 = _use_bf16(cfg.precision, device)
     teacher_cache = cache_schema.open_cache(cache)
+    cache_schema.check_provenance(teacher_cache, expected_mixture, accept=cfg.accept_cache)
     if len(teacher_cache) == 0:
         raise cache_schema.CacheError(f"{teacher_cache.path}: the cache holds no examples")
     record = {

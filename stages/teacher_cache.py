@@ -29,7 +29,7 @@ from tqdm import tqdm
 import cache_schema
 from pipeline.config import ConfigError, TeacherCacheConfig, to_dict
 from pipeline.models import load_model, pick_device, tokenizer_fingerprint
-from pipeline.tasks import MixtureExample, build_mixture, mixture_spec
+from pipeline.tasks import MixtureExample, build_mixture
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +87,7 @@ def run(cfg: TeacherCacheConfig, out: str | Path) -> TeacherCacheResult:
         temperature=cfg.temperature,
         answers=cfg.answers,
         eos_token_id=tokenizer.eos_token_id,
-        mixture=mixture_spec(
-            cfg.tasks,
-            split=cfg.split,
-            seed=cfg.seed,
-            limit=cfg.limit,
-            caps=cfg.field_caps,
-            source="files" if cfg.data_dir else "hub",
-        ),
+        mixture=cfg.mixture(),
         config=_config_attr(cfg),
     )
     if workers > 1:

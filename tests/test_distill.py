@@ -296,3 +296,17 @@ def test_an_interrupted_checkpoint_write_is_ignored(tmp_path):
     (tmp_path / training.CHECKPOINTS_DIR / ".tmp-step-00000008").mkdir(parents=True)
     assert training.latest_checkpoint(tmp_path) is None
     assert not (tmp_path / training.CHECKPOINTS_DIR / ".tmp-step-00000008").exists()
+
+
+def test_a_cache_of_another_mixture_is_refused_unless_accepted(cache, demo_models, tmp_path):
+    """distill compares the cache's mixture with the config file's teacher_cache section."""
+    config = tmp_path / "run.yaml"
+    mixture = "{demo_yesno: 12, demo_qa: 12, demo_summary: 12, demo_concepts: 12}"
+    common = ["--cache", str(cache), "--student", str(demo_models["student"]), "--steps", "1", "--device", "cpu"]
+    config.write_text(f"teacher_cache:\n  tasks: {mixture}\n  seed: 1\n")
+    one_line_error(cli("--config", str(config), "--out", str(tmp_path / "a"), *common), "--accept-cache")
+    accepted = cli("--config", str(config), "--out", str(tmp_path / "b"), "--accept-cache", *common)
+    assert accepted.exit_code == 0, accepted.output
+    config.write_text(f"teacher_cache:\n  tasks: {mixture}\n")  # the cache's own mixture: no refusal
+    same = cli("--config", str(config), "--out", str(tmp_path / "c"), *common)
+    assert same.exit_code == 0, same.output
