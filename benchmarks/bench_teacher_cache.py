@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
+from pipeline import teacher_rows
 from pipeline.config import TeacherCacheConfig
 from pipeline.models import load_model, pick_device
 from pipeline.tasks import build_mixture
 from stages import teacher_cache
-from stages.teacher_cache import _mask, _pad, _plan_batches, _tokenize
+from stages.teacher_cache import _plan_batches, _tokenize
 
 
 def sync(device: torch.device) -> None:
@@ -44,9 +45,9 @@ def bare_forward(cfg: TeacherCacheConfig, device: torch.device, repeats: int) ->
         items = [prepared[i] for i in batch]
         batches.append(
             (
-                _pad([it.prompt_ids for it in items], tok.pad_token_id).to(device),
-                _mask([it.prompt_ids for it in items]).to(device),
-                _pad([it.answer_ids for it in items], -100).to(device),
+                teacher_rows.pad([it.prompt_ids for it in items], tok.pad_token_id).to(device),
+                teacher_rows.mask([it.prompt_ids for it in items]).to(device),
+                teacher_rows.pad([it.answer_ids for it in items], -100).to(device),
             )
         )
     rows = sum(int((labels != -100).sum()) for *_, labels in batches)

@@ -30,6 +30,7 @@ import cache_schema
 from pipeline.config import ConfigError, TeacherCacheConfig, to_dict
 from pipeline.models import load_model, pick_device, tokenizer_fingerprint
 from pipeline.tasks import MixtureExample, build_mixture
+from pipeline.teacher_rows import teacher_rows
 
 log = logging.getLogger(__name__)
 
@@ -195,90 +196,6 @@ def _plan_batches(prepared: list[_Prepared], batch_size: int, seed: int) -> list
     return batches
 
 
-def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
-    return torch.tensor([s + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
-
-
-@torch.inference_mode()
-def _teacher_rows(model, tokenizer, items: list[_Prepared], cfg: TeacherCacheConfig, device: torch.device):
-    """Top-k rows of one batch: (answer ids per example, probs [R, k], tail [R], token ids [R], topk ids [R, k])."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = tokenizer.eos_token_id
-    if cfg.answers == "teacher":
-        answers = _generate(model, items, pad, eos, cfg, device)
-    else:
-        answers = [it.answer_ids for it in items]
-    if model.config.is_encoder_decoder:
-        input_ids = _pad([it.prompt_ids for it in items], pad).to(device)
-        labels = _pad(answers, -100).to(device)  # [B, Ta]
-        mask = _mask([it.prompt_ids for it in items]).to(device)
-        logits = model(input_ids=input_ids, attention_mask=mask, labels=labels).logits  # [B, Ta, V]
-        answer_mask = labels != -100  # [B, Ta]
-        token_ids = labels[answer_mask]
-        logits = logits[answer_mask]  # [R, V]
-    else:
-        seqs = [it.prompt_ids + a for it, a in zip(items, answers, strict=True)]
-        input_ids = _pad(seqs, pad).to(device)
-        out = model(input_ids=input_ids, attention_mask=_mask(seqs).to(device)).logits  # [B, T, V]
-        rows, ids = [], []
-        for b, (it, a) in enumerate(zip(items, answers, strict=True)):
-            p = len(it.prompt_ids)
-            rows.append(out[b, p - 1 : p - 1 + len(a)])  # row predicting each answer token
-            ids.append(torch.tensor(a, device=device))
-        logits, token_ids = torch.cat(rows), torch.cat(ids)
-    probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)  # [R, V], float32
-    k = min(cfg.top_k, probs.shape[-1])
-    top = probs.topk(k, dim=-1)  # sorted descending
-    tail = (1.0 - top.values.sum(-1)).clamp_min(0.0)  # [R]
-    values, indices = top.values, top.indices
-    if k < cfg.top_k:  # a vocabulary smaller than k: the missing ranks hold zero mass
-        values = torch.nn.functional.pad(values, (0, cfg.top_k - k))
-        indices = torch.nn.functional.pad(indices, (0, cfg.top_k - k))
-    return (
-        answers,
-        values.cpu().numpy(),
-        tail.cpu().numpy(),
-        token_ids.cpu().numpy(),
-        indices.cpu().numpy() if cfg.store_ids else None,
-    )
-
-
-def _mask(seqs: list[list[int]]) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
-    return torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], dtype=torch.long)
-
-
-def _generate(model, items: list[_Prepared], pad: int, eos: int, cfg: TeacherCacheConfig, device) -> list[list[int]]:
-    """The teacher's greedy answers, each cut after its first EOS."""
-    if model.config.is_encoder_decoder:
-        input_ids = _pad([it.prompt_ids for it in items], pad).to(device)
-        mask = _mask([it.prompt_ids for it in items]).to(device)
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=mask,
-            max_new_tokens=cfg.max_answer_tokens,
-            do_sample=False,
-            num_beams=1,
-        )[:, 1:]  # drop the decoder start token
-    else:  # left-pad prompts for a decoder-only teacher
-        width = max(len(it.prompt_ids) for it in items)
-        input_ids = torch.tensor([[pad] * (width - len(it.prompt_ids)) + it.prompt_ids for it in items]).to(device)
-        mask = torch.tensor([[0] * (width - len(it.prompt_ids)) + [1] * len(it.prompt_ids) for it in items]).to(device)
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=mask,
-            max_new_tokens=cfg.max_answer_tokens,
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=pad,
-        )[:, width:]
-    answers = []
-    for row in out.tolist():
-        answers.append(row[: row.index(eos) + 1] if eos in row else [t for t in row if t != pad] or [eos])
-    return answers
-
-
 def _write_batches(
     model,
     tokenizer,
@@ -296,7 +213,17 @@ def _write_batches(
     try:
         for b in range(writer.next_batch, len(plan)):
             items = [prepared[i] for i in plan[b]]
-            answers, probs, tail, token_ids, topk_ids = _teacher_rows(model, tokenizer, items, cfg, device)
+            rows_of = teacher_rows(
+                model,
+                tokenizer,
+                [it.prompt_ids for it in items],
+                [it.answer_ids for it in items] if cfg.answers == "gold" else None,
+                top_k=cfg.top_k,
+                temperature=cfg.temperature,
+                max_answer_tokens=cfg.max_answer_tokens,
+                store_ids=cfg.store_ids,
+                device=device,
+            )
             records = [
                 {
                     "key": it.example.key,
@@ -308,10 +235,10 @@ def _write_batches(
                     else tokenizer.decode(a, skip_special_tokens=True),
                     "n_rows": len(a),
                 }
-                for it, a in zip(items, answers, strict=True)
+                for it, a in zip(items, rows_of.answers, strict=True)
             ]
-            committer.put(b, records, probs, tail, token_ids, topk_ids)
-            rows += len(tail)
+            committer.put(b, records, rows_of.probs, rows_of.tail, rows_of.token_ids, rows_of.topk_ids)
+            rows += len(rows_of.tail)
             elapsed = max(time.monotonic() - start, 1e-9)
             bar.update(len(items))
             bar.set_postfix(ex_s=f"{(bar.n - done) / elapsed:.1f}", rows_s=f"{rows / elapsed:.0f}")
