@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import run_kdpipe
+from tests.conftest import run_kdpipe
 
 from pipeline import metrics
 from pipeline.cli import main
