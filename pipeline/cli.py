@@ -114,6 +114,8 @@ def distill(config_file: str | None, cache_path: str, out: str, resume: bool, **
 
     cfg = load(DistillConfig, config_file, "distill", flags)
     result = stage.run(cfg, cache_path, out, resume=resume)
+    if result.rank != 0:  # under torchrun or accelerate every process runs this; one reports
+        return
     if result.already_complete:
         click.echo(f"{out}: already complete ({result.steps} steps); nothing to do")
         return
