@@ -15,7 +15,15 @@ from pathlib import Path
 import click
 
 from pipeline import __version__
-from pipeline.config import ConfigError, DistillConfig, EvalConfig, TeacherCacheConfig, click_options, load
+from pipeline.config import (
+    ConfigError,
+    DistillConfig,
+    EvalConfig,
+    GpuCheckConfig,
+    TeacherCacheConfig,
+    click_options,
+    load,
+)
 
 log = logging.getLogger("kdpipe")
 
@@ -125,6 +133,20 @@ def distill(config_file: str | None, cache_path: str, out: str, resume: bool, **
         f"{final.get('loss', float('nan')):.4f}, ce {final.get('ce', float('nan')):.4f}, "
         f"uld {final.get('uld', float('nan')):.4f})"
     )
+
+
+@main.command("gpu-check")
+@click_options(GpuCheckConfig)
+@_user_errors
+def gpu_check(**flags) -> None:
+    """On a CUDA machine, offline: NF4 teacher-cache, bf16 distill and the benchmarks; prints one JSON summary."""
+    from pipeline import gpu_check as check
+
+    try:
+        summary = check.run(load(GpuCheckConfig, None, "gpu_check", flags))
+    except check.GpuCheckError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(summary))
 
 
 @main.group()
