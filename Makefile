@@ -51,6 +51,10 @@ demo: teacher-cache
 test: models
 	$(PY) -m pytest -q
 
+# On a CUDA machine, offline, a few minutes: NF4 teacher-cache, bf16 distill, the ULD and data-path benchmarks; one JSON.
+gpu-check: models
+	$(KDPIPE) gpu-check
+
 lint: setup
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check .
 

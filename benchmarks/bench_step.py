@@ -39,6 +39,9 @@ def make_batch(batch: int, seq: int, answer: int, vocab: int, k: int, device: to
     return input_ids, labels, teacher, lengths
 
 
+VARIANTS = (("ce", "CE alone"), ("topk", "CE + top-k ULD"), ("fullsort", "CE + full-sort ULD"))
+
+
 def time_variant(model, optimizer, batch, variant: str, steps: int, bf16: bool) -> float:
     input_ids, labels, teacher, lengths = batch
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -63,6 +66,29 @@ def time_variant(model, optimizer, batch, variant: str, steps: int, bf16: bool) 
     return 1000 * sorted(times)[len(times) // 2]
 
 
+def measure(
+    device: torch.device, config: GPT2Config, batch: int, seq: int, answer: int, k: int, steps: int, rounds: int
+) -> dict[str, float]:
+    """Best-of-rounds median ms/step of each variant ("ce", "topk", "fullsort") on a fresh GPT-2 of ``config``."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    data = make_batch(batch, seq, answer, config.vocab_size, k, device)
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    times: dict[str, list[float]] = {v: [] for v, _ in VARIANTS}
+    for _ in range(rounds):  # rounds interleave the variants, so load on the machine hits them alike
+        for variant, _ in VARIANTS:
+            times[variant].append(time_variant(model, optimizer, data, variant, steps, bf16))
+    return {variant: min(ms) for variant, ms in times.items()}
+
+
+def shapes(medium: bool) -> tuple[GPT2Config, int, int, int]:
+    """(config, batch, sequence, answer tokens): GPT-2-medium shapes, or a small GPT-2 for the CPU."""
+    if medium:
+        return GPT2Config(n_layer=24, n_embd=1024, n_head=16), 8, 512, 128
+    return GPT2Config(n_layer=2, n_embd=128, n_head=4), 4, 128, 48
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -75,31 +101,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Rounds over the variants (best median kept).")
     args = parser.parse_args()
     device = torch.device(args.device)
-    if args.medium:
-        config = GPT2Config(n_layer=24, n_embd=1024, n_head=16)
-        batch, seq, answer = args.batch_size or 8, args.seq or 512, args.answer or 128
-    else:
-        config = GPT2Config(n_layer=2, n_embd=128, n_head=4)
-        batch, seq, answer = args.batch_size or 4, args.seq or 128, args.answer or 48
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    data = make_batch(batch, seq, answer, config.vocab_size, args.k, device)
+    config, batch, seq, answer = shapes(args.medium)
+    batch, seq, answer = args.batch_size or batch, args.seq or seq, args.answer or answer
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     print(
         f"GPT-2 {config.n_layer}x{config.n_embd}, vocab {config.vocab_size}, batch {batch} x {seq} tokens, "
         f"{answer} answer rows each, k={args.k}, {device}{' bf16 autocast' if bf16 else ' fp32'}, "
         f"best of {args.rounds} rounds of the median of {args.steps} steps"
     )
-    variants = (("ce", "CE alone"), ("topk", "CE + top-k ULD"), ("fullsort", "CE + full-sort ULD"))
-    times: dict[str, list[float]] = {v: [] for v, _ in variants}
-    for _ in range(args.rounds):  # rounds interleave the variants, so load on the machine hits them alike
-        for variant, _ in variants:
-            times[variant].append(time_variant(model, optimizer, data, variant, args.steps, bf16))
-    base = min(times["ce"])
-    for variant, label in variants:
-        ms = min(times[variant])
-        print(f"  {label:<20} {ms:9.1f} ms/step   ({ms / base:.2f}x CE)")
+    times = measure(device, config, batch, seq, answer, args.k, args.steps, args.rounds)
+    for variant, label in VARIANTS:
+        print(f"  {label:<20} {times[variant]:9.1f} ms/step   ({times[variant] / times['ce']:.2f}x CE)")
 
 
 if __name__ == "__main__":

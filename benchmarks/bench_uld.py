@@ -61,7 +61,7 @@ def forward_backward(loss_fn, inputs, device):
     return loss.item(), (time.perf_counter() - start) * 1e3
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
@@ -73,16 +73,13 @@ def main():
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    if args.answer_rows + 17 > args.seq_len:
-        parser.error(f"--answer-rows {args.answer_rows} needs --seq-len >= {args.answer_rows + 17}")
+    return parser
 
+
+def measure(args: argparse.Namespace) -> dict:
+    """Median milliseconds per forward + backward call and the loss value of each implementation."""
     device = torch.device(args.device)
     inputs = make_batch(args, device, getattr(torch, args.dtype))
-    print(
-        f"B={args.batch} T={args.seq_len} Vs={args.vocab} k={args.top_k} answer rows/example={args.answer_rows} "
-        f"dtype={args.dtype} device={device} threads={torch.get_num_threads()} torch={torch.__version__}"
-    )
     implementations = {"top-k uld_loss": uld_loss, "full-sort": full_sort_uld}
     for _ in range(args.warmup):
         for loss_fn in implementations.values():
@@ -93,6 +90,20 @@ def main():
         for name, loss_fn in implementations.items():
             values[name], ms = forward_backward(loss_fn, inputs, device)
             times[name].append(ms)
+    return {"times": times, "values": values}
+
+
+def main():
+    parser = build_parser()
+    args = parser.parse_args()
+    if args.answer_rows + 17 > args.seq_len:
+        parser.error(f"--answer-rows {args.answer_rows} needs --seq-len >= {args.answer_rows + 17}")
+    print(
+        f"B={args.batch} T={args.seq_len} Vs={args.vocab} k={args.top_k} answer rows/example={args.answer_rows} "
+        f"dtype={args.dtype} device={args.device} threads={torch.get_num_threads()} torch={torch.__version__}"
+    )
+    result = measure(args)
+    times, values = result["times"], result["values"]
     for name, ms in times.items():
         print(f"{name:>15}: {statistics.median(ms):9.1f} ms/call (median of {args.repeats}, min {min(ms):.1f})")
     fast, slow = (statistics.median(ms) for ms in times.values())

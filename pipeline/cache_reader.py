@@ -1,17 +1,26 @@
 """The streaming cache reader: student-tokenized examples paired with their teacher rows, batched in the background.
 
-Order. The stream is the concatenation of epochs: stream position ``p`` is example ``p mod N`` of epoch
-``p // N``'s order, and micro-batch ``m`` holds positions ``[m·B, (m+1)·B)`` (batches run across epoch
-boundaries, so no example is dropped or repeated). An epoch's order is a pure function of (seed, epoch) and
-the cache's row layout: the row axis is cut into groups of ``shuffle_chunks`` consecutive stored chunks, an
-example belongs to the group holding its first row, the groups are visited in a seeded random order and the
-examples of each group in a seeded random order. Resuming at micro-batch ``m`` recomputes that order from
-examples.parquet alone and starts reading at the group holding position ``m·B``.
+Order. The row axis is cut into groups of ``shuffle_chunks`` consecutive stored chunks; an example belongs to
+the group holding its first row. Epoch ``e`` visits the groups in a seeded random order and the examples of
+each group in a seeded random order, a pure function of (seed, e) and the cache's row layout. The visits of
+all epochs, one after the other, are dealt round-robin to ``lanes`` streams: lane ``l`` takes visits ``l``,
+``l + lanes``, ``l + 2·lanes``, ... and delivers their examples in order. Optimizer step ``s`` takes the next
+``G / lanes`` examples of every lane (``G`` = ``step_examples``, the global batch): lane 0's, then lane 1's, ...
+With one lane this is the plain concatenation of epochs (batches run across epoch boundaries). With several,
+a global batch mixes ``lanes`` groups, and as each lane moves at the pace of its own groups' sizes, some
+examples of the next epoch may come before the last ones of the current epoch (and at the end of a run).
+
+Processes. Rank ``r`` of ``world_size`` streams the lanes ``l`` with ``l mod world_size = r``: it reads only
+their groups, so the ranks read disjoint shares of the cache, and each step's examples are the same whatever
+the number of processes (which must divide ``lanes``): the order is defined by (seed, shuffle_chunks, lanes,
+G), not by the world size. A rank's share of a step is cut into micro-batches of at most ``batch_size``.
+Resuming at step ``s`` recomputes the order from examples.parquet alone and starts each lane at example
+``s · G / lanes`` of its stream, without reading what comes before.
 
 Reads. A group is read with one ``Cache.read_rows`` call over its contiguous row range (its chunks, plus the
 end of an example that runs into the next group), so reads stay sequential on a local disk, in a zip or on an
-object store. Memory: the rows of at most two groups (one being batched, the next being read) and
-``prefetch`` collated batches, whatever the size of the cache.
+object store. Memory: the rows of one group per lane of this rank (plus the one being read) and ``prefetch``
+collated micro-batches, whatever the size of the cache.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ class Batch:
     teacher_probs: torch.Tensor  # [B, Tt, k] float32, sorted descending, zero rows as padding
     teacher_lengths: torch.Tensor  # [B] long, teacher rows of each example
     indices: np.ndarray  # [B] cache index of each example
-    position: int  # stream position of the first example
+    step: int  # the optimizer step (0-based) whose global batch the examples belong to
 
     def to(self, device: torch.device) -> Batch:
         move = {"device": device, "non_blocking": True}
@@ -51,7 +60,7 @@ class Batch:
             self.teacher_probs.to(**move),
             self.teacher_lengths.to(**move),
             self.indices,
-            self.position,
+            self.step,
         )
 
     @property
@@ -112,7 +121,7 @@ class StudentEncoder:
         return out
 
     def collate(
-        self, encoded: list[tuple[list[int], list[int]]], probs: list[np.ndarray], indices: np.ndarray, position: int
+        self, encoded: list[tuple[list[int], list[int]]], probs: list[np.ndarray], indices: np.ndarray, step: int
     ) -> Batch:
         # numpy, not torch: a torch fill this size runs on the intra-op thread pool the training step is using
         width = max(len(p) + len(a) for p, a in encoded)
@@ -132,7 +141,7 @@ class StudentEncoder:
         input_ids, attention_mask, labels, teacher_probs, lengths = map(
             torch.from_numpy, (input_ids, attention_mask, labels, teacher_probs, lengths)
         )
-        return Batch(input_ids, attention_mask, labels, teacher_probs, lengths, indices, position)
+        return Batch(input_ids, attention_mask, labels, teacher_probs, lengths, indices, step)
 
 
 # ---------------------------------------------------------------------------------------------- stream
@@ -147,9 +156,10 @@ class ReaderStats:
 
 
 class BatchStream:
-    """Iterator over micro-batches from ``start_batch`` on, prepared by a background thread.
+    """Iterator over this rank's micro-batches from step ``start_step`` on, prepared by a background thread.
 
-    Use as a context manager (or call ``close``) so the thread stops when training does.
+    ``next_step()`` returns the ``micro_batches`` micro-batches of one optimizer step. Use as a context
+    manager (or call ``close``) so the thread stops when training does.
     """
 
     def __init__(
@@ -160,17 +170,32 @@ class BatchStream:
         batch_size: int,
         seed: int,
         shuffle_chunks: int,
-        start_batch: int = 0,
+        step_examples: int | None = None,
+        lanes: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        start_step: int = 0,
         prefetch: int = 8,
         pin_memory: bool = False,
     ):
         if len(cache) == 0:
             raise ValueError(f"{cache.path}: the cache holds no examples")
+        step_examples = step_examples or batch_size
+        if step_examples % lanes or lanes % world_size or not 0 <= rank < world_size:
+            raise ValueError(
+                f"{step_examples} examples per step, {lanes} lanes, rank {rank} of {world_size}: the lanes must "
+                "divide the examples per step and be shared evenly by the processes"
+            )
         self.cache, self.encoder = cache, encoder
         self.batch_size, self.seed, self.pin_memory = batch_size, seed, pin_memory
+        self.lanes, self.per_lane = lanes, step_examples // lanes
+        self.my_lanes = list(range(rank, lanes, world_size))
+        share = self.per_lane * len(self.my_lanes)  # examples of each step this rank trains on
+        self.micro_batches = -(-share // batch_size)
         self.groups = chunk_groups(cache, shuffle_chunks)
-        self.start_position = start_batch * batch_size
+        self.start_step = start_step
         self.stats = ReaderStats()
+        self._orders: dict[int, list[np.ndarray]] = {}
         self._prompts = cache.examples.column("prompt")
         self._answers = cache.examples.column("answer")
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
@@ -186,6 +211,10 @@ class BatchStream:
         if isinstance(item, BaseException):
             raise item
         return item
+
+    def next_step(self) -> list[Batch]:
+        """The micro-batches of this rank's share of the next optimizer step."""
+        return [next(self) for _ in range(self.micro_batches)]
 
     def close(self) -> None:
         self._stop.set()
@@ -208,58 +237,56 @@ class BatchStream:
         except BaseException as e:  # handed to the consumer, which raises it on its next batch
             self._put(e)
 
-    def _examples(self) -> Iterator[tuple[int, np.ndarray]]:
-        """(cache index, teacher probs [n_rows, k]) in stream order from the start position, forever."""
-        n = len(self.cache)
-        epoch, skip = divmod(self.start_position, n)
-        for e in itertools.count(epoch):
-            for group in epoch_order(self.groups, self.seed, e):
-                if skip >= len(group):
-                    skip -= len(group)
-                    continue
-                first, last = int(group.min()), int(group.max())  # a group's examples are contiguous in the cache
-                lo = int(self.cache.row_start[first])
-                hi = int(self.cache.row_start[last] + self.cache.n_rows[last])
-                probs = self.cache.read_rows(lo, hi)[0]  # [hi - lo, k], one sequential read
-                self.stats.reads += 1
-                self.stats.rows_read += hi - lo
-                self.stats.max_group_rows = max(self.stats.max_group_rows, hi - lo)
-                for i in group[skip:]:
-                    start = int(self.cache.row_start[i]) - lo
-                    yield int(i), probs[start : start + int(self.cache.n_rows[i])]
-                skip = 0
+    def _visit(self, visit: int) -> np.ndarray:
+        """Group visit ``visit`` of the concatenated epochs: its examples in delivery order."""
+        epoch, g = divmod(visit, len(self.groups))
+        if epoch not in self._orders:
+            if len(self._orders) > 2 * self.lanes:  # lanes are at most a few epochs apart
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = epoch_order(self.groups, self.seed, epoch)
+        return self._orders[epoch][g]
+
+    def _lane(self, lane: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(cache index, teacher probs [n_rows, k]) of lane ``lane`` from the start step on, forever."""
+        skip = self.start_step * self.per_lane
+        for visit in itertools.count(lane, self.lanes):
+            group = self._visit(visit)
+            if skip >= len(group):
+                skip -= len(group)
+                continue
+            first, last = int(group.min()), int(group.max())  # a group's examples are contiguous in the cache
+            lo = int(self.cache.row_start[first])
+            hi = int(self.cache.row_start[last] + self.cache.n_rows[last])
+            probs = self.cache.read_rows(lo, hi)[0]  # [hi - lo, k], one sequential read
+            self.stats.reads += 1
+            self.stats.rows_read += hi - lo
+            self.stats.max_group_rows = max(self.stats.max_group_rows, hi - lo)
+            for i in group[skip:]:
+                start = int(self.cache.row_start[i]) - lo
+                yield int(i), probs[start : start + int(self.cache.n_rows[i])]
+            skip = 0
 
     def _produce(self) -> None:
-        examples = self._examples()
-        position = self.start_position
-        while not self._stop.is_set():
-            chosen = list(itertools.islice(examples, self.batch_size))
-            indices = np.array([i for i, _ in chosen])
-            take = indices.tolist()
-            prompts = self._prompts.take(take).to_pylist()
-            answers = self._answers.take(take).to_pylist()
-            batch = self.encoder.collate(
-                self.encoder.encode(prompts, answers), [rows for _, rows in chosen], indices, position
-            )
-            if self.pin_memory:
-                batch = Batch(
-                    *(
-                        t.pin_memory()
-                        for t in (
-                            batch.input_ids,
-                            batch.attention_mask,
-                            batch.labels,
-                            batch.teacher_probs,
-                            batch.teacher_lengths,
-                        )
-                    ),
-                    indices,
-                    position,
-                )
-            if not self._put(batch):
-                return
-            self.stats.batches += 1
-            position += self.batch_size
+        lanes = [self._lane(lane) for lane in self.my_lanes]
+        for step in itertools.count(self.start_step):
+            chosen = [item for lane in lanes for item in itertools.islice(lane, self.per_lane)]
+            for part in np.array_split(np.arange(len(chosen)), self.micro_batches):
+                if not self._put(self._collate([chosen[j] for j in part], step)):
+                    return
+                self.stats.batches += 1
+
+    def _collate(self, chosen: list[tuple[int, np.ndarray]], step: int) -> Batch:
+        indices = np.array([i for i, _ in chosen])
+        take = indices.tolist()
+        prompts = self._prompts.take(take).to_pylist()
+        answers = self._answers.take(take).to_pylist()
+        batch = self.encoder.collate(
+            self.encoder.encode(prompts, answers), [rows for _, rows in chosen], indices, step
+        )
+        if not self.pin_memory:
+            return batch
+        tensors = (batch.input_ids, batch.attention_mask, batch.labels, batch.teacher_probs, batch.teacher_lengths)
+        return Batch(*(t.pin_memory() for t in tensors), indices, step)
 
     def _put(self, item) -> bool:
         """Block until the queue takes ``item``; False when asked to stop meanwhile."""

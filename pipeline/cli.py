@@ -19,6 +19,7 @@ from pipeline.config import (
     ConfigError,
     DistillConfig,
     EvalConfig,
+    GpuCheckConfig,
     TeacherCacheConfig,
     click_options,
     load,
@@ -125,6 +126,8 @@ def distill(config_file: str | None, cache_path: str, out: str, resume: bool, **
 
     cfg = load(DistillConfig, config_file, "distill", flags)
     result = stage.run(cfg, cache_path, out, resume=resume, expected_mixture=_configured_mixture(config_file))
+    if result.rank != 0:  # under torchrun or accelerate every process runs this; one reports
+        return
     if result.already_complete:
         click.echo(f"{out}: already complete ({result.steps} steps); nothing to do")
         return
@@ -143,6 +146,20 @@ def _configured_mixture(config_file: str | None) -> str | None:
     if not read_section(config_file, "teacher_cache"):
         return None
     return cache_schema.fingerprint(load(TeacherCacheConfig, config_file, "teacher_cache").mixture())
+
+
+@main.command("gpu-check")
+@click_options(GpuCheckConfig)
+@_user_errors
+def gpu_check(**flags) -> None:
+    """On a CUDA machine, offline: NF4 teacher-cache, bf16 distill and the benchmarks; prints one JSON summary."""
+    from pipeline import gpu_check as check
+
+    try:
+        summary = check.run(load(GpuCheckConfig, None, "gpu_check", flags))
+    except check.GpuCheckError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(summary))
 
 
 @main.group()

@@ -166,8 +166,12 @@ class DistillConfig:
     skip_student_eos: bool = option(True, "Leave the student row predicting EOS out of ULD (official recipe).")
     epochs: float = option(1.0, "Passes over the cache (fractions allowed); --steps overrides it.")
     steps: int | None = option(None, "Optimizer steps to train for (default: from --epochs).")
-    batch_size: int = option(8, "Examples per micro-batch.")
-    grad_accum: int = option(1, "Micro-batches accumulated into one optimizer step.")
+    batch_size: int = option(8, "Examples per micro-batch: the most one process trains on at once.")
+    grad_accum: int = option(
+        1,
+        "Micro-batches per optimizer step on one process. A step trains on batch_size × grad_accum examples "
+        "whatever the number of processes, which share them (each accumulating fewer micro-batches).",
+    )
     lr: float = option(5e-5, "Peak learning rate of AdamW.")
     schedule: str = option(
         "one-cycle",
@@ -191,6 +195,18 @@ class DistillConfig:
     max_prompt_tokens: int = option(512, "Student prompt tokens kept (the start of longer prompts).")
     max_answer_tokens: int = option(128, "Student answer tokens kept, EOS included.")
     shuffle_chunks: int = option(8, "Cache chunks read in one sequential range and shuffled together.")
+    lanes: int = option(
+        8,
+        "Streams of chunk groups that every optimizer step draws from equally; part of the data order. "
+        "Processes read disjoint lanes, so it must be a multiple of the number of processes and divide "
+        "batch_size × grad_accum.",
+    )
+    parallel: str = option(
+        "ddp",
+        "With several processes (torchrun, accelerate launch): DDP replicates the student on every GPU, "
+        "FSDP shards it (weights, gradients, optimizer state) for students that do not fit one GPU.",
+        choices=("ddp", "fsdp"),
+    )
     prefetch: int = option(8, "Batches the background reader prepares ahead.")
     checkpoint_every: int = option(500, "Write a resumable checkpoint every N optimizer steps (0: never).")
     keep_checkpoint: bool = option(False, "Keep the last checkpoint once training has finished.")
@@ -213,6 +229,7 @@ class DistillConfig:
             "max_prompt_tokens",
             "max_answer_tokens",
             "shuffle_chunks",
+            "lanes",
             "prefetch",
         )
         check_positive(
@@ -220,10 +237,32 @@ class DistillConfig:
         )
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"--warmup-ratio: must be in [0, 1), got {self.warmup_ratio!r}")
+        if (self.batch_size * self.grad_accum) % self.lanes:
+            raise ConfigError(
+                f"--lanes: {self.lanes} does not divide the {self.batch_size * self.grad_accum} examples of a step "
+                "(--batch-size × --grad-accum); every lane gives each step the same number of examples"
+            )
 
 
 # Fields that change how a run is carried out, not what it computes: a resumed run may change them.
-DISTILL_OPERATIONAL = ("prefetch", "checkpoint_every", "keep_checkpoint", "accept_cache")
+DISTILL_OPERATIONAL = ("prefetch", "checkpoint_every", "keep_checkpoint", "parallel", "accept_cache")
+
+
+# The sizes of `kdpipe gpu-check` (pipeline/gpu_check.py); tests shrink them to run the same code on the CPU.
+@dataclass(frozen=True)
+class GpuCheckConfig:
+    out: str = option("runs/gpu-check", "Folder for the caches, the student and summary.json (rewritten).")
+    teacher: str = option("models/tiny-t5-teacher", "Teacher to cache: the embedded default, or any seq2seq LM.")
+    student: str = option("models/tiny-gpt2-student", "Student to distill: the embedded default, or any causal LM.")
+    examples: int = option(960, "Examples of the demo mixture the teacher caches.")
+    distill_steps: int = option(100, "Optimizer steps of the bf16 distill (batch 16).")
+    data_rows: int = option(200_000, "Rows of the synthetic cache of the data-path benchmark.")
+    bench_vocab: int = option(50_257, "Student vocabulary of the ULD and step benchmarks (GPT-2's).")
+    bench_medium: bool = option(True, "GPT-2-medium shapes in the step benchmark (else a 2-layer GPT-2).")
+    bench_rounds: int = option(3, "Rounds of the step benchmark over its variants (the best median is kept).")
+
+    def __post_init__(self) -> None:
+        check_positive(self, "examples", "distill_steps", "data_rows", "bench_vocab", "bench_rounds")
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -15,23 +15,48 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
-def causal_lm_ce(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def causal_lm_ce(student_logits: torch.Tensor, labels: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of the next token, averaged over answer tokens (the usual Hugging Face shift).
 
     Args:
         student_logits: [B, T, Vs] logits for every input position.
         labels: [B, T] token ids aligned with input_ids, ``-100`` on prompt and padding.
+        reduction: ``"mean"`` over answer tokens, or their ``"sum"`` (a batch split into micro-batches, or over
+            processes, then divides the summed parts by its total of ``answer_tokens(labels)``).
 
     Returns:
         Scalar ``-mean_p log softmax(logits[p - 1])[labels[p]]`` over positions p with ``labels[p] != -100``;
         zero (still connected to ``student_logits``) when there is no answer token.
     """
+    _check_reduction(reduction)
     targets = labels[:, 1:]  # [B, T-1]
     answer = targets != IGNORE_INDEX  # [B, T-1]
     # Only the answer rows are upcast: float32 softmax without a float32 copy of the whole [B, T, Vs].
     rows = student_logits[:, :-1][answer].float()  # [N, Vs]
     total = F.cross_entropy(rows, targets[answer], reduction="sum")
-    return total / max(rows.shape[0], 1)
+    return total if reduction == "sum" else total / max(rows.shape[0], 1)
+
+
+def answer_tokens(labels: torch.Tensor) -> int:
+    """The number of tokens ``causal_lm_ce`` averages over: labels [B, T] that are not ``-100``, after the shift."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def uld_pairs(labels: torch.Tensor, teacher_lengths: torch.Tensor, *, skip_student_eos: bool = True) -> torch.Tensor:
+    """n_b = min(S_b, L_b) [B]: the student/teacher row pairs of each example that ``uld_loss`` compares.
+
+    ``uld_loss`` averages over the examples with n_b > 0; a batch split into parts sums the parts'
+    ``reduction="sum"`` values and divides by ``(uld_pairs(...) > 0).sum()`` over the whole batch.
+    """
+    answer = labels[:, 1:] != IGNORE_INDEX  # [B, T-1]
+    student_rows = answer.sum(dim=1) - int(skip_student_eos)  # [B] (-1 for an empty answer)
+    lengths = teacher_lengths.to(device=labels.device, dtype=student_rows.dtype)  # [B]
+    return torch.minimum(student_rows, lengths).clamp(min=0)  # [B]
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
 def uld_loss(
@@ -42,6 +67,7 @@ def uld_loss(
     *,
     student_temperature: float = 1.0,
     skip_student_eos: bool = True,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """The unweighted ULD distance between the student and the cached teacher top-k, official semantics.
 
@@ -68,11 +94,14 @@ def uld_loss(
         student_temperature: τ, dividing the student logits before the softmax (the teacher's temperature is
             applied when the cache is written).
         skip_student_eos: drop the student's last answer row (it predicts EOS, which the teacher rows lack).
+        reduction: ``"mean"`` over examples as above, or ``"sum"``: Σ_b ULD_b, for a batch split into parts
+            (see ``uld_pairs``).
 
     Returns:
         Scalar float32 loss. Examples with n_b = 0 are left out of the mean; if all are, a zero that is still
         connected to ``student_logits`` in the autograd graph.
     """
+    _check_reduction(reduction)
     batch, _, vocab = student_logits.shape
     _, teacher_rows, top_k = teacher_probs.shape
     if labels.shape != student_logits.shape[:2]:
@@ -88,11 +117,9 @@ def uld_loss(
     # Student answer rows: row p - 1 predicts label p.
     answer = labels[:, 1:] != IGNORE_INDEX  # [B, T-1]
     rank = answer.cumsum(dim=1)  # [B, T-1] 1-based index of each answer row within its example
-    student_rows = answer.sum(dim=1) - int(skip_student_eos)  # [B] (-1 for an empty answer)
-    lengths = teacher_lengths.to(device=labels.device, dtype=rank.dtype)  # [B]
-    if bool((lengths > teacher_rows).any()):
-        raise ValueError(f"teacher_lengths {lengths.tolist()} exceed the {teacher_rows} teacher rows given")
-    n_rows = torch.minimum(student_rows, lengths).clamp(min=0)  # [B]
+    if bool((teacher_lengths > teacher_rows).any()):
+        raise ValueError(f"teacher_lengths {teacher_lengths.tolist()} exceed the {teacher_rows} teacher rows given")
+    n_rows = uld_pairs(labels, teacher_lengths, skip_student_eos=skip_student_eos)  # [B]
     keep = answer & (rank <= n_rows[:, None])  # [B, T-1] the n_b paired rows of each example
     b_idx, t_idx = keep.nonzero(as_tuple=True)  # [N], [N]
     if b_idx.numel() == 0:
@@ -111,4 +138,6 @@ def uld_loss(
 
     per_example = torch.zeros(batch, dtype=distance.dtype, device=distance.device).index_add(0, b_idx, distance)
     per_example = per_example / n_rows.clamp(min=1)  # [B]
+    if reduction == "sum":
+        return per_example.sum().float()
     return (per_example.sum() / (n_rows > 0).sum()).float()

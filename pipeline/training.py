@@ -1,8 +1,8 @@
 """Training pieces of the distill stage: student loading, optimizer, learning-rate schedule, checkpoints, metrics.
 
 Everything a resumed run needs is either a pure function of the config and the step (the schedule, the data
-order) or in the checkpoint (weights, optimizer state, RNG state), so a run killed at any point and resumed
-from its last checkpoint computes what the uninterrupted run would have.
+order, the dropout seeds) or in the checkpoint (weights, optimizer state), so a run killed at any point and
+resumed from its last checkpoint computes what the uninterrupted run would have, on any number of processes.
 """
 
 from __future__ import annotations
@@ -14,16 +14,20 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.config import DistillConfig
+from pipeline import distributed
+from pipeline.config import ConfigError, DistillConfig
+from pipeline.distributed import World
 from pipeline.models import ModelError
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 TRAINING_STATE = "training_state.pt"
+STATE_FORMAT = 2  # 2: optimizer state keyed by parameter name, gathered from all ranks; no RNG state
 # OneCycleLR settings of the official ULD recipe (https://github.com/Nicolas-BZRD/llm-recipes, configs/training.py).
 ONE_CYCLE_DIV = 2.0  # the first lr is peak / 2
 ONE_CYCLE_FINAL_DIV = 5.0  # the last lr is (peak / 2) / 5
@@ -108,6 +112,34 @@ def build_optimizer(model, cfg: DistillConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
+def save_student(model, tokenizer, out: Path, world: World, checkpointed: bool) -> None:
+    """The trained student as a Hugging Face checkpoint: loads with from_pretrained and runs in a pipeline.
+
+    Every rank takes part in gathering the weights (FSDP holds them sharded); rank 0 writes them.
+    """
+    hf_model = distributed.unwrap(model)
+    if checkpointed:
+        activation_checkpointing(hf_model, enable=False)
+    state = distributed.full_model_state(model)
+    if not world.main:
+        return
+    hf_model.config.use_cache = True
+    generation = hf_model.generation_config
+    if generation.pad_token_id is None:  # padding in generate, under the attention mask like in training
+        pad = tokenizer.pad_token_id
+        generation.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
+    if generation.eos_token_id is None:
+        generation.eos_token_id = tokenizer.eos_token_id
+    hf_model.save_pretrained(out, state_dict=state)
+    tokenizer.save_pretrained(out)
+
+
+def activation_checkpointing(model, enable: bool) -> None:
+    """Activation (gradient) checkpointing; transformers 5 renamed it and deprecates the old name."""
+    prefix = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
+    getattr(model, f"{prefix}_checkpointing_{'enable' if enable else 'disable'}")()
+
+
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 
@@ -129,21 +161,25 @@ def latest_checkpoint(out: Path) -> tuple[int, Path] | None:
     return max(found) if found else None
 
 
-def save_checkpoint(out: Path, step: int, model, optimizer: torch.optim.Optimizer) -> Path:
-    """Write weights, optimizer and RNG state to a temporary directory, rename it into place, drop older ones."""
+def save_checkpoint(out: Path, step: int, model, optimizer: torch.optim.Optimizer, world: World) -> Path:
+    """Gather the full weights and optimizer state on rank 0 (every rank calls this), which writes them to a
+    temporary directory, renames it into place and drops older ones.
+
+    Nothing in it depends on the number of processes or the wrapper: the weights as ``save_pretrained`` writes
+    them, the optimizer state keyed by parameter name, and the step. Dropout is seeded per step and rank
+    (``step_seed``), so there is no RNG state to keep.
+    """
+    model_state = distributed.full_model_state(model)
+    optimizer_state = distributed.full_optimizer_state(model, optimizer)
     root = out / CHECKPOINTS_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final, tmp = root / _step_dir(step), root / f".tmp-{_step_dir(step)}"
+    if not world.main:
+        return final
+    root.mkdir(parents=True, exist_ok=True)
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    torch.save(state, tmp / TRAINING_STATE)
+    distributed.unwrap(model).save_pretrained(tmp, state_dict=model_state)
+    torch.save({"format": STATE_FORMAT, "step": step, "optimizer": optimizer_state}, tmp / TRAINING_STATE)
     _fsync_dir(tmp)
     os.replace(tmp, final)  # atomic: a checkpoint directory is either absent or whole
     _fsync_dir(root)
@@ -153,14 +189,22 @@ def save_checkpoint(out: Path, step: int, model, optimizer: torch.optim.Optimize
     return final
 
 
-def load_training_state(path: Path, optimizer: torch.optim.Optimizer) -> int:
-    """Restore optimizer and RNG state from checkpoint ``path``; returns the step it was written at."""
-    state = torch.load(path / TRAINING_STATE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng_cpu"])
-    if state["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    return int(state["step"])
+def load_training_state(path: Path | None, model, optimizer: torch.optim.Optimizer, world: World) -> None:
+    """Restore the optimizer state of checkpoint ``path``, read by rank 0 (``path`` is ignored elsewhere)."""
+    state = {}
+    if world.main:
+        state = torch.load(path / TRAINING_STATE, map_location="cpu", weights_only=True)
+        if state.get("format") != STATE_FORMAT:
+            raise ConfigError(
+                f"--resume: {path} was written by another kdpipe version (training state format "
+                f"{state.get('format')!r}, this one reads {STATE_FORMAT}); start afresh in another --out"
+            )
+    distributed.load_optimizer_state(world, model, optimizer, state.get("optimizer", {}))
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The torch seed of optimizer step ``step`` on rank ``rank``: dropout masks are a function of the three."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
 def _fsync_dir(path: Path) -> None:

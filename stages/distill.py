@@ -7,6 +7,11 @@ progress bar, one metrics.jsonl row per step and a checkpoint every N steps → 
 
 The data order, the learning rate and the checkpointed state are all the uninterrupted run's, so a run killed
 at any point and resumed with ``--resume`` reproduces its metrics step for step.
+
+Several processes (torchrun, ``accelerate launch``; ``pipeline.distributed``) share each optimizer step's
+global batch of batch_size × grad_accum examples, each reading its own lanes of the cache; the loss is
+normalised over the whole global batch, so the run follows the one-process run (up to the order of float
+sums) and its checkpoints resume on any number of processes.
 """
 
 from __future__ import annotations
@@ -25,11 +30,11 @@ import torch
 from tqdm import tqdm
 
 import cache_schema
-from pipeline import __version__, training
+from pipeline import __version__, distributed, training
 from pipeline.cache_reader import BatchStream, StudentEncoder
 from pipeline.config import DISTILL_OPERATIONAL, ConfigError, DistillConfig, to_dict
-from pipeline.losses import causal_lm_ce, uld_loss
-from pipeline.models import pick_device
+from pipeline.distributed import World
+from pipeline.losses import answer_tokens, causal_lm_ce, uld_loss, uld_pairs
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,7 @@ class DistillResult:
     seconds: float
     final: dict  # the last metrics row
     already_complete: bool = False
+    rank: int = 0  # of the process that returns it (torchrun, accelerate: only rank 0 reports)
 
 
 def run(
@@ -69,12 +75,20 @@ def run(
 ) -> DistillResult:
     """Train the student of ``cfg`` from the cache at ``cache`` into ``out`` (continuing it with ``resume``).
 
+    Under torchrun or ``accelerate launch`` every process calls this; rank 0 alone touches ``out``.
     ``expected_mixture``: fingerprint of the mixture the config asks for; a cache of another mixture is refused
     unless ``cfg.accept_cache``.
     """
     out = Path(out)
-    device = pick_device(cfg.device)
-    bf16 = _use_bf16(cfg.precision, device)
+    with distributed.launch(cfg.device) as world:
+        return _run(cfg, cache, out, resume, expected_mixture, world)
+
+
+def _run(
+    cfg: DistillConfig, cache: str | os.PathLike, out: Path, resume: bool, expected_mixture: str | None, world: World
+) -> DistillResult:
+    _check_world(cfg, world)
+    bf16 = _use_bf16(cfg.precision, world.device)
     teacher_cache = cache_schema.open_cache(cache)
     cache_schema.check_provenance(teacher_cache, expected_mixture, accept=cfg.accept_cache)
     if len(teacher_cache) == 0:
@@ -85,25 +99,28 @@ def run(
         "cache": _provenance(teacher_cache),
         "tool_version": __version__,
     }
-    previous = _check_out(out, record, resume)
+    previous, checkpoint = distributed.on_main(world, lambda: _resume_point(out, record, resume))
     if previous is not None and previous.get("complete"):
-        return DistillResult(str(out), previous["steps"], previous["steps"], 0.0, previous["final"], True)
+        return DistillResult(str(out), previous["steps"], previous["steps"], 0.0, previous["final"], True, world.rank)
 
     torch.manual_seed(cfg.seed)
-    checkpoint = training.latest_checkpoint(out) if resume else None
-    model, tokenizer = training.load_student(cfg.student, cfg.revision, checkpoint[1] if checkpoint else None)
-    model.to(device)
+    weights = Path(checkpoint[1]) if checkpoint and world.main else None  # the others get rank 0's weights
+    model, tokenizer = training.load_student(cfg.student, cfg.revision, weights)
     if cfg.gradient_checkpointing:
-        _checkpointing(model, enable=True)
+        training.activation_checkpointing(model, enable=True)
+    model = distributed.wrap(model, world, cfg.parallel)
     optimizer = training.build_optimizer(model, cfg)
-    start = training.load_training_state(checkpoint[1], optimizer) if checkpoint is not None else 0
-    if start:
+    start = checkpoint[0] if checkpoint else 0
+    if checkpoint:
+        training.load_training_state(weights, model, optimizer, world)
         log.info("resuming %s from the checkpoint at step %d", out, start)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / RUN_FILE, record)
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / RUN_FILE, record)
     total = training.total_steps(cfg, len(teacher_cache))
-    encoder = StudentEncoder(tokenizer, cfg.max_prompt_tokens, cfg.max_answer_tokens, training.max_positions(model))
-    metrics = training.MetricsLog(out / METRICS_FILE, keep_through_step=start)
+    hf_model = distributed.unwrap(model)
+    encoder = StudentEncoder(tokenizer, cfg.max_prompt_tokens, cfg.max_answer_tokens, training.max_positions(hf_model))
+    metrics = training.MetricsLog(out / METRICS_FILE, keep_through_step=start) if world.main else None
     began = time.monotonic()
     with BatchStream(
         teacher_cache,
@@ -111,24 +128,49 @@ def run(
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         shuffle_chunks=cfg.shuffle_chunks,
-        start_batch=start * cfg.grad_accum,
+        step_examples=cfg.batch_size * cfg.grad_accum,
+        lanes=cfg.lanes,
+        rank=world.rank,
+        world_size=world.size,
+        start_step=start,
         prefetch=cfg.prefetch,
-        pin_memory=device.type == "cuda",
+        pin_memory=world.device.type == "cuda",
     ) as stream:
         try:
-            _train(model, optimizer, stream, metrics, cfg, out, start, total, bf16, len(teacher_cache))
+            final = _train(model, optimizer, stream, metrics, cfg, out, start, total, bf16, len(teacher_cache), world)
         finally:
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
     seconds = time.monotonic() - began
 
-    _save_student(model, tokenizer, cfg, out)
-    training.plot_metrics(metrics.rows, out / CURVE_FILE, f"{Path(cfg.student).name}: CE + {cfg.uld_weight}·ULD")
-    final = metrics.rows[-1] if metrics.rows else {}
-    record.update(complete=True, steps=total, final=final, examples_seen=total * cfg.grad_accum * cfg.batch_size)
-    _write_json(out / RUN_FILE, record)  # written last: "complete" means the student above is whole
-    if not cfg.keep_checkpoint:
-        shutil.rmtree(out / training.CHECKPOINTS_DIR, ignore_errors=True)
-    return DistillResult(str(out), total, start, seconds, final)
+    training.save_student(model, tokenizer, out, world, checkpointed=cfg.gradient_checkpointing)
+    if world.main:
+        title = f"{Path(cfg.student).name}: CE + {cfg.uld_weight}·ULD"
+        training.plot_metrics(metrics.rows, out / CURVE_FILE, title)
+        final = metrics.rows[-1] if metrics.rows else {}
+        examples_seen = total * cfg.grad_accum * cfg.batch_size
+        record.update(complete=True, steps=total, final=final, examples_seen=examples_seen, processes=world.size)
+        _write_json(out / RUN_FILE, record)  # written last: "complete" means the student above is whole
+        if not cfg.keep_checkpoint:
+            shutil.rmtree(out / training.CHECKPOINTS_DIR, ignore_errors=True)
+    return DistillResult(str(out), total, start, seconds, final, rank=world.rank)
+
+
+def _check_world(cfg: DistillConfig, world: World) -> None:
+    if cfg.lanes % world.size:
+        raise ConfigError(
+            f"--lanes: {cfg.lanes} lanes cannot be shared evenly by {world.size} processes; use a multiple of "
+            f"{world.size} (the lanes are part of the data order: a run keeps its --lanes on any number of processes)"
+        )
+
+
+def _resume_point(out: Path, record: dict, resume: bool) -> tuple[dict | None, tuple[int, str] | None]:
+    """Rank 0: the previous record in ``out`` (None when fresh) and its newest checkpoint (step, directory)."""
+    previous = _check_out(out, record, resume)
+    if previous is None or previous.get("complete") or not resume:
+        return previous, None
+    checkpoint = training.latest_checkpoint(out)
+    return previous, (checkpoint[0], str(checkpoint[1])) if checkpoint else None
 
 
 def _use_bf16(precision: str, device: torch.device) -> bool:
@@ -184,69 +226,88 @@ def _train(
     model,
     optimizer,
     stream: BatchStream,
-    metrics: training.MetricsLog,
+    metrics: training.MetricsLog | None,
     cfg: DistillConfig,
     out: Path,
     start: int,
     total: int,
     bf16: bool,
     examples: int,
-) -> None:
-    device = next(model.parameters()).device
+    world: World,
+) -> dict:
+    """The optimizer steps from ``start`` to ``total``; returns the last metrics row.
+
+    The loss of a step is over its whole global batch, however the batch is split into micro-batches and
+    processes: CE is the sum of token losses over the batch's answer tokens divided by their count, ULD the sum
+    of per-example distances divided by the examples with paired rows. Both counts are summed over the ranks
+    before the forward passes, each rank backpropagates its sums divided by them (times the world size, as DDP
+    and FSDP average gradients over ranks), and so the gradient is the one-process gradient of the same batch.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     model.train()
     bar = tqdm(
-        total=total, initial=start, desc="distill" if cfg.uld_weight else "finetune", unit="step", mininterval=1.0
+        total=total,
+        initial=start,
+        desc="distill" if cfg.uld_weight else "finetune",
+        unit="step",
+        mininterval=1.0,
+        disable=not world.main,
     )
+    row: dict = {}
     for step in range(start, total):
         began = time.perf_counter()
+        torch.manual_seed(training.step_seed(cfg.seed, world.rank, step))
         lr = training.lr_at(step, total, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        sums, wait, tokens = {"loss": 0.0, "ce": 0.0, "uld": 0.0}, 0.0, 0
-        for _ in range(cfg.grad_accum):
-            waited = time.perf_counter()
-            batch = next(stream).to(device)
-            wait += time.perf_counter() - waited
-            tokens += batch.tokens
-            with autocast:
-                logits = model(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-                ).logits  # [B, T, Vs]
-            ce = causal_lm_ce(logits, batch.labels)
-            # λ = 0 is the FT baseline: its ULD distance is measured without gradient so both curves compare.
-            with torch.set_grad_enabled(cfg.uld_weight > 0):
-                uld = uld_loss(
-                    logits,
-                    batch.labels,
-                    batch.teacher_probs,
-                    batch.teacher_lengths,
-                    student_temperature=cfg.student_temperature,
-                    skip_student_eos=cfg.skip_student_eos,
+        waited = time.perf_counter()
+        micro = [batch.to(world.device) for batch in stream.next_step()]
+        wait = time.perf_counter() - waited
+        tokens, pairs = distributed.sum_over_ranks(
+            world,
+            [
+                sum(answer_tokens(b.labels) for b in micro),
+                sum(
+                    int((uld_pairs(b.labels, b.teacher_lengths, skip_student_eos=cfg.skip_student_eos) > 0).sum())
+                    for b in micro
+                ),
+            ],
+        )
+        sums = torch.zeros(2, dtype=torch.float64, device=world.device)  # Σ CE, Σ ULD of this rank
+        for i, batch in enumerate(micro):
+            with distributed.gradient_sync(model, enabled=i == len(micro) - 1):
+                ce, uld = _losses(model, batch, cfg, autocast)
+                loss = (
+                    ce / max(tokens, 1) + cfg.uld_weight * uld / max(pairs, 1)
+                    if cfg.uld_weight > 0
+                    else ce / max(tokens, 1)
                 )
-            loss = ce + cfg.uld_weight * uld if cfg.uld_weight > 0 else ce
-            (loss / cfg.grad_accum).backward()
-            values = torch.stack([loss.detach(), ce.detach(), uld.detach()]).float().tolist()  # one device sync
-            for key, value in zip(("loss", "ce", "uld"), values, strict=True):
-                sums[key] += value / cfg.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
+                (loss * world.size).backward()
+            sums += torch.stack([ce.detach(), uld.detach()]).double()
+        grad_norm = distributed.grad_norm_value(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        local_tokens = sum(b.tokens for b in micro)
+        ce_sum, uld_sum, all_tokens, all_wait = distributed.sum_over_ranks(world, [*sums.tolist(), local_tokens, wait])
         seconds = time.perf_counter() - began
+        ce, uld = ce_sum / max(tokens, 1), uld_sum / max(pairs, 1)
         row = {
             "step": step + 1,
             "epoch": round((step + 1) * cfg.grad_accum * cfg.batch_size / examples, 4),
-            **{k: round(v, 6) for k, v in sums.items()},
+            "loss": round(ce + cfg.uld_weight * uld if cfg.uld_weight > 0 else ce, 6),
+            "ce": round(ce, 6),
+            "uld": round(uld, 6),
             "lr": lr,
-            "grad_norm": round(float(grad_norm), 4),
-            "tokens_s": round(tokens / seconds, 1),
-            "data_wait": round(wait / seconds, 4),
+            "grad_norm": round(grad_norm, 4),
+            "tokens_s": round(all_tokens / seconds, 1),
+            "data_wait": round(all_wait / world.size / seconds, 4),
             "step_s": round(seconds, 4),
         }
         if not math.isfinite(row["loss"]):
             raise ConfigError(f"--lr: the loss became {row['loss']} at step {step + 1}; try a lower --lr")
-        metrics.append(row)
+        if metrics is not None:
+            metrics.append(row)
         bar.update(1)
         bar.set_postfix(
             loss=f"{row['loss']:.3f}",
@@ -255,31 +316,30 @@ def _train(
             wait=f"{100 * row['data_wait']:.1f}%",
         )
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-            training.save_checkpoint(out, step + 1, model, optimizer)
+            training.save_checkpoint(out, step + 1, model, optimizer, world)
     bar.close()
     if cfg.keep_checkpoint and total > start:
-        training.save_checkpoint(out, total, model, optimizer)
+        training.save_checkpoint(out, total, model, optimizer, world)
+    return row
 
 
-def _save_student(model, tokenizer, cfg: DistillConfig, out: Path) -> None:
-    """The trained student as a Hugging Face checkpoint: loads with from_pretrained and runs in a pipeline."""
-    if cfg.gradient_checkpointing:
-        _checkpointing(model, enable=False)
-    model.config.use_cache = True
-    generation = model.generation_config
-    if generation.pad_token_id is None:  # padding in generate, under the attention mask like in training
-        pad = tokenizer.pad_token_id
-        generation.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
-    if generation.eos_token_id is None:
-        generation.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-
-
-def _checkpointing(model, enable: bool) -> None:
-    """Activation (gradient) checkpointing; transformers 5 renamed it and deprecates the old name."""
-    prefix = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
-    getattr(model, f"{prefix}_checkpointing_{'enable' if enable else 'disable'}")()
+def _losses(model, batch, cfg: DistillConfig, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ CE over the micro-batch's answer tokens and Σ ULD over its examples (``reduction="sum"``)."""
+    with autocast:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    ce = causal_lm_ce(logits, batch.labels, reduction="sum")  # logits: [B, T, Vs]
+    # λ = 0 is the FT baseline: its ULD distance is measured without gradient so both curves compare.
+    with torch.set_grad_enabled(cfg.uld_weight > 0):
+        uld = uld_loss(
+            logits,
+            batch.labels,
+            batch.teacher_probs,
+            batch.teacher_lengths,
+            student_temperature=cfg.student_temperature,
+            skip_student_eos=cfg.skip_student_eos,
+            reduction="sum",
+        )
+    return ce, uld
 
 
 def _write_json(path: Path, value: dict) -> None:

@@ -82,7 +82,7 @@ def test_every_example_is_delivered_once_per_epoch_and_epochs_are_reshuffled(cac
     for order in epochs:
         assert sorted(order.tolist()) == list(range(n))
     assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
-    assert [b.position for b in batches] == [7 * i for i in range(len(batches))]
+    assert [b.step for b in batches] == list(range(len(batches)))  # one lane, a micro-batch per step
 
 
 def test_order_is_a_pure_function_of_the_seed(cache, encoder):
@@ -94,9 +94,9 @@ def test_order_is_a_pure_function_of_the_seed(cache, encoder):
     assert not np.array_equal(first, np.sort(first))  # shuffled, not cache order
 
 
-def test_starting_at_a_batch_gives_the_same_batches_without_reading_what_comes_before(cache, encoder):
+def test_starting_at_a_step_gives_the_same_batches_without_reading_what_comes_before(cache, encoder):
     full = take(cache, encoder, 20)
-    with BatchStream(cache, encoder, batch_size=7, seed=0, shuffle_chunks=2, start_batch=12) as stream:
+    with BatchStream(cache, encoder, batch_size=7, seed=0, shuffle_chunks=2, start_step=12) as stream:
         resumed = [next(stream) for _ in range(8)]
         reads = stream.stats.rows_read
     for a, b in zip(full[12:], resumed, strict=True):
@@ -191,3 +191,68 @@ def test_a_zipped_cache_streams_the_same_batches(cache, encoder, tmp_path):
     for a, b in zip(take(cache, encoder, 12), take(cs.open_cache(str(zipped)), encoder, 12), strict=True):
         np.testing.assert_array_equal(a.indices, b.indices)
         assert torch.equal(a.teacher_probs, b.teacher_probs) and torch.equal(a.input_ids, b.input_ids)
+
+
+def step_indices(stream: BatchStream, steps: int) -> list[list[int]]:
+    return [[int(i) for b in stream.next_step() for i in b.indices] for _ in range(steps)]
+
+
+def lane_streams(cache, seed: int, shuffle_chunks: int, lanes: int, length: int) -> list[list[list[int]]]:
+    """The documented order, written out: group visits of all epochs dealt round-robin to lanes.
+
+    Returns, per lane, its visits (each the visited group's examples in delivery order) until ``length`` examples.
+    """
+    groups = chunk_groups(cache, shuffle_chunks)
+    out = []
+    for lane in range(lanes):
+        visits, visit = [], lane
+        while sum(map(len, visits)) < length:
+            visits.append(epoch_order(groups, seed, visit // len(groups))[visit % len(groups)].tolist())
+            visit += lanes
+        out.append(visits)
+    return out
+
+
+def test_steps_draw_equally_from_lanes_and_ranks_share_them_without_changing_them(cache, encoder, monkeypatch):
+    lanes, per_lane, steps = 4, 3, 2 * len(cache) // 12  # 12 examples a step, about two epochs
+    options = {"batch_size": 3, "seed": 1, "shuffle_chunks": 2, "step_examples": lanes * per_lane, "lanes": lanes}
+    visits = lane_streams(cache, 1, 2, lanes, (steps + 4) * per_lane)  # and what a reader may read ahead
+    flat = [[i for visit in lane for i in visit] for lane in visits]
+    expected = [[i for lane in flat for i in lane[s * per_lane : (s + 1) * per_lane]] for s in range(steps)]
+    with BatchStream(cache, encoder, **options) as stream:
+        assert stream.micro_batches == 4
+        assert step_indices(stream, steps) == expected
+    for rank in (0, 1):
+        reads = []
+        original = cache.read_rows
+        monkeypatch.setattr(cache, "read_rows", lambda a, b, r=reads, o=original: r.append((a, b)) or o(a, b))
+        with BatchStream(cache, encoder, **options, rank=rank, world_size=2, prefetch=1) as stream:
+            assert stream.micro_batches == 2  # its 6 examples of each step, in micro-batches of at most 3
+            mine = [lane for lane in range(lanes) if lane % 2 == rank]
+            share = [[i for lane in mine for i in flat[lane][s * per_lane : (s + 1) * per_lane]] for s in range(steps)]
+            assert step_indices(stream, steps) == share
+        monkeypatch.undo()
+        # It read its own lanes' visits, each once, in the order its steps need them, and nothing else.
+        needed = []
+        for position, lane in enumerate(mine):
+            first = 0  # a visit is read when the lane needs its first example
+            for k, visit in enumerate(visits[lane]):
+                needed.append((first // per_lane, position, k, (int(min(visit)), int(max(visit)))))
+                first += len(visit)
+        needed.sort()
+        ranges = [(int(cache.row_start[a]), int(cache.row_start[b] + cache.n_rows[b])) for *_, (a, b) in needed]
+        assert len(reads) >= sum(step < steps for step, *_ in needed) and reads == ranges[: len(reads)]
+        assert sum(b - a for a, b in reads) < 0.75 * 2 * cache.total_rows  # about half of two epochs
+
+
+def test_the_global_batch_does_not_depend_on_the_micro_batch_size(cache, encoder):
+    """--batch-size only cuts a step into micro-batches: the step's examples are those of the config's order."""
+    options = {"seed": 2, "shuffle_chunks": 2, "step_examples": 8, "lanes": 2}
+    with (
+        BatchStream(cache, encoder, batch_size=8, **options) as a,
+        BatchStream(cache, encoder, batch_size=3, **options) as b,
+    ):
+        assert (a.micro_batches, b.micro_batches) == (1, 3)
+        assert step_indices(a, 10) == step_indices(b, 10)
+    with pytest.raises(ValueError, match="lanes"):
+        BatchStream(cache, encoder, batch_size=2, seed=0, shuffle_chunks=2, step_examples=8, lanes=4, world_size=3)

@@ -39,6 +39,7 @@ def small_config(student: Path, **overrides) -> DistillConfig:
         max_prompt_tokens=128,
         max_answer_tokens=32,
         shuffle_chunks=2,
+        lanes=2,
         seed=0,
     )
     return replace(base, **overrides)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import causal_lm_ce, uld_loss
+from pipeline.losses import answer_tokens, causal_lm_ce, uld_loss, uld_pairs
 
 EOS = 2
 
@@ -230,3 +230,27 @@ def test_causal_lm_ce_without_answer_tokens_is_a_connected_zero():
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_sums_over_parts_divided_by_whole_batch_counts_give_the_whole_batch_mean():
+    """How distill splits a step over micro-batches and processes: Σ parts' sums / whole-batch counts = mean."""
+    logits, labels, teacher, lengths = random_batch(6, 12, 1000, 8, dense=True, seed=3)  # labels < 1000
+    lengths[2] = 0  # an example without paired rows counts for CE but not for ULD
+    whole = logits.clone().requires_grad_(True)
+    split = logits.clone().requires_grad_(True)
+    ce_mean, uld_mean = causal_lm_ce(whole, labels), uld_loss(whole, labels, teacher, lengths)
+    (ce_mean + uld_mean).backward()
+    tokens = answer_tokens(labels)
+    pairs = int((uld_pairs(labels, lengths) > 0).sum())
+    assert pairs == len({b for b, _ in paired_rows(labels, lengths)}) < 6 and tokens == int((labels != -100).sum())
+    ce_parts = uld_parts = 0.0
+    for part in (slice(0, 1), slice(1, 4), slice(4, 6)):
+        ce = causal_lm_ce(split[part], labels[part], reduction="sum")
+        uld = uld_loss(split[part], labels[part], teacher[part], lengths[part], reduction="sum")
+        (ce / tokens + uld / pairs).backward()
+        ce_parts, uld_parts = ce_parts + ce.item(), uld_parts + uld.item()
+    assert ce_parts / tokens == pytest.approx(ce_mean.item(), rel=1e-6)
+    assert uld_parts / pairs == pytest.approx(uld_mean.item(), rel=1e-6)
+    torch.testing.assert_close(split.grad, whole.grad, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="reduction"):
+        causal_lm_ce(logits, labels, reduction="none")
