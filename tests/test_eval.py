@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from tests.conftest import run_kdpipe
 
 from pipeline import metrics
 from pipeline.cli import main
@@ -17,6 +16,7 @@ from pipeline.models import load_model
 from pipeline.scoring import EvalModel
 from pipeline.tasks import get_task, render
 from stages import eval as stage
+from tests.conftest import run_kdpipe
 
 DEMO = ("demo_yesno", "demo_nli", "demo_mc4", "demo_qa", "demo_summary", "demo_concepts")
 SHARED = ("boolq", "squad", "samsum", "anli", "paws", "xsum", "commongen", "cosmosqa")
