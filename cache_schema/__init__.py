@@ -62,6 +62,7 @@ PROB_SCALE = 65535
 EXAMPLES_FILE = "examples.parquet"
 GROUP_META_FILE = "zarr.json"  # holds the attributes, so it is covered by ATTR_DIGEST, not by a checksum
 PARTS_DIR = "_parts"
+MERGED_CACHE = "merged"  # beside the parts: the cache rank 0 joins them into under a launcher
 WORKER_PART = "worker-{index}-of-{count}"  # folder of worker ``index``'s part, beside the other parts
 
 # Arrays along the flat row axis.
@@ -231,6 +232,11 @@ def identity_attrs(
 def worker_attrs(index: int, count: int, plan_batches: int) -> dict:
     """The ATTR_WORKER value of worker ``index`` of ``count``; it joins a part's identity."""
     return {ATTR_WORKER: {"index": index, "count": count, "plan_batches": plan_batches}}
+
+
+def merged_path(out: str) -> str:
+    """Where rank 0 merges the parts of ``out`` when the workers ran under one launcher (torchrun, accelerate)."""
+    return f"{out.rstrip('/')}/{MERGED_CACHE}"
 
 
 def worker_part(out: str, index: int, count: int) -> str:

@@ -97,10 +97,14 @@ def teacher_cache(config_file: str | None, out: str, **flags) -> None:
     result = stage.run(cfg, out)
     if result.already_complete:
         click.echo(f"{result.path}: already complete ({result.examples} examples, {result.rows} rows); nothing to do")
-        return
-    click.echo(f"cache: {result.path}  ({result.examples} examples, {result.rows} rows, {result.seconds:.1f} s)")
-    if result.workers > 1:
+    else:
+        click.echo(f"cache: {result.path}  ({result.examples} examples, {result.rows} rows, {result.seconds:.1f} s)")
+    if result.merged:
+        click.echo(f"merged cache (all {result.workers} parts): {result.merged}")
+    elif result.workers > 1:
         click.echo(f"a part of {result.workers}; once all are written: kdpipe cache merge {out} MERGED")
+    if result.already_complete:
+        return
     for label, counts in (("skipped", result.skipped), ("truncated", result.truncated)):
         flat = {k: v for k, v in counts.items() if v and k != "source"}
         source = {t: c for t, c in counts.get("source", {}).items() if c} if label == "skipped" else {}

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -55,13 +56,44 @@ class TeacherCacheResult:
     prepare_seconds: float = 0.0  # mixture, tokenization and batch plan
     already_complete: bool = False
     workers: int = 1  # > 1: ``path`` is this worker's part
+    merged: str | None = None  # under a launcher: the cache rank 0 merged the parts into
     skipped: dict = field(default_factory=dict)
     truncated: dict = field(default_factory=dict)
 
 
 def run(cfg: TeacherCacheConfig, out: str | Path) -> TeacherCacheResult:
-    """Write (or resume, or confirm) the cache for ``cfg`` at ``out``."""
-    out = str(out)
+    """Write (or resume, or confirm) the cache for ``cfg`` at ``out``.
+
+    Under torchrun or ``accelerate launch`` (no --worker flags), each rank writes its part, then rank 0 waits
+    for all of them and merges them into ``cache_schema.merged_path(out)``; a rank that dies leaves its part
+    resumable, and rerunning the same launch resumes every part and then merges.
+    """
+    result = _run(cfg, str(out))
+    if result.workers > 1 and cfg.num_workers is None and "MASTER_ADDR" in os.environ:
+        result.merged = _merge_on_rank0(str(out))
+    return result
+
+
+def _merge_on_rank0(out: str) -> str:
+    """Wait for every rank's part (gloo barrier, no deadline worth hitting), then merge on rank 0."""
+    import torch.distributed as dist
+
+    owned = not dist.is_initialized()
+    if owned:  # gloo: the barrier only waits, and ranks may finish hours apart
+        dist.init_process_group("gloo", timeout=timedelta(days=7))
+    try:
+        dist.barrier()
+        target = cache_schema.merged_path(out)
+        if dist.get_rank() == 0:
+            cache_schema.merge_parts([out], target)
+        dist.barrier()
+        return target
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
     worker, workers = _worker_slot(cfg)
     device = pick_device(cfg.device)
     if device.type == "cuda" and workers > 1 and "LOCAL_RANK" in os.environ:

@@ -110,3 +110,29 @@ def test_worker_flags_are_checked(demo_models, monkeypatch, tmp_path):
 def test_cli_help_names_the_worker_flags():
     text = CliRunner().invoke(main, ["teacher-cache", "--help"]).output
     assert "--num-workers" in text and "--worker" in text and "WORLD_SIZE" in text
+
+
+def test_torchrun_writes_one_part_per_rank_and_rank0_merges(runs, demo_models):
+    """A real ``torchrun --nproc_per_node 2`` teacher-cache: the merged cache is the one-process cache."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = runs["base"] / "launched"
+    cfg = small_config(demo_models["teacher"], batch_size=7, chunk_rows=16, shard_rows=32)
+    tasks = ",".join(f"{k}={v}" for k, v in cfg.tasks.items())
+    command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "pipeline.cli", "teacher-cache", "--out", str(out), "--teacher", cfg.teacher, "--tasks", tasks]
+    for flag in ("batch_size", "top_k", "max_answer_tokens", "device", "chunk_rows", "shard_rows"):
+        command += ["--" + flag.replace("_", "-"), str(getattr(cfg, flag))]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"merged cache (all 2 parts): {cs.merged_path(str(out))}" in proc.stdout
+    merged, single = _rows(cs.merged_path(str(out))), _rows(runs["single"])
+    assert merged["examples"] == single["examples"]
+    for key in ("probs", "tail", "ids"):
+        np.testing.assert_array_equal(merged[key], single[key])
+    assert cs.verify_cache(cs.merged_path(str(out)))["examples"] == 48
