@@ -52,19 +52,25 @@ def _quantization_config(quantize: str, device: torch.device):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def load_model(
-    name: str, *, revision: str | None = None, quantize: str = "none", device: torch.device, role: str = "model"
-):
-    """Load a seq2seq or causal LM and its tokenizer; returns (model, tokenizer, provenance dict)."""
+def load_config_and_tokenizer(name: str, revision: str | None, role: str):
+    """A model's config and tokenizer from a local directory or the hub, or a one-line ModelError naming it."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bars report progress; a per-load bar is noise in logs
     try:
-        config = AutoConfig.from_pretrained(name, revision=revision)
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+        return AutoConfig.from_pretrained(name, revision=revision), AutoTokenizer.from_pretrained(
+            name, revision=revision
+        )
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{role} {name!r}: cannot load it from a local directory or the hub ({first})") from None
+
+
+def load_model(
+    name: str, *, revision: str | None = None, quantize: str = "none", device: torch.device, role: str = "model"
+):
+    """Load a seq2seq or causal LM and its tokenizer; returns (model, tokenizer, provenance dict)."""
+    config, tokenizer = load_config_and_tokenizer(name, revision, role)
     quantization = _quantization_config(quantize, device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from pipeline import distributed
 from pipeline.config import ConfigError, DistillConfig
 from pipeline.distributed import World
-from pipeline.models import ModelError
+from pipeline.models import ModelError, load_config_and_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,7 @@ def load_student(name: str, revision: str | None, weights: Path | None = None):
 
     ``weights``: a checkpoint directory to take the weights from instead (a resumed run).
     """
-    try:
-        config = AutoConfig.from_pretrained(name, revision=revision)
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"student {name!r}: cannot load it from a local directory or the hub ({first})") from None
+    config, tokenizer = load_config_and_tokenizer(name, revision, "student")
     if config.is_encoder_decoder:
         raise ModelError(f"student {name!r}: is an encoder-decoder ({config.model_type}); distill trains causal LMs")
     if tokenizer.eos_token_id is None:
