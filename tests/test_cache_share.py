@@ -286,3 +286,40 @@ def test_storage_failures_are_one_line_errors(s3, local_cache):
     assert last == (
         f"Error: {local_cache} -> s3://kdpipe-no-such-bucket/c: FileNotFoundError: The specified bucket does not exist"
     )
+
+
+def test_one_side_writes_packs_and_pushes_the_other_pulls_verifies_and_trains(s3, demo_models, tmp_path):
+    """The whole team story: a real teacher cache goes through a zip and the loopback S3 server into training."""
+    from dataclasses import replace
+
+    from pipeline.config import DistillConfig, TeacherCacheConfig
+    from stages import distill, teacher_cache
+
+    written = tmp_path / "writer" / "cache"
+    teacher_cache.run(
+        TeacherCacheConfig(
+            teacher=str(demo_models["teacher"]),
+            tasks={"demo_qa": 8, "demo_yesno": 8},
+            top_k=16,
+            batch_size=8,
+            device="cpu",
+            chunk_rows=32,
+            shard_rows=64,
+        ),
+        written,
+    )
+    assert invoke("cache", "pack", str(written), str(tmp_path / "writer" / "cache.zip")).exit_code == 0
+    url = f"s3://{BUCKET}/team/demo"
+    assert invoke("cache", "push", str(tmp_path / "writer" / "cache.zip"), url).exit_code == 0
+    pulled = tmp_path / "reader" / "cache"
+    assert invoke("cache", "pull", url, str(pulled)).exit_code == 0
+    verified = invoke("cache", "verify", str(pulled))
+    assert verified.exit_code == 0 and verified.output.startswith("ok:"), verified.output
+    assert_same_cache(pulled, written)
+    cfg = DistillConfig(student=str(demo_models["student"]), steps=3, batch_size=4, lanes=2, device="cpu", lr=1e-3)
+    finals = []
+    for source, out in ((str(pulled), "from-pulled"), (url, "from-s3")):
+        result = distill.run(replace(cfg, checkpoint_every=0), source, tmp_path / "reader" / out)
+        assert result.steps == 3 and (tmp_path / "reader" / out / "model.safetensors").exists()
+        finals.append({k: result.final[k] for k in ("loss", "ce", "uld")})
+    assert finals[0] == finals[1]  # the same rows whichever copy the student reads
