@@ -7,6 +7,7 @@ answer. Training draws one template per example (seeded); evaluation uses the fi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from collections import Counter
@@ -105,21 +106,27 @@ class Mixture:
     skipped: dict[str, dict[str, int]]  # task -> reason -> count (malformed source rows)
 
 
-def get_task(name: str) -> Task:
+@functools.cache
+def _all_tasks() -> dict[str, Task]:
+    # Imported here: the task modules import this one for Record, Task and Template.
     from pipeline.tasks.catalog import REAL_TASKS
     from pipeline.tasks.demo import DEMO_TASKS
 
     tasks = {t.name: t for t in (*DEMO_TASKS, *REAL_TASKS)}
-    if name not in tasks:
-        raise TaskError(f"unknown task {name!r}; known: {', '.join(sorted(tasks))}")
-    return tasks[name]
+    if len(tasks) != len(DEMO_TASKS) + len(REAL_TASKS):
+        raise TaskError("two tasks share a name: every task name must be unique")
+    return tasks
 
 
 def task_names() -> list[str]:
-    from pipeline.tasks.catalog import REAL_TASKS
-    from pipeline.tasks.demo import DEMO_TASKS
+    return list(_all_tasks())
 
-    return [t.name for t in (*DEMO_TASKS, *REAL_TASKS)]
+
+def get_task(name: str) -> Task:
+    tasks = _all_tasks()
+    if name not in tasks:
+        raise TaskError(f"unknown task {name!r}; known: {', '.join(sorted(tasks))}")
+    return tasks[name]
 
 
 def build_mixture(
