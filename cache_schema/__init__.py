@@ -247,6 +247,7 @@ def worker_part(out: str, index: int, count: int) -> str:
 # The reading and writing code builds on the names above, so it is imported after them.
 from cache_schema.audit import check_provenance as check_provenance  # noqa: E402
 from cache_schema.audit import describe as describe  # noqa: E402
+from cache_schema.audit import nonzero_counts as nonzero_counts  # noqa: E402
 from cache_schema.audit import provenance as provenance  # noqa: E402
 from cache_schema.audit import summary as summary  # noqa: E402
 from cache_schema.audit import verify_cache as verify_cache  # noqa: E402

@@ -175,7 +175,7 @@ def describe(cache: Cache) -> str:
     if p["merged_from"]:
         lines.append(f"merged       from {p['merged_from']} worker parts")
     for label in ("skipped", "truncated"):
-        nonzero = _nonzero(counts.get(label) or {})
+        nonzero = nonzero_counts(counts.get(label) or {})
         if nonzero:
             lines.append(f"{label:<13}{json.dumps(nonzero)}")
     return "\n".join(lines)
@@ -197,11 +197,11 @@ def _get(meta: dict, attr: str, key: str):
     return value.get(key) if isinstance(value, dict) else None
 
 
-def _nonzero(counts: dict) -> dict:
+def nonzero_counts(counts: dict) -> dict:
     """Nested counts with the zeros and empty groups left out."""
     out = {}
     for key, value in counts.items():
-        value = _nonzero(value) if isinstance(value, dict) else value
+        value = nonzero_counts(value) if isinstance(value, dict) else value
         if value:
             out[key] = value
     return out

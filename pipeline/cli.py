@@ -105,11 +105,11 @@ def teacher_cache(config_file: str | None, out: str, **flags) -> None:
         click.echo(f"a part of {result.workers}; once all are written: kdpipe cache merge {out} MERGED")
     if result.already_complete:
         return
+    import cache_schema
+
     for label, counts in (("skipped", result.skipped), ("truncated", result.truncated)):
-        flat = {k: v for k, v in counts.items() if v and k != "source"}
-        source = {t: c for t, c in counts.get("source", {}).items() if c} if label == "skipped" else {}
-        if flat or source:
-            click.echo(f"{label}: {json.dumps({**flat, **({'source': source} if source else {})})}")
+        if nonzero := cache_schema.nonzero_counts(counts):
+            click.echo(f"{label}: {json.dumps(nonzero)}")
 
 
 @main.command("distill")
