@@ -1,5 +1,7 @@
 """The text contract (pipeline.text): every layout written out by hand here, and every stage giving the same ids."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -13,9 +15,23 @@ from transformers import (
     LlamaTokenizerFast,
 )
 
+import cache_schema as cs
 from pipeline.cache_reader import StudentEncoder
+from pipeline.config import DistillConfig
 from pipeline.scoring import EvalModel
-from pipeline.text import IGNORE_INDEX, TextEncoder, TextError, TextSpec, cut_middle, layout_for
+from pipeline.text import (
+    IGNORE_INDEX,
+    TEXT_FILE,
+    TextEncoder,
+    TextError,
+    TextSpec,
+    chat_template_for,
+    cut_middle,
+    layout_for,
+    save_spec,
+    saved_layout,
+)
+from stages import distill
 
 CORPUS = [
     "Read the passage and answer the question. Is the sky blue? yes no maybe",
@@ -208,3 +224,41 @@ def test_distill_and_eval_see_byte_identical_ids(family, chat, tokenizers_by_fam
     evaluated = lm.prompt_ids([PROMPT], reserve=len(answer_ids))[0] + lm.answer_ids([ANSWER])[0]
     assert trained == evaluated
     assert [t for t in labels if t != IGNORE_INDEX] == lm.answer_ids([ANSWER])[0]
+
+
+# ---- what distill records and eval reads ---------------------------------------------------------------------
+
+
+def test_a_trained_layout_is_recorded_and_wins_over_the_flag(tmp_path, caplog):
+    save_spec(tmp_path, TextSpec("chat", 256, 64))
+    assert saved_layout(str(tmp_path)) == "chat"
+    assert chat_template_for(str(tmp_path), asked=False) is True  # trained with its template: evaluated so
+    assert "trained with the chat layout" in caplog.text
+    save_spec(tmp_path, TextSpec("causal", 256, 64))
+    assert chat_template_for(str(tmp_path), asked=True) is False
+    assert chat_template_for(str(tmp_path / "hub-id-or-teacher"), asked=True) is True  # no record: the flag
+    (tmp_path / TEXT_FILE).write_text("[1, 2]")
+    with pytest.raises(TextError, match="not a readable text record"):
+        saved_layout(str(tmp_path))
+
+
+class _FakeCache:
+    def __init__(self, meta: dict):
+        self.meta, self.path = meta, "cache"
+
+
+def test_distill_warns_where_the_cached_text_cannot_match_the_students(caplog):
+    cfg = DistillConfig(max_prompt_tokens=200, max_answer_tokens=32)
+    old = _FakeCache({cs.ATTR_COUNTS: {"truncated": {}}})
+    spec = distill._student_text_spec(cfg, old)
+    assert spec == TextSpec("causal", 200, 32, "cut") and "predates the text contract" in caplog.text
+    caplog.clear()
+    text = TextSpec("seq2seq", 100, 64, "skip").to_dict()
+    cut = _FakeCache({cs.ATTR_TEXT: text, cs.ATTR_COUNTS: {"truncated": {"prompt": 7}}})
+    spec = distill._student_text_spec(replace(cfg, chat_template=True), cut)
+    assert spec == TextSpec("chat", 200, 32, "skip")  # the student cuts answers as the teacher did
+    assert "saw 7 prompts cut to 100 teacher tokens" in caplog.text
+    caplog.clear()
+    whole = _FakeCache({cs.ATTR_TEXT: text, cs.ATTR_COUNTS: {"truncated": {}}})
+    distill._student_text_spec(cfg, whole)
+    assert not caplog.text
