@@ -61,12 +61,18 @@ def teacher_rows(
         answer_mask = labels != -100  # [B, Ta]
         token_ids, logits = labels[answer_mask], logits[answer_mask]  # [R], [R, V]
     else:
+        # Left-padded: every answer ends at the right edge, so only the last L + 1 positions need the output layer
+        # (a 49k-256k vocabulary over the whole prompt would cost more than the rest of the forward).
         seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
-        out = model(input_ids=pad(seqs, pad_id).to(device), attention_mask=mask(seqs).to(device)).logits  # [B, T, V]
-        # the row predicting answer token j sits at position len(prompt) - 1 + j
-        logits = torch.cat(
-            [out[b, len(p) - 1 : len(p) - 1 + len(a)] for b, (p, a) in enumerate(zip(prompts, answers, strict=True))]
-        )
+        width, longest = max(len(s) for s in seqs), max(len(a) for a in answers)
+        ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs], device=device)  # [B, T]
+        attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)  # [B, T]
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # [B, T]: each sequence counts from 0
+        out = model(
+            input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=longest + 1
+        ).logits  # [B, L+1, V]
+        # kept row i is position T - L - 1 + i; the row predicting answer token j of b is T - len(a_b) - 1 + j
+        logits = torch.cat([out[b, longest - len(a) : longest] for b, a in enumerate(answers)])  # [R, V]
         token_ids = torch.tensor([t for a in answers for t in a], device=device)
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # [R, V], float32
     k = min(top_k, probs.shape[-1])
