@@ -29,7 +29,7 @@ import torch
 
 from pipeline import __version__, metrics, report
 from pipeline.config import EvalConfig, to_dict
-from pipeline.models import ModelError, load_model, pick_device
+from pipeline.models import ModelError, load_model, pick_device, source_kwargs
 from pipeline.scoring import EvalModel
 from pipeline.tasks import Record, Task, TaskError, get_task, render
 from pipeline.text import chat_template_for
@@ -122,8 +122,9 @@ def _check_model(path: str) -> None:
         return
     from transformers import AutoConfig
 
+    source, extra = source_kwargs(path, "--model")  # a .gguf file: checked here, read from its folder
     try:
-        AutoConfig.from_pretrained(path)
+        AutoConfig.from_pretrained(source, **extra)
     except (OSError, ValueError):
         raise ModelError(f"--model {path!r}: no such folder, and no hub model of that name could be loaded") from None
 
@@ -258,6 +259,8 @@ def _stamp(path: str, data: _TaskData, cfg: EvalConfig, device: torch.device, ch
     files = (
         sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in folder.iterdir() if p.is_file())
         if folder.is_dir()
+        else [[folder.name, folder.stat().st_size, folder.stat().st_mtime_ns]]
+        if folder.is_file()  # a single-file model (GGUF)
         else None
     )
     return {

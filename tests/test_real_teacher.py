@@ -9,6 +9,7 @@ import cache_schema as cs
 from pipeline.config import TeacherCacheConfig
 from pipeline.models import ModelError, load_config_and_tokenizer
 from pipeline.real_teacher import GGUF_SHA256
+from stages import eval as eval_stage
 from stages import teacher_cache
 
 from .conftest import REPO
@@ -34,6 +35,8 @@ def test_a_file_that_is_not_gguf_is_a_one_line_error(tmp_path):
         load_config_and_tokenizer(str(fake), None, "teacher")
     with pytest.raises(ModelError, match="no such GGUF file"):
         load_config_and_tokenizer(str(tmp_path / "missing.gguf"), None, "teacher")
+    with pytest.raises(ModelError, match="--model .*not a GGUF file"):
+        eval_stage._check_model(str(fake))  # eval checks a model file before loading any task
 
 
 def _expected_rows(model, tok, prompt_ids: list[int], answer_ids: list[int]) -> np.ndarray:
