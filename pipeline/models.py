@@ -81,6 +81,9 @@ def load_model(
         model = cls.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(f"{role} {name!r}: cannot load the weights ({str(e).splitlines()[0]})") from None
+    except RuntimeError as e:  # a config torch cannot build (a negative size), or out of memory
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{role} {name!r}: cannot build the model from its config.json ({first})") from None
     if quantization is None:
         model.to(device)
     model.eval()

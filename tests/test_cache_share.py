@@ -82,7 +82,7 @@ def test_writer_resumes_on_s3_where_the_part_marker_is_the_last_object(s3, tmp_p
     def run(path, upto, start=0):
         writer = cs.CacheWriter(path, identity(), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
         for b in range(start or writer.next_batch, upto):
-            writer.commit(b, b + 1, [{**rec, "key": f"k{b}"}], *batches[b], ids)
+            writer.commit(b, b + 1, [{**rec, "key": cs.example_key("t", 0, "p", "a")}], *batches[b], ids)
         return writer
 
     run(url, 2)
