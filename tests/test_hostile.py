@@ -41,9 +41,14 @@ def cache(valid, tmp_path) -> Path:
     return Path(shutil.copytree(valid, tmp_path / "cache"))
 
 
+def message_lines(text: str) -> list[str]:
+    """The lines of ``text`` that are not tqdm progress bars (they share stderr, and are progress, not errors)."""
+    progress = re.compile(r"\d+%\|")
+    return [line for line in text.replace("\r", "\n").splitlines() if line.strip() and not progress.search(line)]
+
+
 def assert_one_line(result: hostile.Bounded, *match: str) -> None:
-    progress = re.compile(r"\d+%\|")  # tqdm bars (on stderr too) are progress, not error lines
-    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line and not progress.search(line)]
+    lines = message_lines(result.stderr)
     assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.stderr[-2000:]
     assert all(m in lines[0] for m in match), lines[0]
@@ -288,7 +293,7 @@ def test_disk_full_in_teacher_cache_says_so_with_path_and_free_space(demo_models
     monkeypatch.setattr(writer, "put_atomic", full)
     args = ["--teacher", str(demo_models["teacher"]), "--tasks", "demo_yesno=4", "--batch-size", "2"]
     result = CliRunner().invoke(main, ["teacher-cache", "--out", str(tmp_path / "c"), *args])
-    lines = result.output.strip().splitlines()
+    lines = message_lines(result.output)
     assert result.exit_code == 1 and len(lines) == 1, result.output
     assert lines[0].startswith("Error: disk full while writing") and "_parts" in lines[0] and "MiB free" in lines[0]
 
@@ -305,7 +310,7 @@ def test_disk_full_in_distill_is_named_not_an_unexpected_pos(valid, demo_models,
     usage = shutil_module.disk_usage(tmp_path)
     monkeypatch.setattr(cli.shutil, "disk_usage", lambda p: usage._replace(free=1 << 20))
     result = CliRunner().invoke(main, distill_args(valid, tmp_path / "out", demo_models["student"]))
-    lines = result.output.strip().splitlines()
+    lines = message_lines(result.output)
     assert result.exit_code == 1 and len(lines) == 1, result.output
     assert lines[0].startswith(f"Error: disk full while writing {tmp_path / 'out'}: 1.0 MiB free")
 
@@ -343,7 +348,7 @@ def test_empty_data_file_binary_yaml_and_negative_model_size_end_in_one_line(dem
     config["d_model"] = -4
     (negative / "config.json").write_text(json.dumps(config))
     result = CliRunner().invoke(main, ["teacher-cache", "--out", str(tmp_path / "e"), "--teacher", str(negative)])
-    lines = result.output.strip().splitlines()
+    lines = message_lines(result.output)
     assert result.exit_code == 1 and len(lines) == 1 and "cannot build the model" in lines[0], result.output
 
 
