@@ -349,7 +349,7 @@ def test_empty_data_file_binary_yaml_and_negative_model_size_end_in_one_line(dem
     (negative / "config.json").write_text(json.dumps(config))
     result = CliRunner().invoke(main, ["teacher-cache", "--out", str(tmp_path / "e"), "--teacher", str(negative)])
     lines = message_lines(result.output)
-    assert result.exit_code == 1 and len(lines) == 1 and "cannot build the model" in lines[0], result.output
+    assert result.exit_code == 1 and len(lines) == 1 and "negative dimension" in lines[0], result.output
 
 
 # ---------------------------------------------------------------------------------------------- finding 7
