@@ -39,8 +39,10 @@ from cache_schema import (
 
 MAX_ZIP_RATIO = 100  # a zip member may inflate at most this many times its stored size ...
 ZIP_RATIO_FLOOR = 1 << 20  # ... unless it is this small anyway
-MAX_EXAMPLE_BYTES = 1 << 20  # examples.parquet: at most this many bytes per example (prompt, answer, key), ...
-EXAMPLES_SLACK = 1 << 20  # ... plus this much for its footer and page headers
+# examples.parquet, stored and inflated: at most MAX_EXAMPLE_BYTES per example (a long XSum article is ~30 KB)
+# plus EXAMPLES_SLACK for the footer and page headers; what a hostile table of N examples may cost, no more.
+MAX_EXAMPLE_BYTES = 1 << 18
+EXAMPLES_SLACK = 1 << 20
 
 
 class ChunkTooLarge(CacheError):
