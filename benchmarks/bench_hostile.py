@@ -40,23 +40,26 @@ def main() -> None:
             work = tmp / name.replace(" ", "_").replace("/", "_")
             cache = Path(shutil.copytree(valid, work / "cache"))
             damage(cache, work)
-            _report(name, cache, work, args.student)
+            _report(name, cache, work, args.student, tmp)
         bomb = hostile.make_zip_bomb(valid, tmp / "bomb.zip")
         for command in ("info", "verify", "unpack"):
             extra = [str(tmp / "unpacked")] if command == "unpack" else []
-            _row("zip: 3 MB entry -> 3 GiB", command, hostile.run_bounded("cache", command, str(bomb), *extra))
+            result = hostile.run_bounded("cache", command, str(bomb), *extra)
+            _row("zip: 3 MB entry -> 3 GiB", command, result, tmp)
 
 
-def _report(name: str, cache: Path, work: Path, student: str) -> None:
-    _row(name, "info", hostile.run_bounded("cache", "info", str(cache)))
-    _row(name, "verify", hostile.run_bounded("cache", "verify", str(cache)))
+def _report(name: str, cache: Path, work: Path, student: str, tmp: Path) -> None:
+    _row(name, "info", hostile.run_bounded("cache", "info", str(cache)), tmp)
+    _row(name, "verify", hostile.run_bounded("cache", "verify", str(cache)), tmp)
     distill = ["distill", "--cache", str(cache), "--out", str(work / "out"), "--student", student]
-    _row(name, "distill", hostile.run_bounded(*distill, "--steps", "1", "--batch-size", "2", "--lanes", "1"))
+    result = hostile.run_bounded(*distill, "--steps", "1", "--batch-size", "2", "--lanes", "1")
+    _row(name, "distill", result, tmp)
 
 
-def _row(name: str, command: str, r: hostile.Bounded) -> None:
-    message = next((line for line in r.stderr.splitlines() if line.startswith("Error:")), r.stdout.strip()[:60])
-    message = message.replace(str(Path(tempfile.gettempdir())), "$TMP")
+def _row(name: str, command: str, r: hostile.Bounded, tmp: Path) -> None:
+    first = r.stdout.strip().splitlines()[0] if r.stdout.strip() else ""
+    message = next((line for line in r.stderr.splitlines() if line.startswith("Error:")), first)
+    message = message.replace(str(tmp), "$TMP")
     print(
         f"{name:<32} {command:<8} {r.returncode:>4} {r.peak_rss / 2**20:>9.0f} {r.cpu_seconds:>6.1f} "
         f"{r.seconds:>7.1f}  {message[:150]}"

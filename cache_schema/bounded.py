@@ -33,6 +33,8 @@ from cache_schema import (
     GROUP_META_FILE,
     MAX_CHUNK_BYTES,
     MAX_METADATA_BYTES,
+    PROBS,
+    TAIL,
     CacheError,
     decode_tolerance,
 )
@@ -187,22 +189,23 @@ def _size_or_missing(fs, name: str, where: str) -> int | None:
 # ---------------------------------------------------------------------------------------------- rows
 
 
-def check_rows(where: str, start: int, stop: int, probs: np.ndarray, tail: np.ndarray, k: int) -> None:
-    """Decoded rows as the writer guarantees them: finite, non-negative, top-k + tail summing to 1."""
+def check_rows(path: str, start: int, stop: int, probs: np.ndarray, tail: np.ndarray, k: int) -> None:
+    """Decoded rows of the cache at ``path`` as the writer guarantees them: finite, non-negative, top-k + tail
+    summing to 1 (a missing or zeroed chunk reads as zeros, which fails the sum)."""
     if not len(tail):
         return
     tolerance = decode_tolerance(k)
     if not np.isfinite(tail).all():
-        raise CacheError(f"{where}: rows [{start}, {stop}) hold a non-finite tail (NaN or inf)")
+        raise CacheError(f"{path}/{TAIL}: rows [{start}, {stop}) hold a non-finite tail (NaN or inf)")
     if (tail < -tolerance).any() or (tail > 1 + tolerance).any():
-        raise CacheError(f"{where}: rows [{start}, {stop}) have a tail outside [0, 1]")
+        raise CacheError(f"{path}/{TAIL}: rows [{start}, {stop}) have a tail outside [0, 1]")
     if (probs[:, -1] < 0).any():
-        raise CacheError(f"{where}: rows [{start}, {stop}) decode to negative probabilities")
+        raise CacheError(f"{path}/{PROBS}: rows [{start}, {stop}) decode to negative probabilities")
     error = np.abs(probs.sum(axis=1, dtype=np.float64) + tail - 1.0)  # [n]
     if (error > tolerance).any():
         worst = float(error.max())
         raise CacheError(
-            f"{where}: rows [{start}, {stop}) sum to 1 only within {worst:.2e} (> {tolerance:.2e}); "
+            f"{path}/{PROBS}: rows [{start}, {stop}) sum to 1 only within {worst:.2e} (> {tolerance:.2e}); "
             "a zeroed or damaged chunk"
         )
 

@@ -122,7 +122,7 @@ class Cache:
         """Decoded rows ``[start, stop)``: probs float32 [n, k], tail float32 [n], token_ids int32 [n], topk_ids."""
         stored = self.read_stored(start, stop)
         probs = decode_probs(stored[PROBS])
-        check_rows(f"{self.path}/{PROBS}", start, stop, probs, stored[TAIL], self.top_k)
+        check_rows(self.path, start, stop, probs, stored[TAIL], self.top_k)
         return probs, stored[TAIL], stored[TOKEN_IDS], stored.get(TOPK_IDS)
 
     def read_stored(self, start: int, stop: int) -> dict[str, np.ndarray]:
