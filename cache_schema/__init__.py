@@ -192,6 +192,15 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def example_key(task: str, template_id: int, prompt: str, answer: str) -> str:
+    """The ``key`` column: a stable content hash of one example's text (``verify`` recomputes it)."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (task, str(template_id), prompt, answer):
+        h.update(part.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
 def attrs_digest(attrs: dict) -> str:
     """The ATTR_DIGEST value: the fingerprint of every other attribute."""
     return fingerprint({k: v for k, v in attrs.items() if k != ATTR_DIGEST})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -13,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from cache_schema import (
+    ARRAY_DTYPES,
     ATTR_ANSWERS,
     ATTR_CHECKSUMS,
     ATTR_COMPLETE,
@@ -40,6 +40,7 @@ from cache_schema import (
     CacheError,
     CacheIncomplete,
     decode_tolerance,
+    example_key,
 )
 from cache_schema.reader import Cache, open_cache, read_attrs
 from cache_schema.store import can_list, filesystem, join, list_files, safe_relpath, sha256, storage_errors
@@ -82,6 +83,7 @@ def verify_cache(path: str | os.PathLike) -> dict:
     listed = listed_files(cache)
     check_files(cache.fs, cache.root, cache.path, listed)
     _check_per_task(cache)
+    _check_keys(cache)
     tolerance = decode_tolerance(cache.top_k)
     worst = 0.0
     for start, stop in cache.iter_chunks():
@@ -111,6 +113,20 @@ def verify_cache(path: str | os.PathLike) -> dict:
     }
 
 
+def _check_keys(cache: Cache) -> None:
+    """Each example's key recomputed from its text (gold answers only: a teacher-answer cache stores the
+    teacher's answer, while the key hashes the gold one it replaced)."""
+    if cache.meta.get(ATTR_ANSWERS) != "gold":
+        return
+    columns = [cache.examples.column(c).to_pylist() for c in ("task", "template_id", "prompt", "answer")]
+    for i, (key, *text) in enumerate(zip(cache.keys, *columns, strict=True)):
+        if key != example_key(*text):
+            raise CacheError(
+                f"{cache.path}/{EXAMPLES_FILE}: example {i} has the key {key!r}, its text hashes to "
+                f"{example_key(*text)!r} (the text or the key was edited)"
+            )
+
+
 def _check_per_task(cache: Cache) -> None:
     """The per-task counts of the attributes (where recorded) against the examples table."""
     recorded = cache.meta[ATTR_COUNTS].get("per_task")
@@ -135,10 +151,23 @@ def summary(path: str | os.PathLike) -> str:
         return describe(open_cache(path))
     except CacheIncomplete:
         pass
+    except CacheError:
+        if not _creation_cut_short(path):
+            raise
+        return "\n".join(
+            [
+                f"cache        {path}",
+                "complete     False (killed while being created: no rows yet; rerun the same teacher-cache "
+                "command to start it again)",
+            ]
+        )
     fs, root = filesystem(path)
     meta = read_attrs(path, fs, root)
     parts = [p for p in list_files(fs, join(root, PARTS_DIR)) if p.endswith(".parquet")] if can_list(fs) else []
-    examples = sum(pq.read_metadata(io.BytesIO(fs.cat_file(join(root, f"{PARTS_DIR}/{p}")))).num_rows for p in parts)
+    examples = 0
+    for part in parts:
+        with fs.open(join(root, f"{PARTS_DIR}/{part}"), "rb") as f:  # the footer alone
+            examples += pq.read_metadata(f).num_rows
     return "\n".join(
         [
             f"cache        {path}",
@@ -150,6 +179,17 @@ def summary(path: str | os.PathLike) -> str:
             f"committed    {examples} examples in {len(parts)} parts",
         ]
     )
+
+
+def _creation_cut_short(path: str) -> bool:
+    """A writer killed between creating the arrays and writing the attributes that mark a cache as created."""
+    fs, root = filesystem(path)
+    if not can_list(fs) or not fs.exists(join(root, GROUP_META_FILE)):
+        return False
+    if ATTR_SCHEMA in read_attrs(path, fs, root):
+        return False
+    names = {rel.split("/")[0] for rel in list_files(fs, root)}
+    return bool(names & set(ARRAY_DTYPES)) and names <= {GROUP_META_FILE, PARTS_DIR, *ARRAY_DTYPES}
 
 
 def describe(cache: Cache) -> str:

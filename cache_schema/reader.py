@@ -3,7 +3,13 @@
 Order of the checks in :func:`open_cache`, each raising CacheError that names the file and both values:
 group attributes (schema, version, completeness, digest, k, counts within the MAX_* bounds) → the footer of
 examples.parquet (its columns and row count, not its data) → each array's zarr.json (dtype, shape, chunk and
-shard sizes, codecs) → only then the examples table, which must tile the row axis of the arrays.
+shard sizes, codecs) → every shard file the arrays need, present and within its size bound → only then the
+examples table, which must tile the row axis of the arrays. On a local disk the whole tree is checked first:
+regular files only, links only inside the cache (``cache_schema.bounded``). Chunks decode into buffers of their
+declared size, and every decoded range is checked (finite, top-k + tail = 1) before a reader sees it.
+
+``checksums``: "none" (the default: presence and sizes), "open" (every listed file hashed before
+``open_cache`` returns) or "stream" (each shard file hashed the first time a read touches it).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import zarr
 from cache_schema import (
     ALLOWED_CODECS,
     ARRAY_DTYPES,
+    ATTR_CHECKSUMS,
     ATTR_COMPLETE,
     ATTR_COUNTS,
     ATTR_DIGEST,
@@ -51,7 +58,20 @@ from cache_schema import (
     attrs_digest,
     decode_probs,
 )
-from cache_schema.store import can_list, filesystem, join, storage_errors, zarr_store
+from cache_schema.bounded import (
+    check_data_files,
+    check_local_tree,
+    check_rows,
+    file_bound,
+    install_codecs,
+    read_bounded,
+    shard_bound,
+    shard_files,
+)
+from cache_schema.store import can_list, filesystem, is_local, join, sha256, storage_errors, zarr_store
+
+install_codecs()
+CHECKSUM_MODES = ("none", "open", "stream")
 
 
 class Cache:
@@ -68,6 +88,8 @@ class Cache:
         arrays: dict[str, zarr.Array],
         meta: dict,
         examples: pa.Table,
+        shard_rows: dict[str, int] | None = None,
+        checksums: str = "none",
     ):
         self.path, self.fs, self.root = path, fs, root
         self.meta = meta
@@ -81,6 +103,9 @@ class Cache:
         self.tasks: list[str] = examples.column("task").to_pylist()
         self.row_start = examples.column("row_start").to_numpy()
         self.n_rows = examples.column("n_rows").to_numpy()
+        self._shard_rows = shard_rows or {}  # rows per shard file, by array (from its zarr.json)
+        self._stream_checksums = checksums == "stream"
+        self._hashed: set[str] = set()  # shard files already hashed ("stream")
 
     def __len__(self) -> int:
         return self.examples.num_rows
@@ -96,13 +121,46 @@ class Cache:
     def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Decoded rows ``[start, stop)``: probs float32 [n, k], tail float32 [n], token_ids int32 [n], topk_ids."""
         stored = self.read_stored(start, stop)
-        return decode_probs(stored[PROBS]), stored[TAIL], stored[TOKEN_IDS], stored.get(TOPK_IDS)
+        probs = decode_probs(stored[PROBS])
+        check_rows(self.path, start, stop, probs, stored[TAIL], self.top_k)
+        return probs, stored[TAIL], stored[TOKEN_IDS], stored.get(TOPK_IDS)
 
     def read_stored(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows ``[start, stop)`` of every array as stored (probs still encoded), by array name."""
         if not 0 <= start <= stop <= self.total_rows:
             raise CacheError(f"rows [{start}, {stop}) outside the cache's {self.total_rows} rows")
-        return {name: array[start:stop] for name, array in self._arrays.items()}
+        return {name: self._read_array(name, array, start, stop) for name, array in self._arrays.items()}
+
+    def _read_array(self, name: str, array: zarr.Array, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of one array, shard file by shard file, so a failure names its file."""
+        step = self._shard_rows.get(name) or max(stop - start, 1)
+        pieces = []
+        for lo in range(start - start % step, stop, step):
+            a, b = max(lo, start), min(lo + step, stop)
+            rel = self._shard_file(name, lo // step)
+            if self._stream_checksums and rel not in self._hashed:
+                self._check_checksum(rel)
+            try:
+                pieces.append(array[a:b])
+            except CacheError as e:
+                raise CacheError(f"{self.path}/{rel}: rows [{a}, {b}) cannot be read: {e}") from None
+            except Exception as e:  # zarr and the codecs raise many types for a damaged chunk
+                reason = " ".join(str(e).split()) or type(e).__name__
+                raise CacheError(f"{self.path}/{rel}: rows [{a}, {b}) do not decode ({reason})") from None
+        if not pieces:
+            return array[start:stop]
+        return np.concatenate(pieces) if len(pieces) != 1 else pieces[0]
+
+    def _shard_file(self, name: str, index: int) -> str:
+        return f"{name}/c/{index}" + ("/0" if name in (PROBS, TOPK_IDS) else "")
+
+    def _check_checksum(self, rel: str) -> None:
+        listed = self.meta.get(ATTR_CHECKSUMS) or {}
+        if rel not in listed:
+            raise CacheError(f"{self.path}/{rel}: not in the cache's checksum list")
+        if sha256(self.fs, join(self.root, rel)) != listed[rel]:
+            raise CacheError(f"{self.path}/{rel}: checksum mismatch (corrupted or modified)")
+        self._hashed.add(rel)
 
     def iter_chunks(self) -> Iterator[tuple[int, int]]:
         """Row ranges aligned with the stored chunks: reading one touches one chunk of each array."""
@@ -111,17 +169,29 @@ class Cache:
 
 
 @storage_errors
-def open_cache(path: str | os.PathLike) -> Cache:
-    """Open and validate a complete cache: a local directory, a ``.zip`` of one, or an fsspec URL."""
+def open_cache(path: str | os.PathLike, *, checksums: str = "none") -> Cache:
+    """Open and validate a complete cache: a local directory, a ``.zip`` of one, or an fsspec URL.
+
+    ``checksums``: "none", "open" or "stream" (module docstring).
+    """
+    if checksums not in CHECKSUM_MODES:
+        raise ValueError(f"checksums={checksums!r} is not one of {CHECKSUM_MODES}")
     path = os.fspath(path)
     fs, root = filesystem(path)
+    if is_local(fs) and os.path.isdir(root):
+        check_local_tree(root, path)
     meta = read_attrs(path, fs, root)
     _check_meta(path, meta)
     examples, rows = _check_counts(path, meta)
     footer = _examples_footer(path, fs, root, examples)
     names = array_names(meta)
+    needed, shard_rows = {}, {}
     for name in names:
-        _check_array_meta(path, fs, root, name, (rows, meta[ATTR_TOP_K]) if name in (PROBS, TOPK_IDS) else (rows,))
+        shape = (rows, meta[ATTR_TOP_K]) if name in (PROBS, TOPK_IDS) else (rows,)
+        array_meta, bound = _check_array_meta(path, fs, root, name, shape)
+        shard_rows[name] = array_meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+        needed.update({rel: bound for rel in shard_files(name, array_meta, f"{path}/{name}")})
+    check_data_files(fs, root, path, needed, can_list(fs))
     store = zarr_store(fs, root, read_only=True)
     try:
         arrays = {name: zarr.open_array(store, path=name, mode="r", zarr_format=3) for name in names}
@@ -129,7 +199,12 @@ def open_cache(path: str | os.PathLike) -> Cache:
         raise CacheError(f"{path}: cannot open the Zarr arrays: {e}") from e
     table = _read_examples(path, footer)
     _check_tiling(path, table, rows)
-    return Cache(path, fs, root, arrays, meta, table)
+    cache = Cache(path, fs, root, arrays, meta, table, shard_rows, checksums)
+    if checksums == "open":
+        from cache_schema.audit import check_files, listed_files
+
+        check_files(fs, root, path, listed_files(cache))
+    return cache
 
 
 def array_names(meta: dict) -> list[str]:
@@ -137,13 +212,13 @@ def array_names(meta: dict) -> list[str]:
 
 
 def read_json(path: str, fs: fsspec.AbstractFileSystem, name: str, what: str) -> dict:
-    """A zarr.json as a dict, refused when it is missing, oversized or not a JSON object."""
-    if not fs.exists(name):
+    """A zarr.json as a dict, refused when it is missing, not a regular file, oversized or not a JSON object."""
+    local = is_local(fs)
+    if not fs.exists(name) and not (local and os.path.islink(name)):
         raise CacheError(f"{path}: {what} missing")
-    if fs.size(name) > MAX_METADATA_BYTES:
-        raise CacheError(f"{path}: {what} is {fs.size(name)} bytes, more than the {MAX_METADATA_BYTES} allowed")
+    data = read_bounded(fs, name, MAX_METADATA_BYTES, f"{path}: {what}", root=os.path.dirname(name) if local else None)
     try:
-        value = json.loads(fs.cat_file(name))
+        value = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise CacheError(f"{path}: {what} is not valid JSON: {e}") from None
     if not isinstance(value, dict):
@@ -154,7 +229,8 @@ def read_json(path: str, fs: fsspec.AbstractFileSystem, name: str, what: str) ->
 def read_attrs(path: str, fs: fsspec.AbstractFileSystem, root: str) -> dict:
     """The group attributes, read as plain JSON (before Zarr parses anything)."""
     name = join(root, GROUP_META_FILE)
-    if not fs.exists(name):
+    if not fs.exists(name) and not (is_local(fs) and os.path.islink(name)):
+        _check_container(path, fs, root)
         partial = can_list(fs) and fs.isdir(root or "/") and bool(fs.ls(root or "/"))
         hint = "; a copy writes it last: rerun the same push or pull to finish one" if partial else ""
         raise CacheError(f"{path}: not a kdpipe cache (no {GROUP_META_FILE}{hint})")
@@ -162,6 +238,19 @@ def read_attrs(path: str, fs: fsspec.AbstractFileSystem, root: str) -> dict:
     if not isinstance(attrs, dict):
         raise CacheError(f"{path}/{GROUP_META_FILE}: attributes are not a JSON object")
     return attrs
+
+
+def _check_container(path: str, fs: fsspec.AbstractFileSystem, root: str) -> None:
+    """A missing bucket or folder named as such, rather than as a missing zarr.json."""
+    if not can_list(fs) or fs.exists(root or "/"):
+        return
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    if not protocols & {"s3", "s3a", "gs", "gcs", "az", "abfs"}:
+        raise CacheError(f"{path}: no such folder")
+    bucket = root.split("/")[0]
+    if not fs.exists(bucket):
+        raise CacheError(f"{path}: no such bucket {bucket!r} (or no permission to see it)")
+    raise CacheError(f"{path}: no such folder in the bucket {bucket!r}")
 
 
 def _check_meta(path: str, meta: dict) -> None:
@@ -202,12 +291,19 @@ def _check_counts(path: str, meta: dict) -> tuple[int, int]:
 def _examples_footer(path: str, fs: fsspec.AbstractFileSystem, root: str, examples: int) -> pq.ParquetFile:
     """examples.parquet opened on its footer alone: columns and row count are checked before the data is read."""
     name = join(root, EXAMPLES_FILE)
-    if not fs.exists(name):
-        raise CacheError(f"{path}/{EXAMPLES_FILE}: file missing")
+    where = f"{path}/{EXAMPLES_FILE}"
+    if not fs.exists(name) and not (is_local(fs) and os.path.islink(name)):
+        raise CacheError(f"{where}: file missing")
+    bound = file_bound(EXAMPLES_FILE, examples, {})
+    data = read_bounded(fs, name, bound, where, root=root if is_local(fs) else None)
     try:
-        parquet = pq.ParquetFile(io.BytesIO(fs.cat_file(name)))
+        parquet = pq.ParquetFile(io.BytesIO(data))
     except Exception as e:  # a truncated or corrupt Parquet file
-        raise CacheError(f"{path}/{EXAMPLES_FILE}: unreadable: {e}") from e
+        raise CacheError(f"{where}: unreadable: {e}") from e
+    metadata = parquet.metadata
+    inflated = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+    if inflated > bound:
+        raise CacheError(f"{where}: its pages inflate to {inflated} bytes, more than the {bound} allowed")
     if not parquet.schema_arrow.equals(EXAMPLE_COLUMNS):
         raise CacheError(
             f"{path}/{EXAMPLES_FILE}: columns {parquet.schema_arrow} differ from the schema {EXAMPLE_COLUMNS}"
@@ -227,8 +323,13 @@ def _read_examples(path: str, parquet: pq.ParquetFile) -> pa.Table:
     return table.replace_schema_metadata(None)
 
 
-def _check_array_meta(path: str, fs: fsspec.AbstractFileSystem, root: str, name: str, shape: tuple[int, ...]) -> None:
-    """An array's zarr.json against the schema: dtype, shape, a bounded chunk and shard, known codecs only."""
+def _check_array_meta(
+    path: str, fs: fsspec.AbstractFileSystem, root: str, name: str, shape: tuple[int, ...]
+) -> tuple[dict, int]:
+    """An array's zarr.json against the schema: dtype, shape, a bounded chunk and shard, known codecs only.
+
+    Returns the metadata and the largest size one of its shard files may have.
+    """
     where = f"{path}/{name}/{GROUP_META_FILE}"
     meta = read_json(path, fs, join(root, f"{name}/{GROUP_META_FILE}"), f"array {name!r}")
     if meta.get("node_type") != "array" or meta.get("zarr_format") != 3:
@@ -252,8 +353,10 @@ def _check_array_meta(path: str, fs: fsspec.AbstractFileSystem, root: str, name:
                 raise CacheError(f"{where}: shard shape {outer} is not a multiple of chunk shape {inner}")
     if math.prod(inner) * ARRAY_DTYPES[name].itemsize > MAX_CHUNK_BYTES:
         raise CacheError(f"{where}: chunk shape {inner} exceeds {MAX_CHUNK_BYTES} bytes")
-    if math.prod(o // i for o, i in zip(outer, inner, strict=True)) > MAX_CHUNKS_PER_SHARD:
+    chunks_per_shard = math.prod(o // i for o, i in zip(outer, inner, strict=True))
+    if chunks_per_shard > MAX_CHUNKS_PER_SHARD:
         raise CacheError(f"{where}: shard shape {outer} holds more than {MAX_CHUNKS_PER_SHARD} chunks of {inner}")
+    return meta, shard_bound(math.prod(inner) * ARRAY_DTYPES[name].itemsize, chunks_per_shard)
 
 
 def _check_shape(where: str, what: str, value: object, ndim: int) -> None:

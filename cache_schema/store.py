@@ -17,6 +17,7 @@ import fsspec
 import zarr
 
 from cache_schema import CacheError
+from cache_schema.bounded import check_zip_members
 
 # Plain web servers need not list folders: caches there are checked against their checksum list alone.
 _UNLISTABLE = {"http", "https"}
@@ -35,6 +36,7 @@ def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
         fs = fsspec.filesystem("zip", fo=target)
         for name in fs.zip.namelist():
             safe_relpath(name, target)
+        check_zip_members(fs.zip.infolist(), target)
         return fs, ""
     fs, root = fsspec.core.url_to_fs(path)
     fs.invalidate_cache()  # fsspec reuses filesystem objects: forget listings another writer may have changed

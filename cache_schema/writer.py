@@ -60,6 +60,7 @@ from cache_schema.store import can_list, filesystem, is_zip, join, list_files, p
 
 _MARKER = re.compile(r"(\d+)-(\d+)\.parquet")
 _BATCH_EXAMPLES_KEY = b"batch_examples"  # in a marker's Parquet metadata: examples in each batch of its range
+_WRITE_ALL = {"write_empty_chunks": True}  # every shard file exists, even all zeros: readers require them all
 _PARTIAL = ".partial"  # zarr's LocalStore writes through <name>.<uuid>.partial; a kill can leave one behind
 
 
@@ -107,7 +108,8 @@ class CacheWriter:
         meta = meta.get("attributes") or {}
         if ATTR_SCHEMA in meta:
             self._check_existing(meta)
-            return {name: zarr.open_array(self._store, path=name, mode="r+") for name in self._names()}
+            names = self._names()
+            return {n: zarr.open_array(self._store, path=n, mode="r+").with_config(_WRITE_ALL) for n in names}
         if self.fs.exists(self.root) and not self.fs.isdir(self.root):
             raise CacheError(f"{self.path}: exists and is not a directory; choose another --out")
         ours = {PARTS_DIR, GROUP_META_FILE, *ARRAY_DTYPES}  # what a creation cut short leaves behind
@@ -127,6 +129,7 @@ class CacheWriter:
                 shards=(shard_rows, *width),
                 dtype=ARRAY_DTYPES[name],
                 compressors=[compressor],
+                config=_WRITE_ALL,
                 overwrite=True,
             )
         layout = {"chunk_rows": chunk_rows, "shard_rows": shard_rows, "store_ids": self.store_ids}
@@ -183,7 +186,14 @@ class CacheWriter:
 
         ``records``: dicts with key, task, template_id, prompt, answer, n_rows, in row order.
         ``batch_examples``: how many of the records each batch holds (recorded in a worker's part for merging).
+        Non-finite rows (NaN or inf, e.g. a teacher overflowing in fp16) are refused: nothing is written.
         """
+        finite = np.isfinite(probs).all(axis=1) & np.isfinite(tail)  # [n]
+        if not finite.all():
+            raise CacheError(
+                f"{self.path}: the teacher produced {int((~finite).sum())} non-finite rows (NaN or inf) in batches "
+                f"[{batch_start}, {batch_end}); nothing of them was written"
+            )
         self.commit_stored(
             batch_start, batch_end, records, encode_probs(probs), tail, token_ids, topk_ids, batch_examples
         )

@@ -6,9 +6,11 @@ can cause (bad flag, missing file, wrong cache, missing model) end in one line, 
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -42,12 +44,63 @@ def _user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (ConfigError, CacheError, ModelError, TaskError, TextError) as e:
+            _close_progress_bars()
             raise click.ClickException(str(e)) from None
+        except (OSError, RuntimeError) as e:
+            message = _disk_full(e, kwargs.get("out") or kwargs.get("path") or ".")
+            if message is None:
+                raise
+            _close_progress_bars()
+            raise click.ClickException(message) from None
         except KeyboardInterrupt:
             click.echo("interrupted: committed work is kept; rerun the same command to resume", err=True)
             sys.exit(130)
 
     return wrapper
+
+
+def _close_progress_bars() -> None:
+    """End any progress bar a failed stage left open, so the error is a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+# How a full disk shows through torch.save (its zip writer) and safetensors (a Rust io::Error), besides ENOSPC.
+_WRITE_FAILED = ("unexpected pos", "PytorchStreamWriter failed", "file write failed", "StorageFull", "os error 28")
+_NEARLY_FULL = 64 << 20  # bytes: a failed write with less than this free is put down to a full disk
+
+
+def _disk_full(error: BaseException, out: str) -> str | None:
+    """One line for a write that failed because the disk is full (ENOSPC or quota), else None."""
+    seen, where = error, None
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = seen.filename or out
+            break
+        if any(mark in str(seen) for mark in _WRITE_FAILED):
+            where = out
+            break
+        seen = seen.__cause__ or seen.__context__
+    if where is None:
+        return None
+    folder = Path(str(where))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if not (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)) and (
+        free is None or free >= _NEARLY_FULL
+    ):
+        return None  # a write failure with room to spare: not a full disk, keep the original error
+    room = f"{free / 2**20:.1f} MiB free on {folder}" if free is not None else "free space unknown"
+    return (
+        f"disk full while writing {where}: {room}; free some space (committed work is kept) and rerun the same "
+        "command to resume"
+    )
 
 
 config_option = click.option(

@@ -8,6 +8,7 @@ Unknown keys are errors; ``__post_init__`` validates and names the flag and the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -68,6 +69,14 @@ def check_all_choices(cfg: Any) -> None:
     for f in dataclasses.fields(cfg):
         if f.metadata.get("choices"):
             check_choice(cfg, f.name)
+
+
+def check_finite(cfg: Any) -> None:
+    """Every float field a finite number: NaN passes every comparison-based check, inf makes no sense here."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag_name(f.name)}: must be a finite number, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------- stage configs
@@ -142,6 +151,7 @@ class TeacherCacheConfig:
 
     def __post_init__(self) -> None:
         check_all_choices(self)
+        check_finite(self)
         check_positive(
             self,
             "top_k",
@@ -154,6 +164,15 @@ class TeacherCacheConfig:
             "limit",
             "num_workers",
         )
+        from cache_schema import MAX_CHUNK_BYTES, MAX_TOP_K
+
+        if self.top_k > MAX_TOP_K:
+            raise ConfigError(f"--top-k: {self.top_k} is more than the {MAX_TOP_K} a cache may hold per row")
+        if self.chunk_rows * self.top_k * 2 > MAX_CHUNK_BYTES:
+            raise ConfigError(
+                f"--chunk-rows: {self.chunk_rows} rows of {self.top_k} probabilities exceed the "
+                f"{MAX_CHUNK_BYTES} bytes a reader accepts per chunk"
+            )
         if not self.tasks:
             raise ConfigError("--tasks: the mixture names no task")
         for name, n in self.tasks.items():
@@ -261,9 +280,16 @@ class DistillConfig:
         "Train from a cache whose mixture differs from the config file's teacher_cache section, or from a lone "
         "worker part, with a warning instead of an error.",
     )
+    cache_checksums: str = option(
+        "open",
+        "Check the cache's file checksums before step 0 (open), each shard file as training first reads it "
+        "(stream), or only that every file is there with a plausible size (none).",
+        choices=("open", "stream", "none"),
+    )
 
     def __post_init__(self) -> None:
         check_all_choices(self)
+        check_finite(self)
         check_positive(
             self,
             "student_temperature",
@@ -292,7 +318,14 @@ class DistillConfig:
 
 
 # Fields that change how a run is carried out, not what it computes: a resumed run may change them.
-DISTILL_OPERATIONAL = ("prefetch", "checkpoint_every", "keep_checkpoint", "parallel", "accept_cache")
+DISTILL_OPERATIONAL = (
+    "prefetch",
+    "checkpoint_every",
+    "keep_checkpoint",
+    "parallel",
+    "accept_cache",
+    "cache_checksums",
+)
 
 
 # The sizes of `kdpipe gpu-check` (pipeline/gpu_check.py); tests shrink them to run the same code on the CPU.
@@ -347,18 +380,34 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     return value
 
 
+# The sections a config file may hold, one per stage that reads one.
+SECTIONS = ("teacher_cache", "distill", "eval")
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def read_section(path: str | Path | None, section: str) -> dict:
-    """The mapping under ``section`` in a YAML config file ({} when no file)."""
+    """The mapping under ``section`` in a YAML config file ({} when no file); unknown sections are errors."""
     if path is None:
         return {}
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--config: {path} is larger than {MAX_CONFIG_BYTES} bytes; is it really a config file?")
+    try:
+        data = yaml.safe_load(raw.decode("utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--config: {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"--config: {path} is not valid YAML: {e}") from None
+        message = " ".join(str(e).split())
+        raise ConfigError(f"--config: {path} is not valid YAML: {message}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {path} must hold a mapping of stage sections")
+    unknown = sorted(str(k) for k in data if k not in SECTIONS)
+    if unknown:
+        raise ConfigError(f"--config: unknown section {unknown[0]!r} in {path}; known: {', '.join(SECTIONS)}")
     value = data.get(section, {}) or {}
     if not isinstance(value, dict):
         raise ConfigError(f"--config: section {section!r} of {path} must be a mapping")

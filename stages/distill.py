@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 import cache_schema
-from pipeline import __version__, distributed, training
+from pipeline import __version__, distributed, output_lock, training
 from pipeline.cache_reader import BatchStream, StudentEncoder
 from pipeline.config import DISTILL_OPERATIONAL, ConfigError, DistillConfig, to_dict
 from pipeline.distributed import World
@@ -83,7 +83,11 @@ def run(
     unless ``cfg.accept_cache``.
     """
     out = Path(out)
-    with distributed.launch(cfg.device) as world:
+    # rank 0 alone writes ``out``, so it alone holds the lock that stops a second run on the same --out at once
+    with (
+        distributed.launch(cfg.device) as world,
+        output_lock.hold(str(out)) if world.main else contextlib.nullcontext(),
+    ):
         return _run(cfg, cache, out, resume, expected_mixture, world)
 
 
@@ -92,7 +96,7 @@ def _run(
 ) -> DistillResult:
     _check_world(cfg, world)
     bf16 = _use_bf16(cfg.precision, world.device)
-    teacher_cache = cache_schema.open_cache(cache)
+    teacher_cache = cache_schema.open_cache(cache, checksums=cfg.cache_checksums)
     cache_schema.check_provenance(teacher_cache, expected_mixture, accept=cfg.accept_cache)
     if len(teacher_cache) == 0:
         raise cache_schema.CacheError(f"{teacher_cache.path}: the cache holds no examples")

@@ -12,6 +12,7 @@ computes every N-th batch of that plan into a part of its own; ``kdpipe cache me
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -28,9 +29,10 @@ import torch
 from tqdm import tqdm
 
 import cache_schema
+from pipeline import output_lock
 from pipeline.config import ConfigError, TeacherCacheConfig, to_dict
-from pipeline.models import context_limit, load_model, pick_device, tokenizer_fingerprint
-from pipeline.tasks import MixtureExample, build_mixture
+from pipeline.models import context_limit, load_config_and_tokenizer, load_model, pick_device, tokenizer_fingerprint
+from pipeline.tasks import MixtureExample, TaskError, build_mixture
 from pipeline.teacher_rows import teacher_rows
 from pipeline.text import Encoded, TextEncoder, layout_for
 
@@ -69,7 +71,10 @@ def run(cfg: TeacherCacheConfig, out: str | Path) -> TeacherCacheResult:
     for all of them and merges them into ``cache_schema.merged_path(out)``; a rank that dies leaves its part
     resumable, and rerunning the same launch resumes every part and then merges.
     """
-    result = _run(cfg, str(out))
+    worker, workers = _worker_slot(cfg)
+    target = cache_schema.worker_part(str(out), worker, workers) if workers > 1 else str(out)
+    with output_lock.hold(target):  # one writer per cache: a second run on it stops here, naming the first
+        result = _run(cfg, str(out))
     if result.workers > 1 and cfg.num_workers is None and "MASTER_ADDR" in os.environ:
         result.merged = _merge_on_rank0(str(out))
     return result
@@ -99,6 +104,7 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
     device = pick_device(cfg.device)
     if device.type == "cuda" and workers > 1 and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process under torchrun
+    _check_top_k(cfg)
     model, tokenizer, teacher_info = load_model(
         cfg.teacher, revision=cfg.revision, quantize=cfg.quantize, device=device, role="teacher"
     )
@@ -111,6 +117,12 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
         caps=cfg.field_caps,
     )
     examples = mixture.examples[: cfg.limit] if cfg.limit else mixture.examples
+    if not examples:
+        where = f"--data-dir {cfg.data_dir}" if cfg.data_dir else "the hub"
+        raise TaskError(
+            f"the mixture holds no example: {where} gave no usable {cfg.split} row for "
+            f"{', '.join(cfg.tasks)} (skipped: {json.dumps(cache_schema.nonzero_counts(mixture.skipped))})"
+        )
     text = _teacher_text(cfg, model, tokenizer)
     prepared, skipped, truncated = _tokenize(examples, text, cfg)
     skipped = {"source": mixture.skipped, **skipped}
@@ -167,6 +179,14 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
         truncated=truncated,
         workers=workers,
     )
+
+
+def _check_top_k(cfg: TeacherCacheConfig) -> None:
+    """--top-k against the teacher's vocabulary, read from its config before any weight is loaded."""
+    config, _ = load_config_and_tokenizer(cfg.teacher, cfg.revision, "teacher")
+    vocab = getattr(config, "vocab_size", None)
+    if isinstance(vocab, int) and cfg.top_k > vocab:
+        raise ConfigError(f"--top-k: {cfg.top_k} is more than the teacher's vocabulary of {vocab} tokens")
 
 
 def _worker_slot(cfg: TeacherCacheConfig) -> tuple[int, int]:

@@ -50,10 +50,10 @@ def write_cache(
         topk = rng.integers(0, 500, (sum(group), k)).astype(np.int32)
         records = [
             {
-                "key": f"k{b + i}",
+                "key": cs.example_key("a" if (b + i) % 2 else "b", 0, f"p{b + i}", "a"),
                 "task": "a" if (b + i) % 2 else "b",
                 "template_id": 0,
-                "prompt": "p",
+                "prompt": f"p{b + i}",
                 "answer": "a",
                 "n_rows": n,
             }
@@ -96,7 +96,7 @@ def test_written_cache_reads_back(tmp_path):
         np.testing.assert_array_equal(ex.token_ids, written["ids"][start : start + n])
         np.testing.assert_array_equal(ex.topk_ids, written["topk"][start : start + n])
         start += n
-    assert cache[-1].key == "k3"
+    assert cache[-1].key == written["keys"][3]
     with pytest.raises(IndexError):
         cache[4]
     assert not (tmp_path / "c" / cs.PARTS_DIR).exists()

@@ -82,7 +82,7 @@ def test_writer_resumes_on_s3_where_the_part_marker_is_the_last_object(s3, tmp_p
     def run(path, upto, start=0):
         writer = cs.CacheWriter(path, identity(), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
         for b in range(start or writer.next_batch, upto):
-            writer.commit(b, b + 1, [{**rec, "key": f"k{b}"}], *batches[b], ids)
+            writer.commit(b, b + 1, [{**rec, "key": cs.example_key("t", 0, "p", "a")}], *batches[b], ids)
         return writer
 
     run(url, 2)
@@ -323,3 +323,27 @@ def test_one_side_writes_packs_and_pushes_the_other_pulls_verifies_and_trains(s3
         assert result.steps == 3 and (tmp_path / "reader" / out / "model.safetensors").exists()
         finals.append({k: result.final[k] for k in ("loss", "ce", "uld")})
     assert finals[0] == finals[1]  # the same rows whichever copy the student reads
+
+
+# ---------------------------------------------------------------------------------------------- hostile, remote
+
+
+def test_a_missing_bucket_is_named_as_one(s3):
+    result = CliRunner().invoke(main, ["cache", "info", "s3://kdpipe-no-such-bucket/cache"])
+    assert result.exit_code == 1 and "no such bucket 'kdpipe-no-such-bucket'" in result.output, result.output
+
+
+def test_a_bomb_read_from_s3_is_one_line_for_verify_and_distill(s3, demo_models, tmp_path):
+    from tests import hostile
+
+    cache = hostile.write_valid_cache(tmp_path / "cache")
+    rel = hostile.make_zstd_bomb(cache)
+    url = f"s3://{BUCKET}/bomb"
+    cs.copy_cache(cache, url, progress=False)  # the forged checksums hold: the copy goes through
+    verified = CliRunner().invoke(main, ["cache", "verify", url])
+    assert verified.exit_code == 1 and f"{url}/{rel}" in verified.output and "inflates beyond" in verified.output
+    args = ["--student", str(demo_models["student"]), "--steps", "1", "--batch-size", "2", "--lanes", "1"]
+    distilled = CliRunner().invoke(main, ["distill", "--cache", url, "--out", str(tmp_path / "out"), *args])
+    error = [line for line in distilled.output.splitlines() if line.startswith("Error:")]
+    assert distilled.exit_code == 1 and "Traceback" not in distilled.output, distilled.output
+    assert len(error) == 1 and f"{url}/{rel}" in error[0] and "inflates beyond" in error[0], distilled.output

@@ -237,7 +237,7 @@ def one_line_error(result, match: str) -> None:
 
 def test_user_errors_end_in_one_line(kd_run, cache, demo_models, tmp_path):
     student = ["--student", str(demo_models["student"])]
-    one_line_error(cli("--cache", str(tmp_path / "no"), "--out", str(tmp_path / "o1"), *student), "not a kdpipe cache")
+    one_line_error(cli("--cache", str(tmp_path / "no"), "--out", str(tmp_path / "o1"), *student), "no such folder")
     write_cache(tmp_path / "partial", finalize=False)
     one_line_error(cli("--cache", str(tmp_path / "partial"), "--out", str(tmp_path / "o2"), *student), "incomplete")
     write_cache(tmp_path / "v2")

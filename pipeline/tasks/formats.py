@@ -80,11 +80,25 @@ def pick_file(folder: Path, split: str, suffixes: tuple[str, ...]) -> tuple[Path
     raise TaskError(f"{folder}: {how} {'/'.join(suffixes)} files and none named for a split; files seen: {seen}")
 
 
-def _lines(path: Path) -> Iterator[str]:
-    """Lines without their ending, split on LF only: a stray CR inside a field stays in the field."""
-    with open(path, encoding="utf-8-sig", newline="\n") as f:
-        for line in f:
+def _lines(path: Path) -> Iterator[str | Malformed]:
+    """Lines without their ending, split on LF only: a stray CR inside a field stays in the field.
+
+    A line that is not UTF-8 comes as ``Malformed("not utf-8")``, to be counted and skipped like any bad row.
+    """
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f):
+            if number == 0:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield Malformed("not utf-8")
+                continue
             yield line.removesuffix("\n").removesuffix("\r")
+
+
+def _not_utf8(path: Path, e: UnicodeDecodeError) -> TaskError:
+    return TaskError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); convert it with iconv -t UTF-8")
 
 
 def _load_json(path: Path) -> Any:
@@ -93,11 +107,16 @@ def _load_json(path: Path) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise TaskError(f"{path}: not valid JSON ({e})") from e
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from None
 
 
 def read_jsonl(path: Path) -> Iterator[Row | Malformed]:
     """One JSON object per line (BoolQ, ANLI, XSum, CommonGen releases)."""
     for line in _lines(path):
+        if isinstance(line, Malformed):
+            yield line
+            continue
         if not line.strip():
             continue
         try:
@@ -128,13 +147,21 @@ def read_csv(path: Path) -> Iterator[Row | Malformed]:
                 yield Malformed("bad column count") if bad else row
         except csv.Error as e:
             raise TaskError(f"{path}: line {reader.line_num}: {e}") from e
+        except UnicodeDecodeError as e:  # quoted fields span lines: a CSV is decoded whole, not row by row
+            raise _not_utf8(path, e) from None
 
 
 def read_tsv_unquoted(path: Path) -> Iterator[Row | Malformed]:
     """Tab-separated with a header line and no quoting at all (PAWS): quote characters are text."""
     lines = _lines(path)
-    header = next(lines, "").split("\t")
+    header = next(lines, "")
+    if isinstance(header, Malformed):
+        raise TaskError(f"{path}: its header line is not UTF-8 text; convert it with iconv -t UTF-8")
+    header = header.split("\t")
     for line in lines:
+        if isinstance(line, Malformed):
+            yield line
+            continue
         if not line.strip():
             continue
         cells = line.split("\t")
@@ -153,6 +180,9 @@ def read_tatoeba(path: Path) -> Iterator[Row | Malformed]:
       language labels, then the pair; a ``spa<TAB>eng`` file is read in its reverse direction).
     """
     for line in _lines(path):
+        if isinstance(line, Malformed):
+            yield line
+            continue
         if not line.strip():
             continue
         cells = line.split("\t")

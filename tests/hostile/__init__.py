@@ -1,0 +1,317 @@
+"""Hostile caches and files, generated on the fly (no committed blobs), and a bounded way to run kdpipe on them.
+
+Each ``make_*`` function takes a valid cache folder (or a folder to write into) and damages it the way an
+attacker or a broken disk would. Those marked *forged* also rewrite the checksum list and the attrs digest to
+match, so the damage passes every checksum and only the reader's own bounds can catch it. The bombs are built
+without ever holding their inflated size in memory: zstd RLE blocks (4 bytes each inflate to 128 KiB) and a
+deflate segment repeated after a full flush (each copy inflates to 1 MiB on its own).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+import cache_schema as cs
+from cache_schema.store import sha256
+from tests.conftest import REPO
+
+GiB = 1 << 30
+INFLATED = 3 * GiB  # what every bomb inflates to
+
+
+# ---------------------------------------------------------------------------------------------- a valid cache
+
+
+def write_valid_cache(
+    path: Path, examples: int = 1100, rows_each: int = 4, k: int = 8, chunk_rows: int = 4096
+) -> Path:
+    """A finished cache of ``examples`` examples whose rows span two shard files (shard = chunk = 4096 rows)."""
+    rng = np.random.default_rng(0)
+    n = examples * rows_each
+    logits = rng.standard_normal((n, 64)).astype(np.float64) * 2
+    logits[:, 0] += 4
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    top = -np.sort(-p, axis=1)[:, :k].astype(np.float32)
+    tail = (1.0 - top.sum(1, dtype=np.float64)).astype(np.float32)
+    records = []
+    for i in range(examples):
+        prompt, answer = f"Is {i} even? Answer yes or no.", "yes" if i % 2 == 0 else "no"
+        key = cs.example_key("demo", 0, prompt, answer)
+        records.append({"key": key, "task": "demo", "template_id": 0, "prompt": prompt, "answer": answer})
+        records[-1]["n_rows"] = rows_each
+    identity = cs.identity_attrs(
+        teacher={"id": "hostile-test"},
+        tokenizer_fingerprint="f",
+        top_k=k,
+        temperature=1.0,
+        answers="gold",
+        eos_token_id=1,
+        mixture={"tasks": {"demo": examples}},
+        config={},
+    )
+    writer = cs.CacheWriter(path, identity, max_rows=n, store_ids=False, chunk_rows=chunk_rows, shard_rows=chunk_rows)
+    ids = rng.integers(0, 500, n).astype(np.int32)
+    writer.commit(0, 1, records, top, tail, ids)
+    writer.finalize(cs.counts_attrs(examples, n, {"demo": {"examples": examples, "rows": n}}, {}, {}))
+    return path
+
+
+def forge(path: Path) -> None:
+    """Rewrite the checksum list (of the files now there) and the attrs digest, as an attacker would."""
+    group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+")
+    attrs = group.attrs.asdict()
+    fs, root = cs.store.filesystem(str(path))
+    files = [
+        rel
+        for rel in cs.store.list_files(fs, root)
+        if rel != cs.GROUP_META_FILE and (path / rel).is_file() and not (path / rel).is_symlink()
+    ]
+    attrs[cs.ATTR_CHECKSUMS] = {rel: sha256(fs, str(path / rel)) for rel in files}
+    attrs[cs.ATTR_DIGEST] = cs.attrs_digest(attrs)
+    group.attrs.put(attrs)
+
+
+def shard(path: Path, array: str, index: int = 0) -> Path:
+    return path / array / "c" / str(index) / ("0" if array in (cs.PROBS, cs.TOPK_IDS) else "")
+
+
+# ---------------------------------------------------------------------------------------------- bombs
+
+
+def zstd_rle_bomb(size: int, declare_size: bool = False) -> bytes:
+    """A zstd frame of RLE blocks inflating to ``size`` zero bytes (4 bytes per 128 KiB)."""
+    block = 1 << 17
+    if declare_size:  # single segment, 8-byte frame content size
+        header = b"\x28\xb5\x2f\xfd" + bytes([0b11100000]) + struct.pack("<Q", size)
+    else:  # window descriptor 2^17, no content size: the decoder must stream
+        header = b"\x28\xb5\x2f\xfd" + bytes([0b00000000, (17 - 10) << 3])
+    blocks, left = [], size
+    while left:
+        n = min(block, left)
+        left -= n
+        blocks.append(struct.pack("<I", (n << 3) | (1 << 1) | (left == 0))[:3] + b"\x00")
+    return header + b"".join(blocks)
+
+
+def deflate_bomb(size: int, wbits: int) -> bytes:
+    """A deflate stream (raw for ``wbits=-15``, gzip for ``31``) inflating to ``size`` zeros, built from one
+    1 MiB segment repeated after a full flush; the trailer's CRC is left wrong (a reader must stop before it)."""
+    segment_size = 1 << 20
+    compressor = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    head_and_first = compressor.compress(bytes(segment_size)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    again = compressor.compress(bytes(segment_size)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    end = compressor.flush(zlib.Z_FINISH)
+    copies = size // segment_size
+    body = head_and_first + again * (copies - 1) + end
+    if wbits > 15:  # gzip trailer: CRC32 and size mod 2^32 of what the stream claims to hold
+        body = body[:-8] + struct.pack("<II", 0, size & 0xFFFFFFFF)
+    return body
+
+
+def _reencode_unsharded(path: Path, array: str, codec) -> None:
+    """Rewrite ``array`` without sharding (one file per chunk) compressed with ``codec``, data unchanged."""
+    store = zarr.storage.LocalStore(path)
+    old = zarr.open_array(store, path=array, mode="r")
+    data, chunks = old[:], old.metadata.chunk_grid.chunk_shape
+    shutil.rmtree(path / array)
+    new = zarr.create_array(
+        store,
+        name=array,
+        shape=data.shape,
+        chunks=chunks,
+        dtype=data.dtype,
+        compressors=[codec],
+        config={"write_empty_chunks": True},
+    )
+    new[:] = data
+
+
+def make_zstd_bomb(path: Path, size: int = 2 * GiB) -> str:
+    """*Forged*: probs' first chunk a ~64 KB zstd stream inflating to ``size`` (within the shard size bound)."""
+    _reencode_unsharded(path, cs.PROBS, zarr.codecs.ZstdCodec(level=3))
+    target = shard(path, cs.PROBS)
+    target.write_bytes(zstd_rle_bomb(size))
+    forge(path)
+    return target.relative_to(path).as_posix()
+
+
+def make_gzip_bomb(path: Path, size: int = INFLATED) -> str:
+    """*Forged*: probs' first chunk a ~3 MB gzip stream inflating to 3 GiB (beyond the shard size bound)."""
+    _reencode_unsharded(path, cs.PROBS, zarr.codecs.GzipCodec(level=5))
+    target = shard(path, cs.PROBS)
+    target.write_bytes(deflate_bomb(size, 31))
+    forge(path)
+    return target.relative_to(path).as_posix()
+
+
+def make_zip_bomb(cache: Path, out: Path, size: int = INFLATED) -> Path:
+    """A zip of ``cache`` whose examples.parquet entry is a ~3 MB deflate stream declaring ``size`` bytes."""
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as z:
+        for file in sorted(p for p in cache.rglob("*") if p.is_file()):
+            rel = file.relative_to(cache).as_posix()
+            if rel != cs.EXAMPLES_FILE:
+                z.write(file, rel)
+    _append_deflated_entry(out, cs.EXAMPLES_FILE, deflate_bomb(size, -15), size)
+    return out
+
+
+def _append_deflated_entry(zip_path: Path, name: str, data: bytes, size: int) -> None:
+    """Add an entry of raw deflate ``data`` declaring ``size`` bytes (zipfile cannot write precompressed data)."""
+    with zipfile.ZipFile(zip_path) as z:
+        infos = z.infolist()
+    blob = zip_path.read_bytes()
+    end = blob.rindex(b"PK\x05\x06")
+    entries, _, cd_size, cd_offset = struct.unpack("<HHII", blob[end + 8 : end + 20])
+    central = blob[cd_offset : cd_offset + cd_size]
+    offset = cd_offset
+    encoded = name.encode()
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0x21, 0, len(data), size, len(encoded), 0)
+    record = struct.pack(
+        "<IHHHHHHIIIHHHHHII",
+        0x02014B50,
+        20,
+        20,
+        0,
+        8,
+        0,
+        0x21,
+        0,
+        len(data),
+        size,
+        len(encoded),
+        0,
+        0,
+        0,
+        0,
+        0,
+        offset,
+    )
+    new_cd = central + record + encoded
+    tail = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(infos) + 1, len(infos) + 1, len(new_cd), 0, 0)
+    body = blob[:cd_offset] + local + encoded + data
+    tail = tail[:16] + struct.pack("<I", len(body)) + tail[20:]
+    zip_path.write_bytes(body + new_cd + tail)
+    assert entries == len(infos)
+
+
+# ---------------------------------------------------------------------------------------------- other damage
+
+
+def make_missing_shard(path: Path, forged: bool) -> str:
+    """The second shard of token_ids deleted (and, *forged*, dropped from the checksums)."""
+    target = shard(path, cs.TOKEN_IDS, 1)
+    target.unlink()
+    if forged:
+        forge(path)
+    return target.relative_to(path).as_posix()
+
+
+def make_dev_zero(path: Path, name: str) -> str:
+    """``name`` replaced by a link to /dev/zero (never ends)."""
+    (path / name).unlink()
+    (path / name).symlink_to("/dev/zero")
+    return name
+
+
+def make_fifo(path: Path, name: str) -> str:
+    """``name`` replaced by a FIFO nobody writes to (opening it blocks)."""
+    (path / name).unlink()
+    os.mkfifo(path / name)
+    return name
+
+
+def make_link_outside(path: Path, outside: Path) -> str:
+    """A shard replaced by a link to an identical copy outside the cache (checksums still match)."""
+    target = shard(path, cs.TAIL)
+    outside.write_bytes(target.read_bytes())
+    target.unlink()
+    target.symlink_to(outside)
+    return target.relative_to(path).as_posix()
+
+
+def make_nan_rows(path: Path) -> None:
+    """*Forged*: the tail of a few rows NaN."""
+    tail = zarr.open_array(zarr.storage.LocalStore(path), path=cs.TAIL, mode="r+")
+    tail[5:9] = np.float32("nan")
+    forge(path)
+
+
+def make_edited_key(path: Path) -> None:
+    """*Forged*: one example's prompt edited, its key left as it was."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path / cs.EXAMPLES_FILE)
+    prompts = table.column("prompt").to_pylist()
+    prompts[3] = prompts[3].replace("even", "odd")
+    table = table.set_column(table.schema.get_field_index("prompt"), "prompt", pa.array(prompts, pa.string()))
+    pq.write_table(table, path / cs.EXAMPLES_FILE)
+    forge(path)
+
+
+# ---------------------------------------------------------------------------------------------- bounded runs
+
+
+@dataclass
+class Bounded:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float  # wall time
+    cpu_seconds: float  # user + system time of the child: its own cost, whatever else loads the machine
+    peak_rss: int  # bytes, of the child alone (wait4)
+
+
+def run_bounded(*args: str, timeout: float = 60.0, env: dict | None = None) -> Bounded:
+    """``python -m pipeline.cli ARGS`` in a child whose own peak RSS (``wait4``) and wall time are measured.
+
+    The child's data segment is capped at 6 GiB so that a regression fails the test instead of the machine.
+    """
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_DATA, (6 * GiB, 6 * GiB))
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        began = time.monotonic()
+        child = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", *args],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+            preexec_fn=cap,
+        )
+        timer = threading.Timer(timeout, child.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(child.pid, 0)
+        finally:
+            timer.cancel()
+        seconds = time.monotonic() - began
+        child.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        out.seek(0)
+        err.seek(0)
+        return Bounded(
+            child.returncode,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+            seconds,
+            usage.ru_utime + usage.ru_stime,
+            usage.ru_maxrss * 1024,
+        )
