@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from pipeline import gpu_check
 from pipeline.cli import main
 from pipeline.config import GpuCheckConfig
-from tests.test_distill import one_line_error
+from tests.helpers import one_line_error
 
 
 def test_without_cuda_it_stops_at_once_with_one_line(monkeypatch, tmp_path):
