@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -7,7 +8,7 @@ from click.testing import CliRunner
 from pipeline import gpu_check
 from pipeline.cli import main
 from pipeline.config import GpuCheckConfig
-from tests.helpers import one_line_error
+from tests.helpers import one_line_error, write_known_rows_cache
 
 
 def test_without_cuda_it_stops_at_once_with_one_line(monkeypatch, tmp_path):
@@ -52,3 +53,22 @@ def test_a_checkout_without_the_benchmarks_is_a_one_line_error(monkeypatch, tmp_
         gpu_check.measure(
             GpuCheckConfig(out=str(tmp_path / "o")), torch.device("cpu"), quantize="none", precision="fp32"
         )
+
+
+def test_the_cache_comparison_measures_how_far_two_caches_differ(tmp_path):
+    """The NF4-vs-bf16 figures: 0 and 1 for equal caches, the true L1 and top-1 agreement for different ones."""
+    same_a = write_known_rows_cache(tmp_path / "a", store_ids=True, seed=0)
+    write_known_rows_cache(tmp_path / "a_again", store_ids=True, seed=0)
+    other = write_known_rows_cache(tmp_path / "b", store_ids=True, seed=1)  # same row count, other rows and ids
+    assert gpu_check._compare_caches(tmp_path / "a", tmp_path / "a_again") == (0.0, 1.0)
+
+    l1, top1 = gpu_check._compare_caches(tmp_path / "a", tmp_path / "b")
+    expected_l1 = np.abs(same_a["probs"] - other["probs"]).sum(axis=1).mean()  # from the rows as written
+    expected_top1 = (same_a["topk"][:, 0] == other["topk"][:, 0]).mean()
+    assert expected_l1 > 0.05 and expected_top1 < 1
+    assert l1 == pytest.approx(expected_l1, abs=1e-3)  # the cache stores probabilities to 1/65535
+    assert top1 == pytest.approx(expected_top1)
+
+    write_known_rows_cache(tmp_path / "longer", lengths=(3, 1, 5, 3), store_ids=True)
+    with pytest.raises(gpu_check.GpuCheckError, match="11 rows"):
+        gpu_check._compare_caches(tmp_path / "a", tmp_path / "longer")
