@@ -283,13 +283,19 @@ def _field_help(cls: type, name: str) -> str:
 @config_option
 @click.option("--model", "models", multiple=True, help=_field_help(EvalConfig, "models"))
 @click.option("--name", "names", multiple=True, help=_field_help(EvalConfig, "names"))
+@click.option(
+    "--config-teacher",
+    is_flag=True,
+    help="Also evaluate the teacher of the --config file's teacher_cache section, before the --model models.",
+)
 @click_options(EvalConfig, skip=("models", "names"))
 @click.pass_context
 @_user_errors
-def eval_group(ctx: click.Context, config_file: str | None, **flags) -> None:
+def eval_group(ctx: click.Context, config_file: str | None, config_teacher: bool, **flags) -> None:
     """Evaluate models side by side (results.json, results.md, results.png); `eval score` rescores a file."""
     if ctx.invoked_subcommand is not None:
         given = [k for k, v in flags.items() if v not in (None, ())] + (["config"] if config_file else [])
+        given += ["config_teacher"] if config_teacher else []
         if given:
             raise click.ClickException(
                 f"`kdpipe eval {ctx.invoked_subcommand}` takes no evaluation flags "
@@ -298,6 +304,11 @@ def eval_group(ctx: click.Context, config_file: str | None, **flags) -> None:
         return
     from stages import eval as stage
 
+    if config_teacher:
+        if not config_file:
+            raise click.ClickException("--config-teacher: give the --config file whose teacher to evaluate")
+        teacher = load(TeacherCacheConfig, config_file, "teacher_cache").teacher
+        flags["models"] = (teacher, *(flags["models"] or ()))
     result = stage.run(load(EvalConfig, config_file, "eval", flags))
     click.echo(result.table)
     click.echo(f"results: {result.out / 'results.json'}, {result.out / 'results.md'}, {result.out / 'results.png'}")
