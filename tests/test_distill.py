@@ -121,6 +121,7 @@ def test_finetune_baseline_trains_on_ce_alone_and_still_logs_the_uld_distance(kd
     assert not torch.equal(kd_model.lm_head.weight, ft_model.lm_head.weight)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_reproduces_the_uninterrupted_run(kd_run, cache, tmp_path):
     cfg, reference, _ = kd_run
     out = tmp_path / "killed"

@@ -88,6 +88,7 @@ def assert_same_run(out: Path, reference: Path) -> None:
         torch.testing.assert_close(p, q, rtol=0, atol=WEIGHTS_ABS, msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_processes_follow_the_one_process_run_step_for_step(launcher, setup, tmp_path):
     cfg, cache, one = setup
@@ -100,6 +101,7 @@ def test_two_processes_follow_the_one_process_run_step_for_step(launcher, setup,
     assert sum(line.startswith("student:") for line in stdout.splitlines()) == 1  # rank 0 reports
 
 
+@pytest.mark.slow
 def test_a_fsdp_run_killed_at_rank_1_resumes_on_one_process_as_if_never_stopped(setup, tmp_path):
     cfg, cache, one = setup
     out = tmp_path / "fsdp"

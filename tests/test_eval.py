@@ -215,6 +215,7 @@ def test_long_prompts_lose_their_middle_to_fit_the_student(loaded):
 # ---- resume ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_reuses_finished_tasks_and_redoes_changed_ones(tmp_path, demo_models):
     tasks = ("demo_yesno", "demo_qa")
     first = stage.run(_cfg(demo_models, tmp_path, tasks=tasks, limit=4))
@@ -241,6 +242,7 @@ def test_resume_reuses_finished_tasks_and_redoes_changed_ones(tmp_path, demo_mod
 # ---- real task files ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_eval_cli_over_shared_data_writes_all_outputs(tmp_path, shared_data, demo_models):
     out = tmp_path / "eval"
     proc = run_kdpipe(

@@ -18,6 +18,7 @@ def test_without_cuda_it_stops_at_once_with_one_line(monkeypatch, tmp_path):
     assert not (tmp_path / "check").exists()
 
 
+@pytest.mark.slow
 def test_the_same_measurements_run_on_the_cpu_and_give_one_json_summary(demo_models, tmp_path):
     """The CUDA path with the CPU swapped in (no NF4, fp32) and small sizes: every figure is produced."""
     cfg = GpuCheckConfig(
