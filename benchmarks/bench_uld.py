@@ -14,12 +14,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import uld_loss
+from pipeline.losses import IGNORE_INDEX, uld_loss
 
 
 def full_sort_uld(logits, labels, teacher_probs, teacher_lengths, temperature=1.0, skip_student_eos=True):
     """ULD with every student row sorted over its whole vocabulary and the teacher zero-padded to match."""
-    answer = labels[:, 1:] != -100  # [B, T-1]
+    answer = labels[:, 1:] != IGNORE_INDEX  # [B, T-1]
     rank = answer.cumsum(1)  # [B, T-1]
     n_rows = torch.minimum(answer.sum(1) - int(skip_student_eos), teacher_lengths).clamp(min=0)  # [B]
     b_idx, t_idx = (answer & (rank <= n_rows[:, None])).nonzero(as_tuple=True)  # [N]
@@ -37,7 +37,7 @@ def full_sort_uld(logits, labels, teacher_probs, teacher_lengths, temperature=1.
 def make_batch(args, device, dtype):
     gen = torch.Generator().manual_seed(args.seed)
     logits = torch.randn(args.batch, args.seq_len, args.vocab, generator=gen) * 2.0
-    labels = torch.full((args.batch, args.seq_len), -100)
+    labels = torch.full((args.batch, args.seq_len), IGNORE_INDEX)
     prompt = args.seq_len - args.answer_rows - 1 - 16  # 16 padding positions after the answer
     # answer_rows + 1 labels: the last is EOS, whose row skip_student_eos drops.
     labels[:, prompt : prompt + args.answer_rows + 1] = torch.randint(

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from cache_schema import Cache
+from pipeline.losses import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 _POLL_SECONDS = 0.1  # how often a blocked producer checks whether it was asked to stop
 
 
