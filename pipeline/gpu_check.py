@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 import cache_schema
-from pipeline.config import DEMO_TASKS, DistillConfig, GpuCheckConfig, TeacherCacheConfig
+from pipeline.config import DEMO_MIXTURE, DistillConfig, GpuCheckConfig, TeacherCacheConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ def _load_bench(name: str) -> ModuleType:
 
 
 def _demo_tasks(examples: int) -> dict[str, int]:
-    per_task = max(1, examples // len(DEMO_TASKS))
-    return dict.fromkeys(DEMO_TASKS, per_task)
+    per_task = max(1, examples // len(DEMO_MIXTURE))
+    return dict.fromkeys(DEMO_MIXTURE, per_task)
 
 
 def _teacher(cfg: GpuCheckConfig, out: Path, device: torch.device, quantize: str) -> dict:

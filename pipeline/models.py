@@ -66,6 +66,17 @@ def load_config_and_tokenizer(name: str, revision: str | None, role: str):
         raise ModelError(f"{role} {name!r}: cannot load it from a local directory or the hub ({first})") from None
 
 
+def context_limit(config) -> int | None:
+    """Positions a causal model attends to, in training and scoring (None: unbounded, e.g. T5's relative positions)."""
+    if config.is_encoder_decoder:
+        return None
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def load_model(
     name: str, *, revision: str | None = None, quantize: str = "none", device: torch.device, role: str = "model"
 ):

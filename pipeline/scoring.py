@@ -23,6 +23,8 @@ import torch
 from tqdm import tqdm
 from transformers import GenerationConfig
 
+from pipeline.models import context_limit
+
 
 @dataclass(frozen=True)
 class OptionScore:
@@ -33,17 +35,6 @@ class OptionScore:
     def logprob_mean(self) -> float:
         """Length-normalised score: mean log-probability per token."""
         return self.logprob_sum / self.n_tokens
-
-
-def context_limit(config) -> int | None:
-    """Positions a causal model can attend to (None: no absolute limit, e.g. T5's relative positions)."""
-    if config.is_encoder_decoder:
-        return None
-    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 class EvalModel:

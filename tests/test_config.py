@@ -71,3 +71,11 @@ def test_every_shipped_config_loads_every_stage_section(path):
 def test_shipped_config_values_reach_the_stage_configs():
     assert load(TeacherCacheConfig, REPO / "configs" / "flan-t5-xxl.yaml", "teacher_cache").quantize == "nf4"
     assert load(DistillConfig, REPO / "configs" / "demo.yaml", "distill", {"uld_weight": 0.0}).uld_weight == 0.0
+
+
+def test_operational_fields_are_marked_on_the_fields():
+    """What a resumed distill run may change: how it runs, never what it computes."""
+    from pipeline.config import operational_fields
+
+    expected = {"prefetch", "checkpoint_every", "keep_checkpoint", "parallel", "accept_cache"}
+    assert operational_fields(DistillConfig) == expected
