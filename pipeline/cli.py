@@ -205,7 +205,11 @@ def cache_verify(path: str) -> None:
         click.echo("note: this store cannot list files, so only the files the cache lists were checked")
 
 
-def _echo_copy(report: dict, verb: str) -> None:
+def _copy(source: str, destination: str, verb: str) -> None:
+    """push, pull and unpack: a checksummed, resumable ``cache_schema.copy_cache`` and one line saying what moved."""
+    import cache_schema
+
+    report = cache_schema.copy_cache(source, destination)
     copied, total = len(report["copied"]), len(report["copied"]) + len(report["skipped"])
     click.echo(
         f"{verb}: {report['destination']}  (copied {copied} of {total} files, {report['bytes']} bytes; "
@@ -219,9 +223,7 @@ def _echo_copy(report: dict, verb: str) -> None:
 @_user_errors
 def cache_push(path: str, url: str) -> None:
     """Copy the cache at PATH to URL (s3://, gs://, a directory), checksums checked; a rerun resumes."""
-    import cache_schema
-
-    _echo_copy(cache_schema.copy_cache(path, url), "pushed")
+    _copy(path, url, "pushed")
 
 
 @cache.command("pull")
@@ -230,9 +232,7 @@ def cache_push(path: str, url: str) -> None:
 @_user_errors
 def cache_pull(url: str, path: str) -> None:
     """Copy the cache at URL (s3://, gs://, https://, a zip) to the directory PATH; a rerun resumes."""
-    import cache_schema
-
-    _echo_copy(cache_schema.copy_cache(url, path), "pulled")
+    _copy(url, path, "pulled")
 
 
 @cache.command("pack")
@@ -253,9 +253,7 @@ def cache_pack(path: str, out: str) -> None:
 @_user_errors
 def cache_unpack(zip_path: str, out: str) -> None:
     """Extract a packed cache into the directory OUT, checksums checked; unsafe entry names are refused."""
-    import cache_schema
-
-    _echo_copy(cache_schema.copy_cache(zip_path, out), "unpacked")
+    _copy(zip_path, out, "unpacked")
 
 
 @cache.command("merge")
