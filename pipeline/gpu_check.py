@@ -9,25 +9,23 @@ On any CUDA machine, offline, in a few minutes:
    its output head is left in bf16 by transformers, as for FLAN-T5-XXL;
 2. a short bf16 distill of the embedded student from the NF4 cache: tokens/s, peak GPU memory, and the
    fraction of step time spent waiting for data;
-3. ``benchmarks/bench_uld.py``: the top-k ULD against a full vocabulary sort (forward + backward);
-4. ``benchmarks/bench_step.py``: the ULD share of a GPT-2-medium training step (CE alone vs CE + top-k ULD);
-5. ``benchmarks/bench_data_path.py``: decode and delivery rates of a synthetic cache.
+3. ``pipeline.benchmarks.uld``: the top-k ULD against a full vocabulary sort (forward + backward);
+4. ``pipeline.benchmarks.step``: the ULD share of a GPT-2-medium training step (CE alone vs CE + top-k ULD);
+5. ``pipeline.benchmarks.data_path``: decode and delivery rates of a synthetic cache.
 
-The benchmarks are loaded from the source checkout (``make gpu-check`` runs from one). Without a CUDA device
-the command stops at once with a one-line error.
+The benchmarks ship in the package (``benchmarks/bench_*.py`` are their command-line wrappers), so an installed
+kdpipe runs this too. Without a CUDA device the command stops at once with a one-line error.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import logging
 import shutil
 import statistics
 import time
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import torch
@@ -37,7 +35,6 @@ from pipeline.config import DEMO_MIXTURE, DistillConfig, GpuCheckConfig, Teacher
 
 log = logging.getLogger(__name__)
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SUMMARY_FILE = "summary.json"
 
 
@@ -57,7 +54,9 @@ def run(cfg: GpuCheckConfig) -> dict:
 
 def measure(cfg: GpuCheckConfig, device: torch.device, *, quantize: str, precision: str) -> dict:
     """All figures on ``device``; ``run`` uses CUDA, NF4 and bf16 (tests use the CPU, none and fp32)."""
-    benches = {name: _load_bench(name) for name in ("bench_uld", "bench_step", "bench_data_path")}
+    from pipeline.benchmarks import data_path, step, uld
+
+    benches = {"bench_uld": uld, "bench_step": step, "bench_data_path": data_path}
     out = Path(cfg.out)
     for name in ("cache-quantized", "cache-reference", "student", "data"):
         shutil.rmtree(out / name, ignore_errors=True)  # fresh figures: nothing resumed from an earlier check
@@ -92,16 +91,6 @@ def measure(cfg: GpuCheckConfig, device: torch.device, *, quantize: str, precisi
     }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def _load_bench(name: str) -> ModuleType:
-    path = BENCHMARKS / f"{name}.py"
-    if not path.is_file():
-        raise GpuCheckError(f"gpu-check: {path} not found; run it from a source checkout (make gpu-check)")
-    spec = importlib.util.spec_from_file_location(f"kdpipe_gpu_check_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _demo_tasks(examples: int) -> dict[str, int]:
