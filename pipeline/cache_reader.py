@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from cache_schema import Cache
-from pipeline.text import IGNORE_INDEX, TextEncoder
+from pipeline.losses import IGNORE_INDEX
+from pipeline.text import TextEncoder
 
 _POLL_SECONDS = 0.1  # how often a blocked producer checks whether it was asked to stop
 

@@ -21,12 +21,12 @@ from pipeline.config import (
     ConfigError,
     DistillConfig,
     EvalConfig,
-    GpuCheckConfig,
     TeacherCacheConfig,
     click_options,
     load,
     read_section,
 )
+from pipeline.gpu_check import GpuCheckConfig
 
 log = logging.getLogger("kdpipe")
 
@@ -275,7 +275,11 @@ def cache_verify(path: str) -> None:
         click.echo("note: this store cannot list files, so only the files the cache lists were checked")
 
 
-def _echo_copy(report: dict, verb: str) -> None:
+def _copy(source: str, destination: str, verb: str) -> None:
+    """push, pull and unpack: a checksummed, resumable ``cache_schema.copy_cache`` and one line saying what moved."""
+    import cache_schema
+
+    report = cache_schema.copy_cache(source, destination)
     copied, total = len(report["copied"]), len(report["copied"]) + len(report["skipped"])
     click.echo(
         f"{verb}: {report['destination']}  (copied {copied} of {total} files, {report['bytes']} bytes; "
@@ -289,9 +293,7 @@ def _echo_copy(report: dict, verb: str) -> None:
 @_user_errors
 def cache_push(path: str, url: str) -> None:
     """Copy the cache at PATH to URL (s3://, gs://, a directory), checksums checked; a rerun resumes."""
-    import cache_schema
-
-    _echo_copy(cache_schema.copy_cache(path, url), "pushed")
+    _copy(path, url, "pushed")
 
 
 @cache.command("pull")
@@ -300,9 +302,7 @@ def cache_push(path: str, url: str) -> None:
 @_user_errors
 def cache_pull(url: str, path: str) -> None:
     """Copy the cache at URL (s3://, gs://, https://, a zip) to the directory PATH; a rerun resumes."""
-    import cache_schema
-
-    _echo_copy(cache_schema.copy_cache(url, path), "pulled")
+    _copy(url, path, "pulled")
 
 
 @cache.command("pack")
@@ -323,9 +323,7 @@ def cache_pack(path: str, out: str) -> None:
 @_user_errors
 def cache_unpack(zip_path: str, out: str) -> None:
     """Extract a packed cache into the directory OUT, checksums checked; unsafe entry names are refused."""
-    import cache_schema
-
-    _echo_copy(cache_schema.copy_cache(zip_path, out), "unpacked")
+    _copy(zip_path, out, "unpacked")
 
 
 @cache.command("merge")
@@ -353,13 +351,19 @@ def _field_help(cls: type, name: str) -> str:
 @config_option
 @click.option("--model", "models", multiple=True, help=_field_help(EvalConfig, "models"))
 @click.option("--name", "names", multiple=True, help=_field_help(EvalConfig, "names"))
+@click.option(
+    "--config-teacher",
+    is_flag=True,
+    help="Also evaluate the teacher of the --config file's teacher_cache section, before the --model models.",
+)
 @click_options(EvalConfig, skip=("models", "names"))
 @click.pass_context
 @_user_errors
-def eval_group(ctx: click.Context, config_file: str | None, **flags) -> None:
+def eval_group(ctx: click.Context, config_file: str | None, config_teacher: bool, **flags) -> None:
     """Evaluate models side by side (results.json, results.md, results.png); `eval score` rescores a file."""
     if ctx.invoked_subcommand is not None:
         given = [k for k, v in flags.items() if v not in (None, ())] + (["config"] if config_file else [])
+        given += ["config_teacher"] if config_teacher else []
         if given:
             raise click.ClickException(
                 f"`kdpipe eval {ctx.invoked_subcommand}` takes no evaluation flags "
@@ -368,6 +372,11 @@ def eval_group(ctx: click.Context, config_file: str | None, **flags) -> None:
         return
     from stages import eval as stage
 
+    if config_teacher:
+        if not config_file:
+            raise click.ClickException("--config-teacher: give the --config file whose teacher to evaluate")
+        teacher = load(TeacherCacheConfig, config_file, "teacher_cache").teacher
+        flags["models"] = (teacher, *(flags["models"] or ()))
     result = stage.run(load(EvalConfig, config_file, "eval", flags))
     click.echo(result.table)
     click.echo(f"results: {result.out / 'results.json'}, {result.out / 'results.md'}, {result.out / 'results.png'}")

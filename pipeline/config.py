@@ -31,12 +31,21 @@ def option(
     choices: tuple[str, ...] | None = None,
     factory: Callable[[], Any] | None = None,
     cli: bool = True,
+    operational: bool = False,
 ) -> Any:
-    """A config field with its help text (shown by ``--help``) and, optionally, allowed values."""
-    meta = {"help": help, "choices": choices, "cli": cli}
+    """A config field with its help text (shown by ``--help``) and, optionally, allowed values.
+
+    ``operational``: the field changes how a run is carried out, not what it computes (a resumed run may change it).
+    """
+    meta = {"help": help, "choices": choices, "cli": cli, "operational": operational}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def operational_fields(cls: type) -> frozenset[str]:
+    """Names of the fields of ``cls`` declared with ``option(..., operational=True)``."""
+    return frozenset(f.name for f in dataclasses.fields(cls) if f.metadata.get("operational"))
 
 
 def flag_name(name: str) -> str:
@@ -81,7 +90,8 @@ def check_finite(cfg: Any) -> None:
 
 # ---------------------------------------------------------------------------------------------- stage configs
 
-DEMO_TASKS = {
+# The demo mixture: examples per demo task (the tasks themselves: pipeline.tasks.demo.DEMO_TASKS).
+DEMO_MIXTURE = {
     "demo_yesno": 160,
     "demo_nli": 160,
     "demo_mc4": 160,
@@ -96,7 +106,7 @@ class TeacherCacheConfig:
     teacher: str = option("models/tiny-t5-teacher", "Teacher: a Hugging Face hub id or a local directory.")
     revision: str | None = option(None, "Hub revision (branch, tag or commit) of the teacher.")
     tasks: dict[str, int] = option(
-        help="Mixture: task=examples pairs, e.g. boolq=1000,squad=1000.", factory=lambda: dict(DEMO_TASKS)
+        help="Mixture: task=examples pairs, e.g. boolq=1000,squad=1000.", factory=lambda: dict(DEMO_MIXTURE)
     )
     data_dir: str | None = option(None, "Folder of original release files, <data-dir>/<task>/; default: the hub.")
     split: str = option("train", "Split of each task the mixture is drawn from.")
@@ -271,20 +281,25 @@ class DistillConfig:
         "With several processes (torchrun, accelerate launch): DDP replicates the student on every GPU, "
         "FSDP shards it (weights, gradients, optimizer state) for students that do not fit one GPU.",
         choices=("ddp", "fsdp"),
+        operational=True,
     )
-    prefetch: int = option(8, "Batches the background reader prepares ahead.")
-    checkpoint_every: int = option(500, "Write a resumable checkpoint every N optimizer steps (0: never).")
-    keep_checkpoint: bool = option(False, "Keep the last checkpoint once training has finished.")
+    prefetch: int = option(8, "Batches the background reader prepares ahead.", operational=True)
+    checkpoint_every: int = option(
+        500, "Write a resumable checkpoint every N optimizer steps (0: never).", operational=True
+    )
+    keep_checkpoint: bool = option(False, "Keep the last checkpoint once training has finished.", operational=True)
     accept_cache: bool = option(
         False,
         "Train from a cache whose mixture differs from the config file's teacher_cache section, or from a lone "
         "worker part, with a warning instead of an error.",
+        operational=True,
     )
     cache_checksums: str = option(
         "open",
         "Check the cache's file checksums before step 0 (open), each shard file as training first reads it "
         "(stream), or only that every file is there with a plausible size (none).",
         choices=("open", "stream", "none"),
+        operational=True,
     )
 
     def __post_init__(self) -> None:
@@ -315,34 +330,6 @@ class DistillConfig:
                 f"--lanes: {self.lanes} does not divide the {self.batch_size * self.grad_accum} examples of a step "
                 "(--batch-size × --grad-accum); every lane gives each step the same number of examples"
             )
-
-
-# Fields that change how a run is carried out, not what it computes: a resumed run may change them.
-DISTILL_OPERATIONAL = (
-    "prefetch",
-    "checkpoint_every",
-    "keep_checkpoint",
-    "parallel",
-    "accept_cache",
-    "cache_checksums",
-)
-
-
-# The sizes of `kdpipe gpu-check` (pipeline/gpu_check.py); tests shrink them to run the same code on the CPU.
-@dataclass(frozen=True)
-class GpuCheckConfig:
-    out: str = option("runs/gpu-check", "Folder for the caches, the student and summary.json (rewritten).")
-    teacher: str = option("models/tiny-t5-teacher", "Teacher to cache: the embedded default, or any seq2seq LM.")
-    student: str = option("models/tiny-gpt2-student", "Student to distill: the embedded default, or any causal LM.")
-    examples: int = option(960, "Examples of the demo mixture the teacher caches.")
-    distill_steps: int = option(100, "Optimizer steps of the bf16 distill (batch 16).")
-    data_rows: int = option(200_000, "Rows of the synthetic cache of the data-path benchmark.")
-    bench_vocab: int = option(50_257, "Student vocabulary of the ULD and step benchmarks (GPT-2's).")
-    bench_medium: bool = option(True, "GPT-2-medium shapes in the step benchmark (else a 2-layer GPT-2).")
-    bench_rounds: int = option(3, "Rounds of the step benchmark over its variants (the best median is kept).")
-
-    def __post_init__(self) -> None:
-        check_positive(self, "examples", "distill_steps", "data_rows", "bench_vocab", "bench_rounds")
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -515,7 +502,7 @@ class EvalConfig:
         help="Short name per --model, in the same order (default: from the path).", factory=tuple
     )
     tasks: tuple[str, ...] = option(
-        help="Tasks to evaluate, comma-separated or repeated.", factory=lambda: tuple(DEMO_TASKS)
+        help="Tasks to evaluate, comma-separated or repeated.", factory=lambda: tuple(DEMO_MIXTURE)
     )
     data_dir: str | None = option(None, "Folder of original release files, <data-dir>/<task>/; default: the hub.")
     split: str = option("validation", "Split of each task to evaluate on.", choices=("validation", "test"))

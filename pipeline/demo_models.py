@@ -27,7 +27,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from pipeline.config import DEMO_TASKS
+from pipeline.config import DEMO_MIXTURE
 from pipeline.tasks import build_mixture
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ TEACHER_STEPS = 300  # about a minute on 2 cores, well inside the 3-minute budge
 
 
 def _corpus(seed: int) -> list[str]:
-    mixture = build_mixture(DEMO_TASKS, split="train", data_dir=None, seed=seed)
+    mixture = build_mixture(DEMO_MIXTURE, split="train", data_dir=None, seed=seed)
     return [t for e in mixture.examples for t in (e.prompt, e.answer)]
 
 
@@ -83,7 +83,7 @@ def _student_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
 
 def _finetune_teacher(model: T5ForConditionalGeneration, tok: PreTrainedTokenizerFast, seed: int, steps: int) -> dict:
     """Teacher-forced CE on the demo train split for a fixed number of steps (so the build is deterministic)."""
-    mixture = build_mixture({k: 4 * v for k, v in DEMO_TASKS.items()}, split="train", data_dir=None, seed=seed + 1)
+    mixture = build_mixture({k: 4 * v for k, v in DEMO_MIXTURE.items()}, split="train", data_dir=None, seed=seed + 1)
     pairs = [(e.prompt, e.answer) for e in mixture.examples]
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)

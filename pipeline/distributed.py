@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -74,17 +75,30 @@ def launch(device: str) -> Iterator[World]:
             raise ConfigError(f"LOCAL_RANK {local_rank}: this node has {torch.cuda.device_count()} CUDA devices")
         chosen = torch.device("cuda", local_rank)
         torch.cuda.set_device(chosen)
-    owned = not dist.is_initialized()  # a caller's process group is used, and left alone
-    if owned:
-        backend = "nccl" if chosen.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=chosen if chosen.type == "cuda" else None)
-    world = World(chosen, dist.get_rank(), dist.get_world_size())
-    if rank != world.rank:
-        raise ConfigError(f"RANK={rank} but the process group says rank {world.rank}")
-    if not world.main:  # one voice: the other ranks log warnings and errors only
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
+    backend = "nccl" if chosen.type == "cuda" else "gloo"
+    with process_group(backend, device_id=chosen if chosen.type == "cuda" else None):
+        world = World(chosen, dist.get_rank(), dist.get_world_size())
+        if rank != world.rank:
+            raise ConfigError(f"RANK={rank} but the process group says rank {world.rank}")
+        if not world.main:  # one voice: the other ranks log warnings and errors only
+            logging.getLogger().setLevel(logging.WARNING)
         yield world
+
+
+@contextlib.contextmanager
+def process_group(
+    backend: str, *, timeout: timedelta | None = None, device_id: torch.device | None = None
+) -> Iterator[None]:
+    """A process group from the launcher's environment for the block; a caller's own group is used and left alone.
+
+    ``timeout``: how long collectives (a barrier) wait; None keeps torch's default.
+    """
+    owned = not dist.is_initialized()
+    if owned:
+        options = {"timeout": timeout} if timeout is not None else {}
+        dist.init_process_group(backend, device_id=device_id, **options)
+    try:
+        yield
     finally:
         if owned:
             dist.destroy_process_group()

@@ -9,36 +9,50 @@ On any CUDA machine, offline, in a few minutes:
    its output head is left in bf16 by transformers, as for FLAN-T5-XXL;
 2. a short bf16 distill of the embedded student from the NF4 cache: tokens/s, peak GPU memory, and the
    fraction of step time spent waiting for data;
-3. ``benchmarks/bench_uld.py``: the top-k ULD against a full vocabulary sort (forward + backward);
-4. ``benchmarks/bench_step.py``: the ULD share of a GPT-2-medium training step (CE alone vs CE + top-k ULD);
-5. ``benchmarks/bench_data_path.py``: decode and delivery rates of a synthetic cache.
+3. ``pipeline.benchmarks.uld``: the top-k ULD against a full vocabulary sort (forward + backward);
+4. ``pipeline.benchmarks.step``: the ULD share of a GPT-2-medium training step (CE alone vs CE + top-k ULD);
+5. ``pipeline.benchmarks.data_path``: decode and delivery rates of a synthetic cache.
 
-The benchmarks are loaded from the source checkout (``make gpu-check`` runs from one). Without a CUDA device
-the command stops at once with a one-line error.
+The benchmarks ship in the package (``benchmarks/bench_*.py`` are their command-line wrappers), so an installed
+kdpipe runs this too. Without a CUDA device the command stops at once with a one-line error.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import logging
 import shutil
 import statistics
 import time
 from pathlib import Path
-from types import ModuleType
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+from pipeline.config import DEMO_MIXTURE, DistillConfig, TeacherCacheConfig, check_positive, option
 
-import cache_schema
-from pipeline.config import DEMO_TASKS, DistillConfig, GpuCheckConfig, TeacherCacheConfig
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SUMMARY_FILE = "summary.json"
+
+
+# The sizes of `kdpipe gpu-check`; tests shrink them to run the same code on the CPU.
+@dataclasses.dataclass(frozen=True)
+class GpuCheckConfig:
+    out: str = option("runs/gpu-check", "Folder for the caches, the student and summary.json (rewritten).")
+    teacher: str = option("models/tiny-t5-teacher", "Teacher to cache: the embedded default, or any seq2seq LM.")
+    student: str = option("models/tiny-gpt2-student", "Student to distill: the embedded default, or any causal LM.")
+    examples: int = option(960, "Examples of the demo mixture the teacher caches.")
+    distill_steps: int = option(100, "Optimizer steps of the bf16 distill (batch 16).")
+    data_rows: int = option(200_000, "Rows of the synthetic cache of the data-path benchmark.")
+    bench_vocab: int = option(50_257, "Student vocabulary of the ULD and step benchmarks (GPT-2's).")
+    bench_medium: bool = option(True, "GPT-2-medium shapes in the step benchmark (else a 2-layer GPT-2).")
+    bench_rounds: int = option(3, "Rounds of the step benchmark over its variants (the best median is kept).")
+
+    def __post_init__(self) -> None:
+        check_positive(self, "examples", "distill_steps", "data_rows", "bench_vocab", "bench_rounds")
 
 
 class GpuCheckError(RuntimeError):
@@ -47,6 +61,8 @@ class GpuCheckError(RuntimeError):
 
 def run(cfg: GpuCheckConfig) -> dict:
     """Measure on the first CUDA device; returns the summary (also written to ``out/summary.json``)."""
+    import torch  # here, not at the top: the CLI imports this module for GpuCheckConfig and stays light
+
     if not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
         raise GpuCheckError(
@@ -57,7 +73,11 @@ def run(cfg: GpuCheckConfig) -> dict:
 
 def measure(cfg: GpuCheckConfig, device: torch.device, *, quantize: str, precision: str) -> dict:
     """All figures on ``device``; ``run`` uses CUDA, NF4 and bf16 (tests use the CPU, none and fp32)."""
-    benches = {name: _load_bench(name) for name in ("bench_uld", "bench_step", "bench_data_path")}
+    import torch
+
+    from pipeline.benchmarks import data_path, step, uld
+
+    benches = {"bench_uld": uld, "bench_step": step, "bench_data_path": data_path}
     out = Path(cfg.out)
     for name in ("cache-quantized", "cache-reference", "student", "data"):
         shutil.rmtree(out / name, ignore_errors=True)  # fresh figures: nothing resumed from an earlier check
@@ -94,19 +114,9 @@ def measure(cfg: GpuCheckConfig, device: torch.device, *, quantize: str, precisi
     return summary
 
 
-def _load_bench(name: str) -> ModuleType:
-    path = BENCHMARKS / f"{name}.py"
-    if not path.is_file():
-        raise GpuCheckError(f"gpu-check: {path} not found; run it from a source checkout (make gpu-check)")
-    spec = importlib.util.spec_from_file_location(f"kdpipe_gpu_check_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _demo_tasks(examples: int) -> dict[str, int]:
-    per_task = max(1, examples // len(DEMO_TASKS))
-    return dict.fromkeys(DEMO_TASKS, per_task)
+    per_task = max(1, examples // len(DEMO_MIXTURE))
+    return dict.fromkeys(DEMO_MIXTURE, per_task)
 
 
 def _teacher(cfg: GpuCheckConfig, out: Path, device: torch.device, quantize: str) -> dict:
@@ -139,6 +149,10 @@ def _teacher(cfg: GpuCheckConfig, out: Path, device: torch.device, quantize: str
 
 def _compare_caches(a: Path, b: Path) -> tuple[float, float]:
     """Mean L1 distance between the sorted top-k rows of two caches of the same examples, and top-1 agreement."""
+    import numpy as np
+
+    import cache_schema
+
     first, second = cache_schema.open_cache(a), cache_schema.open_cache(b)
     if first.total_rows != second.total_rows:
         raise GpuCheckError(f"gpu-check: {a} has {first.total_rows} rows and {b} {second.total_rows}")
@@ -205,6 +219,8 @@ def _uld(cfg: GpuCheckConfig, device: torch.device, precision: str, bench_uld, b
 def _data_path(cfg: GpuCheckConfig, out: Path, bench) -> dict:
     from transformers import AutoTokenizer
 
+    import cache_schema
+
     path = out / "data" / "cache"
     rows, _ = bench.write_synthetic(path, cfg.data_rows, 64)
     cache = cache_schema.open_cache(path)
@@ -220,6 +236,8 @@ def _data_path(cfg: GpuCheckConfig, out: Path, bench) -> dict:
 
 
 def _versions() -> dict:
+    import torch
+
     versions = {"torch": torch.__version__, "cuda": torch.version.cuda}
     try:
         import bitsandbytes

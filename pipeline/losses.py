@@ -12,7 +12,7 @@ The teacher side comes from the offline cache as top-k probabilities already sor
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # label of a position without a loss (prompt, padding); torch's cross_entropy default
 
 
 def causal_lm_ce(student_logits: torch.Tensor, labels: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:

@@ -336,7 +336,10 @@ def load_metric(name: str):
     ``evaluate.load("rouge")`` asks the hub; a directory path is loaded locally (copied into the
     ``HF_MODULES_CACHE`` so it can be imported) and works with ``HF_HUB_OFFLINE=1``.
     """
-    import evaluate
+    try:
+        import evaluate
+    except ImportError:
+        raise MetricError("load_metric needs the evaluate package: pip install 'kdpipe[evaluate]'") from None
 
     module_dir = METRIC_MODULES / name
     if not (module_dir / f"{name}.py").is_file():

@@ -57,7 +57,7 @@ GGUF_MAGIC = b"GGUF"
 
 
 def context_limit(config) -> int | None:
-    """Positions a causal model can attend to (None: no absolute limit, e.g. T5's relative positions)."""
+    """Positions a causal model attends to, in training and scoring (None: unbounded, e.g. T5's relative positions)."""
     if config.is_encoder_decoder:
         return None
     for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):

@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 
-IGNORE_INDEX = -100
 LAYOUTS = ("seq2seq", "causal", "chat")
 ANSWER_OVERFLOW = ("skip", "cut")
 PROMPT_POLICY = "cut-middle"  # the one prompt truncation policy, recorded with the spec

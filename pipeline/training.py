@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pipeline import distributed
+from pipeline.atomic import write_atomic
 from pipeline.config import ConfigError, DistillConfig
 from pipeline.distributed import World
 from pipeline.models import ModelError, load_config_and_tokenizer
@@ -51,15 +52,6 @@ def load_student(name: str, revision: str | None, weights: Path | None = None):
     except (OSError, ValueError) as e:
         raise ModelError(f"student {name!r}: cannot load the weights ({str(e).splitlines()[0]})") from None
     return model, tokenizer
-
-
-def max_positions(model) -> int | None:
-    """The longest sequence the student's position embeddings allow (None when unbounded, e.g. RoPE unset)."""
-    for name in ("n_positions", "max_position_embeddings"):
-        value = getattr(model.config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def total_steps(cfg: DistillConfig, examples: int) -> int:
@@ -221,9 +213,7 @@ class MetricsLog:
         self.path = path
         self.rows = read_metrics(path) if path.exists() else []
         self.rows = [r for r in self.rows if r["step"] <= keep_through_step]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
-        os.replace(tmp, path)
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in self.rows))
         self._file = path.open("a")
 
     def append(self, row: dict) -> None:

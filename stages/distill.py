@@ -31,8 +31,9 @@ from tqdm import tqdm
 
 import cache_schema
 from pipeline import __version__, distributed, output_lock, training
+from pipeline.atomic import write_atomic
 from pipeline.cache_reader import BatchStream, StudentEncoder
-from pipeline.config import DISTILL_OPERATIONAL, ConfigError, DistillConfig, to_dict
+from pipeline.config import ConfigError, DistillConfig, operational_fields, to_dict
 from pipeline.distributed import World
 from pipeline.losses import answer_tokens, causal_lm_ce, uld_loss, uld_pairs
 from pipeline.models import context_limit
@@ -125,7 +126,7 @@ def _run(
         log.info("resuming %s from the checkpoint at step %d", out, start)
     if world.main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / RUN_FILE, record)
+        write_atomic(out / RUN_FILE, json.dumps(record, indent=2, default=str))
     total = training.total_steps(cfg, len(teacher_cache))
     hf_model = distributed.unwrap(model)
     encoder = StudentEncoder(TextEncoder(tokenizer, spec, context_limit(hf_model.config)))
@@ -146,7 +147,19 @@ def _run(
         pin_memory=world.device.type == "cuda",
     ) as stream:
         try:
-            final = _train(model, optimizer, stream, metrics, cfg, out, start, total, bf16, len(teacher_cache), world)
+            final = _train(
+                model,
+                optimizer,
+                stream,
+                metrics=metrics,
+                cfg=cfg,
+                out=out,
+                start=start,
+                total=total,
+                bf16=bf16,
+                examples=len(teacher_cache),
+                world=world,
+            )
         finally:
             if metrics is not None:
                 metrics.close()
@@ -163,7 +176,8 @@ def _run(
         final = metrics.rows[-1] if metrics.rows else {}
         examples_seen = total * cfg.grad_accum * cfg.batch_size
         record.update(complete=True, steps=total, final=final, examples_seen=examples_seen, processes=world.size)
-        _write_json(out / RUN_FILE, record)  # written last: "complete" means the student above is whole
+        # written last: "complete" means the student above is whole
+        write_atomic(out / RUN_FILE, json.dumps(record, indent=2, default=str))
         if not cfg.keep_checkpoint:
             shutil.rmtree(out / training.CHECKPOINTS_DIR, ignore_errors=True)
     return DistillResult(str(out), total, start, seconds, final, rank=world.rank)
@@ -240,7 +254,7 @@ def _provenance(cache: cache_schema.Cache) -> dict:
 
 def _identity(record: dict) -> dict:
     """What a resumed run must share with the one it continues: the config that shapes the math, and the cache."""
-    config = {k: v for k, v in record["config"].items() if k not in DISTILL_OPERATIONAL}
+    config = {k: v for k, v in record["config"].items() if k not in operational_fields(DistillConfig)}
     return {
         **{f"--{k.replace('_', '-')}": v for k, v in config.items()},
         "cache": record["cache"][cache_schema.ATTR_DIGEST],
@@ -276,6 +290,7 @@ def _train(
     model,
     optimizer,
     stream: BatchStream,
+    *,
     metrics: training.MetricsLog | None,
     cfg: DistillConfig,
     out: Path,
@@ -390,9 +405,3 @@ def _losses(model, batch, cfg: DistillConfig, autocast) -> tuple[torch.Tensor, t
             reduction="sum",
         )
     return ce, uld
-
-
-def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str))
-    os.replace(tmp, path)

@@ -17,7 +17,6 @@ import gc
 import hashlib
 import json
 import logging
-import os
 import platform
 import re
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 
 from pipeline import __version__, metrics, report
+from pipeline.atomic import write_atomic
 from pipeline.config import EvalConfig, to_dict
 from pipeline.models import ModelError, load_model, pick_device, source_kwargs
 from pipeline.scoring import EvalModel
@@ -77,9 +77,9 @@ def run(cfg: EvalConfig) -> EvalResult:
         "tasks": {t.task.name: _task_entry(t, cfg) for t in tasks},
         "models": models,
     }
-    _write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     table = report.markdown(results)
-    _write_text(out / "results.md", table)
+    write_atomic(out / "results.md", table)
     report.plot(results, out / "results.png")
     log.info("wrote %s, results.md and results.png", out / "results.json")
     return EvalResult(out, results, table)
@@ -174,10 +174,10 @@ def _evaluate_model(
         result, rows = _evaluate_task(lm, data, cfg, desc=f"{name} {task}")
         result["seconds"] = round(time.monotonic() - start, 2)
         result["predictions"] = f"predictions/{name}/{task}.jsonl"
-        _write_text(folder / f"{task}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_atomic(folder / f"{task}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         # Written last: its presence says the predictions beside it are complete.
         marker = {"stamp": stamps[task], "model_info": entry["info"], "result": result}
-        _write_text(folder / f"{task}.json", json.dumps(marker, indent=2) + "\n")
+        write_atomic(folder / f"{task}.json", json.dumps(marker, indent=2) + "\n")
         entry["results"][task] = {**result, "reused": False}
         log.info("%s / %s: %s", name, task, {k: v if v is None else round(v, 2) for k, v in result["values"].items()})
     if len(done) < len(tasks):
@@ -316,11 +316,3 @@ def _versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
     }
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and rename, so a kill never leaves a half-written file under the name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

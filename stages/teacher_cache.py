@@ -33,7 +33,7 @@ from pipeline import output_lock
 from pipeline.config import ConfigError, TeacherCacheConfig, to_dict
 from pipeline.models import context_limit, load_config_and_tokenizer, load_model, pick_device, tokenizer_fingerprint
 from pipeline.tasks import MixtureExample, TaskError, build_mixture
-from pipeline.teacher_rows import teacher_rows
+from pipeline.teacher_rows import Rows, teacher_rows
 from pipeline.text import Encoded, TextEncoder, layout_for
 
 log = logging.getLogger(__name__)
@@ -84,19 +84,16 @@ def _merge_on_rank0(out: str) -> str:
     """Wait for every rank's part (gloo barrier, no deadline worth hitting), then merge on rank 0."""
     import torch.distributed as dist
 
-    owned = not dist.is_initialized()
-    if owned:  # gloo: the barrier only waits, and ranks may finish hours apart
-        dist.init_process_group("gloo", timeout=timedelta(days=7))
-    try:
+    from pipeline.distributed import process_group
+
+    # gloo: the barrier only waits, and ranks may finish hours apart
+    with process_group("gloo", timeout=timedelta(days=7)):
         dist.barrier()
         target = cache_schema.merged_path(out)
         if dist.get_rank() == 0:
             cache_schema.merge_parts([out], target)
         dist.barrier()
         return target
-    finally:
-        if owned:
-            dist.destroy_process_group()
 
 
 def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
@@ -297,7 +294,7 @@ def _write_batches(
                 }
                 for it, a in zip(items, rows_of.answers, strict=True)
             ]
-            committer.put(b, records, rows_of.probs, rows_of.tail, rows_of.token_ids, rows_of.topk_ids)
+            committer.put(b, records, rows_of)
             rows += len(rows_of.tail)
             elapsed = max(time.monotonic() - start, 1e-9)
             bar.update(len(items))
@@ -305,6 +302,15 @@ def _write_batches(
     finally:
         bar.close()
         committer.close()  # commits every finished batch, also when interrupted
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """A computed batch waiting to be committed."""
+
+    batch: int  # index in the batch plan
+    records: list[dict]  # examples.parquet rows of its examples
+    rows: Rows
 
 
 class _Committer:
@@ -317,10 +323,10 @@ class _Committer:
         self.thread = threading.Thread(target=self._loop, name="cache-writer", daemon=True)
         self.thread.start()
 
-    def put(self, batch: int, records, probs, tail, token_ids, topk_ids) -> None:
+    def put(self, batch: int, records: list[dict], rows: Rows) -> None:
         if self.error:
             raise self.error
-        self.queue.put((batch, records, probs, tail, token_ids, topk_ids))
+        self.queue.put(_Finished(batch, records, rows))
 
     def close(self) -> None:
         self.queue.put(None)
@@ -334,9 +340,12 @@ class _Committer:
             item = self.queue.get()
             if item is not None:
                 if first is None:
-                    first = item[0]
+                    first = item.batch
                 pending.append(item)
-            due = sum(len(p[3]) for p in pending) >= self.shard_rows or time.monotonic() - last_commit > COMMIT_SECONDS
+            due = (
+                sum(len(p.rows.tail) for p in pending) >= self.shard_rows
+                or time.monotonic() - last_commit > COMMIT_SECONDS
+            )
             if pending and (item is None or due):
                 try:
                     self._commit(first, pending)
@@ -347,16 +356,17 @@ class _Committer:
             if item is None:
                 return
 
-    def _commit(self, first: int, pending: list) -> None:
+    def _commit(self, first: int, pending: list[_Finished]) -> None:
         cat = np.concatenate
-        topk = cat([p[5] for p in pending]) if pending[0][5] is not None else None
+        rows = [p.rows for p in pending]
+        topk = cat([r.topk_ids for r in rows]) if rows[0].topk_ids is not None else None
         self.writer.commit(
             first,
-            pending[-1][0] + 1,
-            [r for p in pending for r in p[1]],
-            cat([p[2] for p in pending]),
-            cat([p[3] for p in pending]),
-            cat([p[4] for p in pending]),
+            pending[-1].batch + 1,
+            [record for p in pending for record in p.records],
+            cat([r.probs for r in rows]),
+            cat([r.tail for r in rows]),
+            cat([r.token_ids for r in rows]),
             topk,
-            batch_examples=[len(p[1]) for p in pending],
+            batch_examples=[len(p.records) for p in pending],
         )

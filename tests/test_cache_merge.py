@@ -13,14 +13,15 @@ import cache_schema as cs
 from pipeline.cli import main
 from pipeline.config import ConfigError, TeacherCacheConfig
 from stages import teacher_cache
-from tests.test_teacher_cache import small_config
+from tests.helpers import small_teacher_cache_config
 
 
 @pytest.fixture(scope="module")
 def runs(demo_models, tmp_path_factory) -> dict[str, Path]:
     """One worker, and the same config as two workers: worker 0 by flags, worker 1 by torchrun's environment."""
     base = tmp_path_factory.mktemp("merge")
-    cfg = small_config(demo_models["teacher"], batch_size=7, chunk_rows=16, shard_rows=32)  # 7 batches: 4 + 3
+    # 7 batches: 4 + 3
+    cfg = small_teacher_cache_config(demo_models["teacher"], batch_size=7, chunk_rows=16, shard_rows=32)
     teacher_cache.run(cfg, base / "single")
     result = teacher_cache.run(replace(cfg, worker=0, num_workers=2), base / "parts")
     assert result.workers == 2 and result.path == str(base / "parts" / "worker-0-of-2")
@@ -104,7 +105,7 @@ def test_worker_flags_are_checked(demo_models, monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "5")
     with pytest.raises(ConfigError, match="RANK='5' WORLD_SIZE='2': not a worker slot"):
-        teacher_cache.run(small_config(demo_models["teacher"], tasks={"demo_qa": 4}), tmp_path / "c")
+        teacher_cache.run(small_teacher_cache_config(demo_models["teacher"], tasks={"demo_qa": 4}), tmp_path / "c")
 
 
 def test_cli_help_names_the_worker_flags():
@@ -121,7 +122,7 @@ def test_torchrun_writes_one_part_per_rank_and_rank0_merges(runs, demo_models):
     from tests.conftest import REPO
 
     out = runs["base"] / "launched"
-    cfg = small_config(demo_models["teacher"], batch_size=7, chunk_rows=16, shard_rows=32)
+    cfg = small_teacher_cache_config(demo_models["teacher"], batch_size=7, chunk_rows=16, shard_rows=32)
     tasks = ",".join(f"{k}={v}" for k, v in cfg.tasks.items())
     command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
     command += ["-m", "pipeline.cli", "teacher-cache", "--out", str(out), "--teacher", cfg.teacher, "--tasks", tasks]

@@ -11,57 +11,14 @@ from transformers import AutoTokenizer
 import cache_schema as cs
 from pipeline.cache_reader import IGNORE_INDEX, BatchStream, StudentEncoder, chunk_groups, epoch_order
 from pipeline.text import TextEncoder, TextSpec
-
-WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "seven", "green", "birds", "sang", "over", "quiet", "hills"]
-K = 8
-CHUNK_ROWS = 16
-
-
-def write_cache(path: Path, n_examples: int = 60, seed: int = 0, finalize: bool = True) -> Path:
-    """A finished synthetic cache: text prompts and answers, 1-9 peaked teacher rows each, small chunks."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, 10, n_examples)
-    identity = cs.identity_attrs(
-        teacher={"id": "synthetic"},
-        tokenizer_fingerprint="f",
-        top_k=K,
-        temperature=1.0,
-        answers="gold",
-        eos_token_id=1,
-        mixture={"tasks": {"t": n_examples}},
-        config={},
-    )
-    writer = cs.CacheWriter(
-        path, identity, max_rows=int(lengths.sum()), store_ids=False, chunk_rows=CHUNK_ROWS, shard_rows=4 * CHUNK_ROWS
-    )
-    for b in range(0, n_examples, 10):
-        group = lengths[b : b + 10]
-        logits = rng.standard_normal((int(group.sum()), 64)) * 2
-        logits[:, 0] += 4
-        p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-        top = -np.sort(-p, axis=1)[:, :K].astype(np.float32)
-        records = [
-            {
-                "key": f"k{b + i}",
-                "task": "t",
-                "template_id": 0,
-                "prompt": " ".join(rng.choice(WORDS, int(rng.integers(3, 12)))) + f" #{b + i}?",
-                "answer": " ".join(rng.choice(WORDS, int(n))),
-                "n_rows": int(n),
-            }
-            for i, n in enumerate(group)
-        ]
-        writer.commit(
-            b // 10, b // 10 + 1, records, top, (1 - top.sum(1)).astype(np.float32), np.zeros(len(top), np.int32)
-        )
-    if finalize:
-        writer.finalize(cs.counts_attrs(writer.examples, writer.rows, {}, {}, {}))
-    return path
+from tests.helpers import TEXT_CACHE_CHUNK_ROWS as CHUNK_ROWS
+from tests.helpers import TEXT_CACHE_K as K
+from tests.helpers import write_text_cache
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> cs.Cache:
-    return cs.open_cache(write_cache(tmp_path_factory.mktemp("reader") / "cache"))
+    return cs.open_cache(write_text_cache(tmp_path_factory.mktemp("reader") / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +138,7 @@ def test_epoch_order_depends_on_nothing_but_seed_and_epoch(cache):
 
 
 def test_an_incomplete_cache_is_refused(tmp_path):
-    write_cache(tmp_path / "partial", finalize=False)
+    write_text_cache(tmp_path / "partial", finalize=False)
     with pytest.raises(cs.CacheError, match="incomplete"):
         cs.open_cache(tmp_path / "partial")
 

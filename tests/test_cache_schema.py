@@ -10,61 +10,7 @@ import pytest
 import zarr
 
 import cache_schema as cs
-
-
-def peaked_rows(rng: np.random.Generator, n: int, k: int, vocab: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    logits = rng.standard_normal((n, vocab)) * 2.0
-    logits[:, 0] += rng.uniform(2, 10, n)
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    top = -np.sort(-p, axis=1)[:, :k].astype(np.float32)
-    return top, (1.0 - top.sum(1, dtype=np.float64)).astype(np.float32)
-
-
-def identity(k: int = 8) -> dict:
-    return cs.identity_attrs(
-        teacher={"id": "t"},
-        tokenizer_fingerprint="f",
-        top_k=k,
-        temperature=1.0,
-        answers="gold",
-        eos_token_id=1,
-        mixture={"tasks": {"a": 3}},
-        config={"x": 1},
-    )
-
-
-def write_cache(
-    path: Path, lengths=(3, 1, 5, 2), k: int = 8, store_ids: bool = False, seed: int = 0, commit_every: int = 2
-) -> dict:
-    """A small finished cache; returns what was written, for comparison."""
-    rng = np.random.default_rng(seed)
-    writer = cs.CacheWriter(
-        path, identity(k), max_rows=sum(lengths) + 10, store_ids=store_ids, chunk_rows=4, shard_rows=8
-    )
-    written = {"probs": [], "tail": [], "ids": [], "topk": [], "keys": []}
-    for b in range(0, len(lengths), commit_every):
-        group = lengths[b : b + commit_every]
-        probs, tail = peaked_rows(rng, sum(group), k)
-        ids = rng.integers(0, 500, sum(group)).astype(np.int32)
-        topk = rng.integers(0, 500, (sum(group), k)).astype(np.int32)
-        records = [
-            {
-                "key": cs.example_key("a" if (b + i) % 2 else "b", 0, f"p{b + i}", "a"),
-                "task": "a" if (b + i) % 2 else "b",
-                "template_id": 0,
-                "prompt": f"p{b + i}",
-                "answer": "a",
-                "n_rows": n,
-            }
-            for i, n in enumerate(group)
-        ]
-        writer.commit(b, b + len(group), records, probs, tail, ids, topk if store_ids else None)
-        for key, arr in (("probs", probs), ("tail", tail), ("ids", ids), ("topk", topk)):
-            written[key].append(arr)
-        written["keys"] += [r["key"] for r in records]
-    writer.finalize(cs.counts_attrs(writer.examples, writer.rows, {}, {}, {}))
-    return {k: (np.concatenate(v) if k != "keys" else v) for k, v in written.items()}
+from tests.helpers import cache_identity, peaked_rows, write_known_rows_cache
 
 
 def test_encoding_round_trip_is_within_the_documented_tolerance():
@@ -83,7 +29,7 @@ def test_encoding_refuses_unsorted_rows():
 
 
 def test_written_cache_reads_back(tmp_path):
-    written = write_cache(tmp_path / "c", store_ids=True)
+    written = write_known_rows_cache(tmp_path / "c", store_ids=True)
     cache = cs.open_cache(tmp_path / "c")
     assert len(cache) == 4 and cache.total_rows == 11 and cache.top_k == 8
     assert cache.keys == written["keys"]
@@ -105,7 +51,7 @@ def test_written_cache_reads_back(tmp_path):
 
 
 def test_cache_opens_from_a_zip_in_place(tmp_path):
-    write_cache(tmp_path / "c")
+    write_known_rows_cache(tmp_path / "c")
     zpath = tmp_path / "c.zip"
     with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_STORED) as z:
         for file in sorted((tmp_path / "c").rglob("*")):
@@ -117,7 +63,7 @@ def test_cache_opens_from_a_zip_in_place(tmp_path):
 
 
 def test_incomplete_cache_is_refused_and_summarised(tmp_path):
-    writer = cs.CacheWriter(tmp_path / "c", identity(), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
+    writer = cs.CacheWriter(tmp_path / "c", cache_identity(), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
     probs, tail = peaked_rows(np.random.default_rng(0), 3, 8)
     writer.commit(
         0,
@@ -135,31 +81,31 @@ def test_incomplete_cache_is_refused_and_summarised(tmp_path):
 
 def test_resume_continues_after_the_last_committed_part(tmp_path):
     path = tmp_path / "c"
-    writer = cs.CacheWriter(path, identity(), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
+    writer = cs.CacheWriter(path, cache_identity(), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
     probs, tail = peaked_rows(np.random.default_rng(0), 3, 8)
     rec = {"key": "a", "task": "t", "template_id": 0, "prompt": "p", "answer": "a", "n_rows": 3}
     writer.commit(0, 2, [rec], probs, tail, np.zeros(3, np.int32))
     (path / cs.PARTS_DIR / "000000002-000000003.parquet.tmp").write_bytes(b"half-written")
-    again = cs.CacheWriter(path, identity(), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
+    again = cs.CacheWriter(path, cache_identity(), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
     assert (again.next_batch, again.rows, again.examples) == (2, 3, 1)
     with pytest.raises(cs.CacheError, match="batch 5 while batch 2"):
         again.commit(5, 6, [rec], probs, tail, np.zeros(3, np.int32))
 
 
 def test_resume_with_a_different_identity_names_both_values(tmp_path):
-    cs.CacheWriter(tmp_path / "c", identity(8), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
+    cs.CacheWriter(tmp_path / "c", cache_identity(8), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
     with pytest.raises(cs.CacheError, match=r"different top_k: 8 there, 16 asked"):
-        cs.CacheWriter(tmp_path / "c", identity(16), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
+        cs.CacheWriter(tmp_path / "c", cache_identity(16), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
 
 
 def test_writer_refuses_a_folder_that_is_not_a_cache_and_a_complete_cache(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(cs.CacheError, match="not a kdpipe cache"):
-        cs.CacheWriter(tmp_path / "other", identity(), max_rows=5, store_ids=False)
-    write_cache(tmp_path / "c")
+        cs.CacheWriter(tmp_path / "other", cache_identity(), max_rows=5, store_ids=False)
+    write_known_rows_cache(tmp_path / "c")
     with pytest.raises(cs.CacheComplete):
-        cs.CacheWriter(tmp_path / "c", identity(), max_rows=5, store_ids=False)
+        cs.CacheWriter(tmp_path / "c", cache_identity(), max_rows=5, store_ids=False)
 
 
 def _edit_attrs(path: Path, **changes) -> None:
@@ -170,21 +116,21 @@ def _edit_attrs(path: Path, **changes) -> None:
 
 
 def test_other_schema_version_is_refused_with_both_versions(tmp_path):
-    write_cache(tmp_path / "c")
+    write_known_rows_cache(tmp_path / "c")
     _edit_attrs(tmp_path / "c", **{cs.ATTR_VERSION: 2})
     with pytest.raises(cs.CacheError, match=r"schema version 2, this kdpipe reads 1"):
         cs.open_cache(tmp_path / "c")
 
 
 def test_tampered_attribute_is_detected(tmp_path):
-    write_cache(tmp_path / "c")
+    write_known_rows_cache(tmp_path / "c")
     _edit_attrs(tmp_path / "c", **{cs.ATTR_TEMPERATURE: 2.0})
     with pytest.raises(cs.CacheError, match="attributes were modified"):
         cs.open_cache(tmp_path / "c")
 
 
 def test_verify_names_a_flipped_byte_and_a_missing_shard(tmp_path):
-    write_cache(tmp_path / "c")
+    write_known_rows_cache(tmp_path / "c")
     shard = sorted(p for p in (tmp_path / "c" / cs.PROBS).rglob("*") if p.is_file() and p.name != "zarr.json")[0]
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -198,7 +144,7 @@ def test_verify_names_a_flipped_byte_and_a_missing_shard(tmp_path):
 
 
 def test_examples_table_that_disagrees_with_the_arrays_is_refused(tmp_path):
-    write_cache(tmp_path / "c")
+    write_known_rows_cache(tmp_path / "c")
     table = pq.read_table(tmp_path / "c" / cs.EXAMPLES_FILE)
     n_rows = table.column("n_rows").to_pylist()
     n_rows[0] += 1
@@ -209,7 +155,7 @@ def test_examples_table_that_disagrees_with_the_arrays_is_refused(tmp_path):
 
 
 def test_truncated_examples_file_is_refused(tmp_path):
-    write_cache(tmp_path / "c")
+    write_known_rows_cache(tmp_path / "c")
     path = tmp_path / "c" / cs.EXAMPLES_FILE
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(cs.CacheError, match="examples.parquet: unreadable"):
@@ -217,7 +163,7 @@ def test_truncated_examples_file_is_refused(tmp_path):
 
 
 def test_hostile_top_k_is_refused_before_reading(tmp_path):
-    write_cache(tmp_path / "c")
+    write_known_rows_cache(tmp_path / "c")
     group = zarr.open_group(zarr.storage.LocalStore(tmp_path / "c"), mode="r+")
     attrs = group.attrs.asdict()
     attrs[cs.ATTR_TOP_K] = 10**9
@@ -233,7 +179,7 @@ def test_not_a_cache(tmp_path):
 
 
 def test_no_pickle_and_plain_dtypes_on_disk(tmp_path):
-    write_cache(tmp_path / "c", store_ids=True)
+    write_known_rows_cache(tmp_path / "c", store_ids=True)
     for name, dtype in cs.ARRAY_DTYPES.items():
         meta = json.loads((tmp_path / "c" / name / "zarr.json").read_text())
         assert meta["data_type"] == dtype.name
@@ -299,7 +245,7 @@ def test_cli_verify_names_the_damaged_file_in_one_line(tmp_path, damage):
 
     from pipeline.cli import main
 
-    write_cache(tmp_path / "c", lengths=(3, 1, 5, 2, 4, 6))
+    write_known_rows_cache(tmp_path / "c", lengths=(3, 1, 5, 2, 4, 6))
     assert CliRunner().invoke(main, ["cache", "verify", str(tmp_path / "c")]).exit_code == 0
     rel = damage(tmp_path / "c")
     result = CliRunner().invoke(main, ["cache", "verify", str(tmp_path / "c")])
@@ -308,7 +254,7 @@ def test_cli_verify_names_the_damaged_file_in_one_line(tmp_path, damage):
 
 
 def test_verify_compares_the_per_task_counts_with_the_examples_table(tmp_path):
-    write_cache(tmp_path / "c")
+    write_known_rows_cache(tmp_path / "c")
     _forge_attrs(
         tmp_path / "c",
         **{cs.ATTR_COUNTS: {**cs.open_cache(tmp_path / "c").meta[cs.ATTR_COUNTS], "per_task": {"a": {"examples": 4}}}},
@@ -386,7 +332,7 @@ def _huge_example_count(path: Path) -> None:
     ],
 )
 def test_hostile_sizes_and_codecs_are_refused_before_any_data_is_read(tmp_path, monkeypatch, hostile, message):
-    write_cache(tmp_path / "c")
+    write_known_rows_cache(tmp_path / "c")
     hostile(tmp_path / "c")
 
     def no_reading(*args, **kwargs):
@@ -402,7 +348,7 @@ def test_hostile_sizes_and_codecs_are_refused_before_any_data_is_read(tmp_path, 
 
 
 def test_provenance_names_where_the_cache_comes_from(tmp_path):
-    write_cache(tmp_path / "c")
+    write_known_rows_cache(tmp_path / "c")
     _forge_attrs(
         tmp_path / "c",
         **{cs.ATTR_TEACHER: {"id": "google/flan-t5-xxl", "revision": "abc123", "quantization": "nf4"}},
@@ -421,7 +367,7 @@ def test_provenance_names_where_the_cache_comes_from(tmp_path):
 
 
 def test_check_provenance_refuses_another_mixture_unless_accepted(tmp_path, caplog):
-    write_cache(tmp_path / "c")
+    write_known_rows_cache(tmp_path / "c")
     cache = cs.open_cache(tmp_path / "c")
     have, want = cache.meta[cs.ATTR_MIXTURE_FP], cs.fingerprint({"tasks": {"b": 3}})
     cs.check_provenance(cache, have)
@@ -436,7 +382,7 @@ def test_check_provenance_refuses_another_mixture_unless_accepted(tmp_path, capl
 
 
 def test_check_provenance_refuses_a_lone_worker_part(tmp_path):
-    write_cache(tmp_path / "c")
+    write_known_rows_cache(tmp_path / "c")
     _forge_attrs(tmp_path / "c", **cs.worker_attrs(1, 2, 4))
     cache = cs.open_cache(tmp_path / "c")
     with pytest.raises(cs.CacheError, match="part of worker 1 of 2 only"):

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 import cache_schema as cs
 from pipeline.cli import main
-from tests.test_cache_schema import identity, peaked_rows, write_cache
+from tests.helpers import cache_identity, peaked_rows, small_teacher_cache_config, write_known_rows_cache
 
 BUCKET = "kdpipe-test"
 
@@ -45,7 +45,7 @@ def s3():
 
 @pytest.fixture
 def local_cache(tmp_path) -> Path:
-    write_cache(tmp_path / "c", lengths=(3, 1, 5, 2, 4, 6, 2), store_ids=True)
+    write_known_rows_cache(tmp_path / "c", lengths=(3, 1, 5, 2, 4, 6, 2), store_ids=True)
     return tmp_path / "c"
 
 
@@ -80,13 +80,13 @@ def test_writer_resumes_on_s3_where_the_part_marker_is_the_last_object(s3, tmp_p
     ids = np.arange(3, dtype=np.int32)
 
     def run(path, upto, start=0):
-        writer = cs.CacheWriter(path, identity(), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
+        writer = cs.CacheWriter(path, cache_identity(), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
         for b in range(start or writer.next_batch, upto):
             writer.commit(b, b + 1, [{**rec, "key": cs.example_key("t", 0, "p", "a")}], *batches[b], ids)
         return writer
 
     run(url, 2)
-    crashed = cs.CacheWriter(url, identity(), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
+    crashed = cs.CacheWriter(url, cache_identity(), max_rows=20, store_ids=False, chunk_rows=4, shard_rows=8)
     crashed._arrays[cs.TAIL][6:9] = np.float32(7.0)  # batch 2's rows written, its marker never
     resumed = run(url, 3)
     assert len(resumed.parts) == 3
@@ -100,9 +100,8 @@ def test_writer_resumes_on_s3_where_the_part_marker_is_the_last_object(s3, tmp_p
 
 def test_teacher_cache_writes_straight_to_s3(s3, demo_models, tmp_path):
     from stages import teacher_cache
-    from tests.test_teacher_cache import small_config
 
-    cfg = small_config(demo_models["teacher"], tasks={"demo_qa": 10, "demo_yesno": 6})
+    cfg = small_teacher_cache_config(demo_models["teacher"], tasks={"demo_qa": 10, "demo_yesno": 6})
     url = f"s3://{BUCKET}/stage"
     teacher_cache.run(cfg, url)
     teacher_cache.run(cfg, tmp_path / "local")
@@ -113,7 +112,7 @@ def test_teacher_cache_writes_straight_to_s3(s3, demo_models, tmp_path):
 
 
 def test_memory_url_round_trip(local_cache):
-    written = write_cache("memory://kdpipe/c", lengths=(3, 1, 5, 2, 4, 6, 2), store_ids=True)
+    written = write_known_rows_cache("memory://kdpipe/c", lengths=(3, 1, 5, 2, 4, 6, 2), store_ids=True)
     assert cs.open_cache("memory://kdpipe/c").keys == written["keys"]
     assert_same_cache("memory://kdpipe/c", local_cache)
     assert cs.verify_cache("memory://kdpipe/c")["files"] == cs.verify_cache(local_cache)["files"]
@@ -264,7 +263,7 @@ def test_an_interrupted_copy_is_not_a_cache_until_resumed(local_cache, tmp_path)
 
 
 def test_copy_refuses_a_corrupt_source_and_someone_elses_destination(local_cache, tmp_path):
-    write_cache(tmp_path / "other", seed=1)
+    write_known_rows_cache(tmp_path / "other", seed=1)
     result = invoke("cache", "push", str(local_cache), str(tmp_path / "other"))
     assert result.exit_code == 1 and "holds another cache (attrs digest" in result.output, result.output
     (tmp_path / "mine").mkdir()

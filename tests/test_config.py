@@ -1,6 +1,8 @@
 import pytest
+import yaml
 
-from pipeline.config import ConfigError, TeacherCacheConfig, load, to_dict
+from pipeline.config import ConfigError, DistillConfig, EvalConfig, TeacherCacheConfig, load, to_dict
+from tests.conftest import REPO
 
 
 def write(tmp_path, text: str):
@@ -44,10 +46,36 @@ def test_missing_file_is_a_config_error(tmp_path):
         load(TeacherCacheConfig, tmp_path / "none.yaml", "teacher_cache")
 
 
-def test_shipped_configs_load():
-    from tests.conftest import REPO
+SHIPPED_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+STAGE_SECTIONS = {"teacher_cache": TeacherCacheConfig, "distill": DistillConfig, "eval": EvalConfig}
 
-    for name in ("demo.yaml", "flan-t5-xxl.yaml"):
-        cfg = load(TeacherCacheConfig, REPO / "configs" / name, "teacher_cache")
-        assert cfg.top_k == 64
+
+def test_the_configs_folder_is_found():
+    assert len(SHIPPED_CONFIGS) >= 2, REPO / "configs"
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_every_stage_section(path):
+    """Every configs/*.yaml (a new one too): only stage sections, each a valid config of that stage."""
+    sections = yaml.safe_load(path.read_text())
+    assert set(sections) <= set(STAGE_SECTIONS), f"{path.name}: unknown sections {set(sections) - set(STAGE_SECTIONS)}"
+    teacher = load(TeacherCacheConfig, path, "teacher_cache")
+    assert teacher.mixture()["tasks"] == teacher.tasks  # distill fingerprints this mixture to check its cache
+    distill = load(DistillConfig, path, "distill")
+    evaluation = load(EvalConfig, path, "eval", {"models": ("m",)})
+    assert evaluation.models == ("m",) and evaluation.tasks
+    # both shipped recipes follow the official ULD recipe: k = 64 cached probabilities, λ = 1.5
+    assert teacher.top_k == 64 and distill.uld_weight == 1.5
+
+
+def test_shipped_config_values_reach_the_stage_configs():
     assert load(TeacherCacheConfig, REPO / "configs" / "flan-t5-xxl.yaml", "teacher_cache").quantize == "nf4"
+    assert load(DistillConfig, REPO / "configs" / "demo.yaml", "distill", {"uld_weight": 0.0}).uld_weight == 0.0
+
+
+def test_operational_fields_are_marked_on_the_fields():
+    """What a resumed distill run may change: how it runs, never what it computes."""
+    from pipeline.config import operational_fields
+
+    expected = {"prefetch", "checkpoint_every", "keep_checkpoint", "parallel", "accept_cache", "cache_checksums"}
+    assert operational_fields(DistillConfig) == expected

@@ -26,8 +26,7 @@ from pipeline.config import ConfigError, DistillConfig
 from pipeline.distributed import World
 from stages import distill
 from tests.conftest import REPO
-from tests.test_cache_reader import write_cache
-from tests.test_distill import flags, metrics
+from tests.helpers import cli_flags, step_metrics, write_text_cache
 
 STEPS = 12
 COMPARED = ("step", "loss", "ce", "uld", "lr", "grad_norm")
@@ -39,7 +38,7 @@ WEIGHTS_ABS = 5e-5
 def setup(demo_models, tmp_path_factory) -> tuple[DistillConfig, Path, Path]:
     """A synthetic cache, the demo student without dropout (masks would differ by rank), and the 1-process run."""
     root = tmp_path_factory.mktemp("distributed")
-    cache = write_cache(root / "cache", n_examples=80)
+    cache = write_text_cache(root / "cache", n_examples=80)
     student = root / "student"
     model = AutoModelForCausalLM.from_pretrained(demo_models["student"])
     model.config.resid_pdrop = model.config.embd_pdrop = model.config.attn_pdrop = 0.0
@@ -74,13 +73,13 @@ def torchrun(cfg: DistillConfig, cache: Path, out: Path, launcher: str = "torchr
         command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2"]
         command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
         command += ["--main_process_port", str(port)]
-    command += ["-m", "pipeline.cli", "distill", "--cache", str(cache), "--out", str(out), *flags(cfg)]
+    command += ["-m", "pipeline.cli", "distill", "--cache", str(cache), "--out", str(out), *cli_flags(cfg)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def assert_same_run(out: Path, reference: Path) -> None:
-    rows, expected = metrics(out), metrics(reference)
+    rows, expected = step_metrics(out), step_metrics(reference)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # one writer: no duplicated or torn rows
     for a, b in zip(rows, expected, strict=True):
         assert {k: a[k] for k in COMPARED} == pytest.approx({k: b[k] for k in COMPARED}, rel=METRICS_REL)
@@ -89,6 +88,7 @@ def assert_same_run(out: Path, reference: Path) -> None:
         torch.testing.assert_close(p, q, rtol=0, atol=WEIGHTS_ABS, msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_processes_follow_the_one_process_run_step_for_step(launcher, setup, tmp_path):
     cfg, cache, one = setup
@@ -101,6 +101,7 @@ def test_two_processes_follow_the_one_process_run_step_for_step(launcher, setup,
     assert sum(line.startswith("student:") for line in stdout.splitlines()) == 1  # rank 0 reports
 
 
+@pytest.mark.slow
 def test_a_fsdp_run_killed_at_rank_1_resumes_on_one_process_as_if_never_stopped(setup, tmp_path):
     cfg, cache, one = setup
     out = tmp_path / "fsdp"
@@ -114,7 +115,7 @@ def test_a_fsdp_run_killed_at_rank_1_resumes_on_one_process_as_if_never_stopped(
     workers[0].send_signal(signal.SIGKILL)
     proc.communicate(timeout=120)  # torchrun stops rank 0 once rank 1 is gone
     assert proc.returncode != 0
-    killed_at = len(metrics(out))
+    killed_at = len(step_metrics(out))
     assert killed_at < STEPS
 
     result = distill.run(cfg, cache, out, resume=True)  # one process, DDP-less, from a 2-process FSDP checkpoint

@@ -9,7 +9,7 @@ import torch
 import cache_schema as cs
 from pipeline.config import DistillConfig
 from stages import distill, teacher_cache
-from tests.test_teacher_cache import small_config
+from tests.helpers import small_teacher_cache_config
 
 pytestmark = [
     pytest.mark.gpu,
@@ -18,7 +18,7 @@ pytestmark = [
 
 
 def test_nf4_teacher_cache_stays_close_to_bf16_and_trains_a_bf16_student(demo_models, tmp_path):
-    cfg = small_config(demo_models["teacher"], device="cuda")
+    cfg = small_teacher_cache_config(demo_models["teacher"], device="cuda")
     teacher_cache.run(replace(cfg, quantize="nf4"), tmp_path / "nf4")
     teacher_cache.run(cfg, tmp_path / "bf16")
     nf4, bf16 = cs.open_cache(tmp_path / "nf4"), cs.open_cache(tmp_path / "bf16")

@@ -1,13 +1,15 @@
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
 from pipeline import gpu_check
 from pipeline.cli import main
-from pipeline.config import GpuCheckConfig
-from tests.test_distill import one_line_error
+from pipeline.gpu_check import GpuCheckConfig
+from tests.helpers import one_line_error, write_known_rows_cache
 
 
 def test_without_cuda_it_stops_at_once_with_one_line(monkeypatch, tmp_path):
@@ -17,6 +19,7 @@ def test_without_cuda_it_stops_at_once_with_one_line(monkeypatch, tmp_path):
     assert not (tmp_path / "check").exists()
 
 
+@pytest.mark.slow
 def test_the_same_measurements_run_on_the_cpu_and_give_one_json_summary(demo_models, tmp_path):
     """The CUDA path with the CPU swapped in (no NF4, fp32) and small sizes: every figure is produced."""
     cfg = GpuCheckConfig(
@@ -46,9 +49,30 @@ def test_the_same_measurements_run_on_the_cpu_and_give_one_json_summary(demo_mod
     assert not (tmp_path / "check" / "data").exists()  # the synthetic cache is removed
 
 
-def test_a_checkout_without_the_benchmarks_is_a_one_line_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(gpu_check, "BENCHMARKS", tmp_path)
-    with pytest.raises(gpu_check.GpuCheckError, match="run it from a source checkout"):
-        gpu_check.measure(
-            GpuCheckConfig(out=str(tmp_path / "o")), torch.device("cpu"), quantize="none", precision="fp32"
-        )
+def test_the_benchmarks_gpu_check_runs_ship_inside_the_package():
+    """An installed kdpipe (a wheel, no source checkout) has every module gpu-check imports."""
+    import pipeline
+    from pipeline.benchmarks import data_path, step, uld
+
+    package = Path(pipeline.__file__).resolve().parent
+    for module in (data_path, step, uld):
+        assert Path(module.__file__).resolve().is_relative_to(package), module.__file__
+
+
+def test_the_cache_comparison_measures_how_far_two_caches_differ(tmp_path):
+    """The NF4-vs-bf16 figures: 0 and 1 for equal caches, the true L1 and top-1 agreement for different ones."""
+    same_a = write_known_rows_cache(tmp_path / "a", store_ids=True, seed=0)
+    write_known_rows_cache(tmp_path / "a_again", store_ids=True, seed=0)
+    other = write_known_rows_cache(tmp_path / "b", store_ids=True, seed=1)  # same row count, other rows and ids
+    assert gpu_check._compare_caches(tmp_path / "a", tmp_path / "a_again") == (0.0, 1.0)
+
+    l1, top1 = gpu_check._compare_caches(tmp_path / "a", tmp_path / "b")
+    expected_l1 = np.abs(same_a["probs"] - other["probs"]).sum(axis=1).mean()  # from the rows as written
+    expected_top1 = (same_a["topk"][:, 0] == other["topk"][:, 0]).mean()
+    assert expected_l1 > 0.05 and expected_top1 < 1
+    assert l1 == pytest.approx(expected_l1, abs=1e-3)  # the cache stores probabilities to 1/65535
+    assert top1 == pytest.approx(expected_top1)
+
+    write_known_rows_cache(tmp_path / "longer", lengths=(3, 1, 5, 3), store_ids=True)
+    with pytest.raises(gpu_check.GpuCheckError, match="11 rows"):
+        gpu_check._compare_caches(tmp_path / "a", tmp_path / "longer")

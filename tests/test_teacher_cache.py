@@ -17,28 +17,13 @@ from pipeline.config import ConfigError, TeacherCacheConfig
 from pipeline.models import ModelError
 from stages import teacher_cache
 from tests.conftest import REPO, run_kdpipe
-
-SMALL = {"demo_yesno": 12, "demo_qa": 12, "demo_summary": 12, "demo_concepts": 12}
-
-
-def small_config(teacher: Path, **overrides) -> TeacherCacheConfig:
-    base = TeacherCacheConfig(
-        teacher=str(teacher),
-        tasks=SMALL,
-        batch_size=8,
-        top_k=16,
-        max_answer_tokens=40,
-        device="cpu",
-        chunk_rows=64,
-        shard_rows=128,
-    )
-    return replace(base, **overrides)
+from tests.helpers import SMALL_MIXTURE, small_teacher_cache_config
 
 
 @pytest.fixture(scope="module")
 def gold_cache(demo_models, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tc") / "cache"
-    teacher_cache.run(small_config(demo_models["teacher"]), out)
+    teacher_cache.run(small_teacher_cache_config(demo_models["teacher"]), out)
     return out
 
 
@@ -47,7 +32,7 @@ def test_cache_holds_the_teachers_softmax_top_k_for_every_answer_token(gold_cach
     assert len(cache) == 48
     assert cache.meta[cs.ATTR_TOP_K] == 16 and cache.meta[cs.ATTR_ANSWERS] == "gold"
     assert cache.meta[cs.ATTR_TEACHER]["id"] == str(demo_models["teacher"])
-    assert sorted(cache.meta[cs.ATTR_COUNTS]["per_task"]) == sorted(SMALL)
+    assert sorted(cache.meta[cs.ATTR_COUNTS]["per_task"]) == sorted(SMALL_MIXTURE)
     table = pq.read_table(gold_cache / cs.EXAMPLES_FILE).to_pylist()
     tok = AutoTokenizer.from_pretrained(demo_models["teacher"])
     model = AutoModelForSeq2SeqLM.from_pretrained(demo_models["teacher"]).eval()
@@ -69,18 +54,18 @@ def test_cache_holds_the_teachers_softmax_top_k_for_every_answer_token(gold_cach
 
 def test_rerun_of_a_complete_cache_does_nothing(gold_cache, demo_models):
     before = (gold_cache / "zarr.json").read_bytes()
-    result = teacher_cache.run(small_config(demo_models["teacher"]), gold_cache)
+    result = teacher_cache.run(small_teacher_cache_config(demo_models["teacher"]), gold_cache)
     assert result.already_complete and result.examples == 48
     assert (gold_cache / "zarr.json").read_bytes() == before
 
 
 def test_refuses_to_write_into_a_different_cache(gold_cache, demo_models):
     with pytest.raises(cs.CacheError, match="different top_k: 16 there, 8 asked"):
-        teacher_cache.run(small_config(demo_models["teacher"], top_k=8), gold_cache)
+        teacher_cache.run(small_teacher_cache_config(demo_models["teacher"], top_k=8), gold_cache)
 
 
 def test_teacher_answers_are_generated_then_cached(demo_models, tmp_path):
-    cfg = small_config(
+    cfg = small_teacher_cache_config(
         demo_models["teacher"], answers="teacher", answer_overflow="cut", tasks={"demo_qa": 8}, max_answer_tokens=12
     )
     teacher_cache.run(cfg, tmp_path / "c")
@@ -97,7 +82,7 @@ def test_teacher_answers_are_generated_then_cached(demo_models, tmp_path):
 
 
 def test_causal_lm_teacher_rows_match_a_direct_forward(demo_models, tmp_path):
-    cfg = small_config(demo_models["student"], tasks={"demo_yesno": 6}, top_k=8)
+    cfg = small_teacher_cache_config(demo_models["student"], tasks={"demo_yesno": 6}, top_k=8)
     teacher_cache.run(cfg, tmp_path / "c")
     cache = cs.open_cache(tmp_path / "c")
     tok = AutoTokenizer.from_pretrained(demo_models["student"])
@@ -114,7 +99,7 @@ def test_causal_lm_teacher_rows_match_a_direct_forward(demo_models, tmp_path):
 
 
 def test_truncations_and_skips_are_recorded(demo_models, tmp_path):
-    cfg = small_config(
+    cfg = small_teacher_cache_config(
         demo_models["teacher"],
         tasks={"demo_summary": 8, "demo_yesno": 8},
         max_answer_tokens=5,
@@ -141,7 +126,7 @@ def test_4bit_without_cuda_is_a_clear_error(demo_models, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ModelError, match="needs a CUDA GPU"):
-        teacher_cache.run(small_config(demo_models["teacher"], quantize="nf4"), tmp_path / "c")
+        teacher_cache.run(small_teacher_cache_config(demo_models["teacher"], quantize="nf4"), tmp_path / "c")
 
 
 def test_config_validation_names_the_flag():

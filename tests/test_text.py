@@ -18,9 +18,9 @@ from transformers import (
 import cache_schema as cs
 from pipeline.cache_reader import StudentEncoder
 from pipeline.config import DistillConfig
+from pipeline.losses import IGNORE_INDEX
 from pipeline.scoring import EvalModel
 from pipeline.text import (
-    IGNORE_INDEX,
     TEXT_FILE,
     TextEncoder,
     TextError,

@@ -1,0 +1,204 @@
+"""Data-path speed: teacher rows decoded and delivered to the training loop, and the loader's memory.
+
+Writes a synthetic cache of ``--rows`` rows (default 1M, k = 64, realistic peaked distributions, the
+default chunk and shard sizes) with ``cache_schema.CacheWriter`` into a temporary directory, then measures
+
+* raw decode: ``Cache.read_rows`` over every chunk, rows/s;
+* delivered: one epoch through ``pipeline.cache_reader.BatchStream`` exactly as distill uses it (student
+  tokenization, collation, teacher rows padded into [B, Tt, k]), rows/s and examples/s, with the process RSS
+  sampled every 10 % of the epoch (it must stay flat: memory does not grow with the rows read);
+* the fraction of step time the demo distill run spent waiting for data, from its metrics.jsonl.
+
+    PYTHONPATH=. python benchmarks/bench_data_path.py [--rows 1000000] [--metrics runs/demo/student-kd/metrics.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+from transformers import AutoTokenizer
+
+import cache_schema as cs
+from pipeline.cache_reader import BatchStream, StudentEncoder
+from pipeline.text import TextEncoder, TextSpec
+
+WORDS = [
+    "question",
+    "answer",
+    "passage",
+    "premise",
+    "summary",
+    "the",
+    "a",
+    "of",
+    "in",
+    "is",
+    "was",
+    "which",
+    "who",
+    "what",
+    "when",
+    "river",
+    "city",
+    "music",
+    "science",
+    "history",
+    "game",
+    "team",
+    "film",
+    "book",
+    "water",
+]
+VOCAB = 32000  # the teacher vocabulary the synthetic distributions are drawn over (FLAN-T5: 32k)
+
+
+def peaked_rows(rng: np.random.Generator, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k sorted rows like a trained LM's: a top token holding most of the mass, a Zipf tail over VOCAB."""
+    top1 = rng.beta(2.0, 0.6, n)  # mostly confident, sometimes not
+    exponent = rng.uniform(1.05, 2.0, n)
+    ranks = np.arange(2, k + 1, dtype=np.float64)
+    zipf = ranks[None, :] ** -exponent[:, None]  # [n, k-1]
+    # share of ranks 2..k in the Zipf mass of ranks 2..VOCAB (closed-form tail approximation)
+    tail_mass = (k + 0.5) ** (1 - exponent) / (exponent - 1)
+    rest = (1 - top1)[:, None] * zipf / (zipf.sum(1) + tail_mass)[:, None]
+    probs = np.concatenate([top1[:, None], rest], axis=1)
+    probs = -np.sort(-probs, axis=1).astype(np.float32)
+    return probs, (1.0 - probs.sum(1, dtype=np.float64)).clip(0).astype(np.float32)
+
+
+def write_synthetic(path: Path, rows: int, k: int, seed: int = 0) -> tuple[int, float]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(4, 37, rows // 10)  # mean 20 rows per example
+    lengths = lengths[: np.searchsorted(np.cumsum(lengths), rows) + 1]
+    identity = cs.identity_attrs(
+        teacher={"id": "synthetic"},
+        tokenizer_fingerprint="-",
+        top_k=k,
+        temperature=1.0,
+        answers="gold",
+        eos_token_id=1,
+        mixture={"synthetic": rows},
+        config={},
+    )
+    writer = cs.CacheWriter(path, identity, max_rows=int(lengths.sum()), store_ids=False)
+    start, batch = time.perf_counter(), 2000
+    for b in range(0, len(lengths), batch):
+        group = lengths[b : b + batch]
+        probs, tail = peaked_rows(rng, int(group.sum()), k)
+        records = [
+            {
+                "key": f"k{b + i}",
+                "task": "synthetic",
+                "template_id": 0,
+                "prompt": " ".join(rng.choice(WORDS, int(rng.integers(20, 80)))),
+                "answer": " ".join(rng.choice(WORDS, int(n) - 1)),
+                "n_rows": int(n),
+            }
+            for i, n in enumerate(group)
+        ]
+        writer.commit(b // batch, b // batch + 1, records, probs, tail, rng.integers(0, VOCAB, len(tail)))
+    writer.finalize(cs.counts_attrs(writer.examples, writer.rows, {}, {}, {}))
+    return writer.rows, time.perf_counter() - start
+
+
+def rss_mib() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def bench_decode(cache: cs.Cache) -> float:
+    start = time.perf_counter()
+    for lo, hi in cache.iter_chunks():
+        cache.read_rows(lo, hi)
+    return cache.total_rows / (time.perf_counter() - start)
+
+
+def bench_delivery(cache: cs.Cache, tokenizer, batch_size: int, shuffle_chunks: int) -> dict:
+    encoder = StudentEncoder(TextEncoder(tokenizer, TextSpec("causal", 512, 128, "cut")))
+    n_batches = len(cache) // batch_size
+    rows = examples = 0
+    samples = [(0, round(rss_mib()))]
+    start = time.perf_counter()
+    with BatchStream(cache, encoder, batch_size=batch_size, seed=0, shuffle_chunks=shuffle_chunks) as stream:
+        for i in range(n_batches):
+            batch = next(stream)
+            rows += int(batch.teacher_lengths.sum())
+            examples += len(batch.indices)
+            if (i + 1) % max(n_batches // 10, 1) == 0:
+                samples.append((rows, round(rss_mib())))
+        stats = stream.stats
+    seconds = time.perf_counter() - start
+    return {
+        "rows_s": rows / seconds,
+        "examples_s": examples / seconds,
+        "seconds": seconds,
+        "rows": rows,
+        "rss": samples,
+        "max_group_rows": stats.max_group_rows,
+    }
+
+
+def data_wait(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    steady = rows[1:] or rows  # the first step also waits for the reader's first group
+    waited = sum(r["data_wait"] * r["step_s"] for r in steady)
+    return {
+        "steps": len(rows),
+        "time_weighted": waited / sum(r["step_s"] for r in steady),
+        "median": statistics.median(r["data_wait"] for r in steady),
+        "p95": float(np.percentile([r["data_wait"] for r in steady], 95)),
+        "first_step": rows[0]["data_wait"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--k", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--shuffle-chunks", type=int, default=8)
+    parser.add_argument("--tokenizer", default="models/tiny-gpt2-student", help="Student tokenizer (dir or hub id).")
+    parser.add_argument("--metrics", type=Path, default=Path("runs/demo/student-kd/metrics.jsonl"))
+    parser.add_argument("--dir", type=Path, default=None, help="Where to write the cache (default: a temp dir).")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        rows, seconds = write_synthetic(Path(tmp) / "cache", args.rows, args.k)
+        cache = cs.open_cache(Path(tmp) / "cache")
+        size = sum(p.stat().st_size for p in (Path(tmp) / "cache").rglob("*") if p.is_file())
+        print(
+            f"synthetic cache: {len(cache)} examples, {rows} rows, k={args.k}, chunk {cache.chunk_rows} rows, "
+            f"{size / 2**20:.1f} MiB ({size / rows:.1f} B/row); written in {seconds:.1f} s"
+        )
+        print(f"raw decode (read_rows per chunk):  {bench_decode(cache):,.0f} rows/s")
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        result = bench_delivery(cache, tokenizer, args.batch_size, args.shuffle_chunks)
+        print(
+            f"delivered to the training loop:    {result['rows_s']:,.0f} rows/s, {result['examples_s']:,.0f} "
+            f"examples/s (batch {args.batch_size}, one epoch in {result['seconds']:.1f} s)"
+        )
+        print(
+            f"largest group read: {result['max_group_rows']} rows; RSS (MiB) vs rows delivered: "
+            + ", ".join(f"{r // 1000}k:{m}" for r, m in result["rss"])
+        )
+    wait = data_wait(args.metrics)
+    if wait is None:
+        print(f"{args.metrics}: absent (run `make demo` for the data-wait figure)")
+    else:
+        print(
+            f"data wait in {args.metrics} ({wait['steps']} steps): {100 * wait['time_weighted']:.2f} % of step "
+            f"time (median {100 * wait['median']:.2f} %, p95 {100 * wait['p95']:.2f} %; first step "
+            f"{100 * wait['first_step']:.1f} %, excluded)"
+        )
+
+
+if __name__ == "__main__":
+    main()
