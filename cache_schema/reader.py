@@ -30,26 +30,36 @@ from cache_schema import (
     ATTR_SCHEMA,
     ATTR_TOP_K,
     ATTR_VERSION,
+    ATTR_VOCAB,
     EXAMPLE_COLUMNS,
     EXAMPLES_FILE,
     GROUP_META_FILE,
+    LABEL_PROBS,
     MAX_CHUNK_BYTES,
     MAX_CHUNKS_PER_SHARD,
     MAX_EXAMPLES,
     MAX_METADATA_BYTES,
     MAX_ROWS_PER_EXAMPLE,
     MAX_TOP_K,
+    MAX_VOCAB,
+    MAX_VOCAB_BYTES,
     PROBS,
+    READABLE_VERSIONS,
     SCHEMA_NAME,
-    SCHEMA_VERSION,
+    SPANS,
     TAIL,
+    TOKEN_ARRAYS,
     TOKEN_IDS,
     TOPK_IDS,
+    VOCAB_BYTES,
+    VOCAB_OFFSETS,
     CachedExample,
     CacheError,
     CacheIncomplete,
     attrs_digest,
     decode_probs,
+    decode_spans,
+    decode_vocab,
 )
 from cache_schema.store import can_list, filesystem, join, storage_errors, zarr_store
 
@@ -77,6 +87,7 @@ class Cache:
         self.total_rows = int(meta[ATTR_COUNTS]["rows"])
         self.chunk_rows = int(meta[ATTR_LAYOUT]["chunk_rows"])
         self.has_topk_ids = bool(meta[ATTR_LAYOUT]["store_ids"])
+        self.has_token_spans = has_token_spans(meta)  # v1.1 token layout: spans, label probs, teacher vocab
         self.keys: list[str] = examples.column("key").to_pylist()
         self.tasks: list[str] = examples.column("task").to_pylist()
         self.row_start = examples.column("row_start").to_numpy()
@@ -91,12 +102,36 @@ class Cache:
         i %= len(self)
         start, n = int(self.row_start[i]), int(self.n_rows[i])
         probs, tail, token_ids, topk_ids = self.read_rows(start, start + n)
-        return CachedExample(self.keys[i], probs, tail, token_ids, topk_ids)
+        spans, label_probs = self.read_token_rows(start, start + n) if self.has_token_spans else (None, None)
+        return CachedExample(self.keys[i], probs, tail, token_ids, topk_ids, spans, label_probs)
 
     def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Decoded rows ``[start, stop)``: probs float32 [n, k], tail float32 [n], token_ids int32 [n], topk_ids."""
         stored = self.read_stored(start, stop)
         return decode_probs(stored[PROBS]), stored[TAIL], stored[TOKEN_IDS], stored.get(TOPK_IDS)
+
+    def read_token_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Token layout rows ``[start, stop)``: spans int32 [n, 2] byte [start, end), label_probs float32 [n]."""
+        if not self.has_token_spans:
+            raise CacheError(f"{self.path}: the cache has no token layout (a v1 cache, or written without it)")
+        if not 0 <= start <= stop <= self.total_rows:
+            raise CacheError(f"rows [{start}, {stop}) outside the cache's {self.total_rows} rows")
+        return decode_spans(self._arrays[SPANS][start:stop]), self._arrays[LABEL_PROBS][start:stop].astype(np.float32)
+
+    def teacher_vocab(self) -> list[bytes]:
+        """The teacher's tokens as byte strings, by id (token layout only); offsets are checked before use."""
+        if not self.has_token_spans:
+            raise CacheError(f"{self.path}: the cache has no teacher vocabulary (a v1 cache, or written without it)")
+        size, total = self.meta[ATTR_VOCAB]["size"], self.meta[ATTR_VOCAB]["bytes"]
+        store = zarr_store(self.fs, self.root, read_only=True)
+        try:
+            data = zarr.open_array(store, path=VOCAB_BYTES, mode="r", zarr_format=3)[:]
+            offsets = zarr.open_array(store, path=VOCAB_OFFSETS, mode="r", zarr_format=3)[:]
+        except Exception as e:  # a truncated or corrupt chunk
+            raise CacheError(f"{self.path}: the teacher vocabulary is unreadable: {e}") from e
+        if offsets[0] != 0 or offsets[-1] != total or (np.diff(offsets) < 0).any() or len(offsets) != size + 1:
+            raise CacheError(f"{self.path}/{VOCAB_OFFSETS}: offsets do not cut the {total} vocabulary bytes in order")
+        return decode_vocab(data, offsets)
 
     def read_stored(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows ``[start, stop)`` of every array as stored (probs still encoded), by array name."""
@@ -121,7 +156,10 @@ def open_cache(path: str | os.PathLike) -> Cache:
     footer = _examples_footer(path, fs, root, examples)
     names = array_names(meta)
     for name in names:
-        _check_array_meta(path, fs, root, name, (rows, meta[ATTR_TOP_K]) if name in (PROBS, TOPK_IDS) else (rows,))
+        width = {PROBS: (meta[ATTR_TOP_K],), TOPK_IDS: (meta[ATTR_TOP_K],), SPANS: (2,)}.get(name, ())
+        _check_array_meta(path, fs, root, name, (rows, *width))
+    if has_token_spans(meta):
+        _check_vocab_meta(path, fs, root, meta)
     store = zarr_store(fs, root, read_only=True)
     try:
         arrays = {name: zarr.open_array(store, path=name, mode="r", zarr_format=3) for name in names}
@@ -133,7 +171,28 @@ def open_cache(path: str | os.PathLike) -> Cache:
 
 
 def array_names(meta: dict) -> list[str]:
-    return [PROBS, TAIL, TOKEN_IDS] + ([TOPK_IDS] if meta.get(ATTR_LAYOUT, {}).get("store_ids") else [])
+    """The arrays along the row axis a cache with these attributes holds."""
+    ids = [TOPK_IDS] if meta.get(ATTR_LAYOUT, {}).get("store_ids") else []
+    return [PROBS, TAIL, TOKEN_IDS, *ids, *(TOKEN_ARRAYS if has_token_spans(meta) else ())]
+
+
+def has_token_spans(meta: dict) -> bool:
+    """Whether a cache has the v1.1 token layout (spans, label probabilities, teacher vocabulary)."""
+    layout = meta.get(ATTR_LAYOUT)
+    return isinstance(layout, dict) and layout.get("token_spans") is True
+
+
+def _check_vocab_meta(path: str, fs: fsspec.AbstractFileSystem, root: str, meta: dict) -> None:
+    """ATTR_VOCAB within the bounds, and the two vocabulary arrays of the shapes it gives."""
+    vocab = meta.get(ATTR_VOCAB)
+    size, total = (vocab.get("size"), vocab.get("bytes")) if isinstance(vocab, dict) else (None, None)
+    if not _is_int(size) or not 1 <= size <= MAX_VOCAB or not _is_int(total) or not 0 <= total <= MAX_VOCAB_BYTES:
+        raise CacheError(
+            f"{path}: teacher vocabulary {vocab!r} is not a size in [1, {MAX_VOCAB}] and a byte count in "
+            f"[0, {MAX_VOCAB_BYTES}]"
+        )
+    _check_array_meta(path, fs, root, VOCAB_BYTES, (total,))
+    _check_array_meta(path, fs, root, VOCAB_OFFSETS, (size + 1,))
 
 
 def read_json(path: str, fs: fsspec.AbstractFileSystem, name: str, what: str) -> dict:
@@ -167,8 +226,11 @@ def read_attrs(path: str, fs: fsspec.AbstractFileSystem, root: str) -> dict:
 def _check_meta(path: str, meta: dict) -> None:
     if meta.get(ATTR_SCHEMA) != SCHEMA_NAME:
         raise CacheError(f"{path}: schema is {meta.get(ATTR_SCHEMA)!r}, expected {SCHEMA_NAME!r}")
-    if meta.get(ATTR_VERSION) != SCHEMA_VERSION:
-        raise CacheError(f"{path}: schema version {meta.get(ATTR_VERSION)!r}, this kdpipe reads {SCHEMA_VERSION}")
+    if meta.get(ATTR_VERSION) not in READABLE_VERSIONS:
+        raise CacheError(
+            f"{path}: schema version {meta.get(ATTR_VERSION)!r}, this kdpipe reads "
+            + " and ".join(map(str, READABLE_VERSIONS))
+        )
     if meta.get(ATTR_COMPLETE) is not True:
         raise CacheIncomplete(f"{path}: the cache is incomplete (its writer has not finished; rerun it to resume)")
     if meta.get(ATTR_DIGEST) != attrs_digest(meta):

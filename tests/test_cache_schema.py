@@ -34,33 +34,64 @@ def identity(k: int = 8) -> dict:
     )
 
 
+TEACHER_VOCAB = [b"", *(f"t{i}".encode() for i in range(1, 500))]  # id 0 special (no bytes)
+
+
 def write_cache(
-    path: Path, lengths=(3, 1, 5, 2), k: int = 8, store_ids: bool = False, seed: int = 0, commit_every: int = 2
+    path: Path,
+    lengths=(3, 1, 5, 2),
+    k: int = 8,
+    store_ids: bool = False,
+    seed: int = 0,
+    commit_every: int = 2,
+    token_layout: bool = False,
 ) -> dict:
-    """A small finished cache; returns what was written, for comparison."""
+    """A small finished cache; returns what was written, for comparison.
+
+    ``token_layout``: a v1.1 cache with spans (row j of an example covers byte j of its answer), label
+    probabilities (each row's token is its top-1) and TEACHER_VOCAB.
+    """
     rng = np.random.default_rng(seed)
     writer = cs.CacheWriter(
-        path, identity(k), max_rows=sum(lengths) + 10, store_ids=store_ids, chunk_rows=4, shard_rows=8
+        path,
+        identity(k),
+        max_rows=sum(lengths) + 10,
+        store_ids=store_ids,
+        chunk_rows=4,
+        shard_rows=8,
+        vocab=TEACHER_VOCAB if token_layout else None,
     )
-    written = {"probs": [], "tail": [], "ids": [], "topk": [], "keys": []}
+    written = {"probs": [], "tail": [], "ids": [], "topk": [], "keys": [], "spans": [], "label": []}
     for b in range(0, len(lengths), commit_every):
         group = lengths[b : b + commit_every]
         probs, tail = peaked_rows(rng, sum(group), k)
         ids = rng.integers(0, 500, sum(group)).astype(np.int32)
-        topk = rng.integers(0, 500, (sum(group), k)).astype(np.int32)
+        topk = rng.integers(1, 500, (sum(group), k)).astype(np.int32)
+        spans = np.concatenate([np.stack([np.arange(n), np.arange(n) + 1], axis=1) for n in group])
+        label = probs[:, 0].copy()
+        if token_layout:
+            ids = topk[:, 0].copy()
         records = [
             {
                 "key": f"k{b + i}",
                 "task": "a" if (b + i) % 2 else "b",
                 "template_id": 0,
                 "prompt": "p",
-                "answer": "a",
+                "answer": "x" * n if token_layout else "a",
                 "n_rows": n,
             }
             for i, n in enumerate(group)
         ]
-        writer.commit(b, b + len(group), records, probs, tail, ids, topk if store_ids else None)
-        for key, arr in (("probs", probs), ("tail", tail), ("ids", ids), ("topk", topk)):
+        token_rows = {"spans": spans, "label_probs": label} if token_layout else {}
+        writer.commit(b, b + len(group), records, probs, tail, ids, topk if store_ids else None, **token_rows)
+        for key, arr in (
+            ("probs", probs),
+            ("tail", tail),
+            ("ids", ids),
+            ("topk", topk),
+            ("spans", spans),
+            ("label", label),
+        ):
             written[key].append(arr)
         written["keys"] += [r["key"] for r in records]
     writer.finalize(cs.counts_attrs(writer.examples, writer.rows, {}, {}, {}))
@@ -233,7 +264,7 @@ def test_not_a_cache(tmp_path):
 
 
 def test_no_pickle_and_plain_dtypes_on_disk(tmp_path):
-    write_cache(tmp_path / "c", store_ids=True)
+    write_cache(tmp_path / "c", store_ids=True, token_layout=True)
     for name, dtype in cs.ARRAY_DTYPES.items():
         meta = json.loads((tmp_path / "c" / name / "zarr.json").read_text())
         assert meta["data_type"] == dtype.name
