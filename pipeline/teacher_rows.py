@@ -35,7 +35,8 @@ def mask(seqs: list[list[int]]) -> torch.Tensor:
 @torch.inference_mode()
 def teacher_rows(
     model,
-    tokenizer,
+    pad_id: int,
+    eos: int,
     prompts: list[list[int]],
     answers: list[list[int]] | None,
     *,
@@ -45,10 +46,13 @@ def teacher_rows(
     store_ids: bool,
     device: torch.device,
 ) -> Rows:
-    """Rows of one batch; ``answers=None`` generates the teacher's own greedy answers first."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    """Rows of one batch; ``answers=None`` generates the teacher's own greedy answers first.
+
+    ``eos`` ends every answer (the chat template's end-of-turn token for a chat layout); a greedy answer that
+    does not end within ``max_answer_tokens`` is cut with its EOS kept, as the text contract cuts answers.
+    """
     if answers is None:
-        answers = generate_answers(model, prompts, pad_id, tokenizer.eos_token_id, max_answer_tokens, device)
+        answers = generate_answers(model, prompts, pad_id, eos, max_answer_tokens, device)
     if model.config.is_encoder_decoder:
         labels = pad(answers, -100).to(device)  # [B, Ta]
         logits = model(
@@ -57,12 +61,18 @@ def teacher_rows(
         answer_mask = labels != -100  # [B, Ta]
         token_ids, logits = labels[answer_mask], logits[answer_mask]  # [R], [R, V]
     else:
+        # Left-padded: every answer ends at the right edge, so only the last L + 1 positions need the output layer
+        # (a 49k-256k vocabulary over the whole prompt would cost more than the rest of the forward).
         seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
-        out = model(input_ids=pad(seqs, pad_id).to(device), attention_mask=mask(seqs).to(device)).logits  # [B, T, V]
-        # the row predicting answer token j sits at position len(prompt) - 1 + j
-        logits = torch.cat(
-            [out[b, len(p) - 1 : len(p) - 1 + len(a)] for b, (p, a) in enumerate(zip(prompts, answers, strict=True))]
-        )
+        width, longest = max(len(s) for s in seqs), max(len(a) for a in answers)
+        ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs], device=device)  # [B, T]
+        attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)  # [B, T]
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # [B, T]: each sequence counts from 0
+        out = model(
+            input_ids=ids, attention_mask=attention, position_ids=positions, logits_to_keep=longest + 1
+        ).logits  # [B, L+1, V]
+        # kept row i is position T - L - 1 + i; the row predicting answer token j of b is T - len(a_b) - 1 + j
+        logits = torch.cat([out[b, longest - len(a) : longest] for b, a in enumerate(answers)])  # [R, V]
         token_ids = torch.tensor([t for a in answers for t in a], device=device)
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # [R, V], float32
     k = min(top_k, probs.shape[-1])
@@ -92,6 +102,8 @@ def generate_answers(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
+            eos_token_id=eos,
+            pad_token_id=pad_id,
         )[:, 1:]  # drop the decoder start token
     else:  # left-pad prompts for a decoder-only teacher
         width = max(len(p) for p in prompts)
@@ -101,8 +113,8 @@ def generate_answers(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
+            eos_token_id=eos,
             pad_token_id=pad_id,
         )[:, width:]
-    return [
-        row[: row.index(eos) + 1] if eos in row else [t for t in row if t != pad_id] or [eos] for row in out.tolist()
-    ]
+    # cut after the first EOS; an answer that never ends keeps its first max_new_tokens - 1 tokens, then EOS
+    return [row[: row.index(eos) + 1] if eos in row else [*row[: max_new_tokens - 1], eos] for row in out.tolist()]
