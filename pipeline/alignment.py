@@ -111,6 +111,26 @@ def vocab_map(teacher: list[bytes], student: list[bytes]) -> VocabMap:
     return VocabMap(mapping, student_matched, int((mapping >= 0).sum()), len(teacher))
 
 
+def generated_spans(text, ids: list[int], answer: str) -> np.ndarray:
+    """int32 [len(ids), 2] byte spans of generated answer ids (EOS last) in ``answer``, their decoded text.
+
+    ``text``: the teacher's ``pipeline.text.TextEncoder``. Ends come from decoding growing prefixes (the ids were
+    generated, not tokenized from the text, so there are no offsets to ask for); the leading whitespace the
+    decoded answer was stripped of is taken off, and ends are kept in order and inside the answer.
+    """
+    size = len(answer.encode())
+    full = text.tokenizer.decode(ids[:-1], skip_special_tokens=True)
+    lead = len(full.encode()) - len(full.lstrip().encode())
+    spans, covered = [], 0
+    for j in range(len(ids) - 1):
+        prefix = text.tokenizer.decode(ids[: j + 1], skip_special_tokens=True)
+        end = min(max(len(prefix.encode()) - lead, covered), size)
+        spans.append((covered, end))
+        covered = end
+    spans.append((size, size))  # EOS
+    return np.array(spans, dtype=np.int32).reshape(-1, 2)
+
+
 # ---------------------------------------------------------------------------------------------- groups
 
 

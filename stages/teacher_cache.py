@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 import cache_schema
+from pipeline.alignment import generated_spans, token_bytes
 from pipeline.config import ConfigError, TeacherCacheConfig, to_dict
 from pipeline.models import context_limit, load_model, pick_device, tokenizer_fingerprint
 from pipeline.tasks import MixtureExample, build_mixture
@@ -45,6 +46,7 @@ class _Prepared:
     example: MixtureExample
     prompt_ids: list[int]
     answer_ids: list[int]  # gold answer tokens (EOS included unless the answer was cut); [] with --answers teacher
+    answer_spans: np.ndarray  # int32 [len(answer_ids), 2] their byte spans in the answer (cache v1.1)
 
 
 @dataclass
@@ -139,6 +141,7 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
             store_ids=cfg.store_ids,
             chunk_rows=cfg.chunk_rows,
             shard_rows=cfg.shard_rows,
+            vocab=token_bytes(text.tokenizer, size=model.get_output_embeddings().weight.shape[0]),
         )
     except cache_schema.CacheComplete:
         meta = cache_schema.open_cache(out).meta
@@ -217,7 +220,7 @@ def _tokenize(examples: list[MixtureExample], text: TextEncoder, cfg: TeacherCac
                 continue
             truncated["prompt"] += 1
         truncated["answer"] += encoded.answer_cut > 0
-        prepared.append(_Prepared(example, encoded.prompt_ids, encoded.answer_ids))
+        prepared.append(_Prepared(example, encoded.prompt_ids, encoded.answer_ids, encoded.answer_spans))
     return prepared, dict(skipped), {k: v for k, v in truncated.items() if v}
 
 
@@ -277,7 +280,21 @@ def _write_batches(
                 }
                 for it, a in zip(items, rows_of.answers, strict=True)
             ]
-            committer.put(b, records, rows_of.probs, rows_of.tail, rows_of.token_ids, rows_of.topk_ids)
+            if cfg.answers == "gold":
+                spans = np.concatenate([it.answer_spans for it in items])
+            else:  # the teacher's own answer: spans of its generated ids in the decoded text
+                spans = np.concatenate(
+                    [generated_spans(text, a, r["answer"]) for a, r in zip(rows_of.answers, records, strict=True)]
+                )
+            committer.put(
+                b,
+                records,
+                rows_of.probs,
+                rows_of.tail,
+                rows_of.token_ids,
+                rows_of.topk_ids,
+                (spans, rows_of.label_probs),
+            )
             rows += len(rows_of.tail)
             elapsed = max(time.monotonic() - start, 1e-9)
             bar.update(len(items))
@@ -297,10 +314,10 @@ class _Committer:
         self.thread = threading.Thread(target=self._loop, name="cache-writer", daemon=True)
         self.thread.start()
 
-    def put(self, batch: int, records, probs, tail, token_ids, topk_ids) -> None:
+    def put(self, batch: int, records, probs, tail, token_ids, topk_ids, token_rows) -> None:
         if self.error:
             raise self.error
-        self.queue.put((batch, records, probs, tail, token_ids, topk_ids))
+        self.queue.put((batch, records, probs, tail, token_ids, topk_ids, token_rows))
 
     def close(self) -> None:
         self.queue.put(None)
@@ -339,4 +356,6 @@ class _Committer:
             cat([p[4] for p in pending]),
             topk,
             batch_examples=[len(p[1]) for p in pending],
+            spans=cat([p[6][0] for p in pending]),
+            label_probs=cat([p[6][1] for p in pending]),
         )
