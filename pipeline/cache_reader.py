@@ -21,6 +21,12 @@ Reads. A group is read with one ``Cache.read_rows`` call over its contiguous row
 end of an example that runs into the next group), so reads stay sequential on a local disk, in a zip or on an
 object store. Memory: the rows of one group per lane of this rank (plus the one being read) and ``prefetch``
 collated micro-batches, whatever the size of the cache.
+
+Token-aware losses (``align=AlignOptions(...)``, distill ``--loss uld-aligned|hybrid``). The same thread also reads
+the v1.1 token layout (top-k ids, spans, label probabilities) with the probabilities, takes each student answer's
+byte spans from the text contract (``Encoded.answer_spans``) and forms the batch's groups with
+``pipeline.alignment.align_batch`` (the teacher side merged, its ids mapped to student ids by a vocabulary map
+built once per run), so the training step only gathers and compares; ``stats.align_seconds`` is its cost.
 """
 
 from __future__ import annotations
