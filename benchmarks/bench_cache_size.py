@@ -136,7 +136,9 @@ def token_layout(args) -> None:
     spans = np.stack([ends - lengths, ends], axis=1)
     rank = rng.choice([0, 1, 2, 3, 4, -1], size=n, p=[0.7, 0.05, 0.05, 0.05, 0.05, 0.1])
     label = np.where(rank >= 0, probs[np.arange(n), np.maximum(rank, 0)], rng.uniform(0, probs[:n, -1]))
-    token_ids = np.where(rank >= 0, ids[np.arange(n), np.maximum(rank, 0)], rng.integers(0, args.vocab, n))
+    top_max = ids[:n].max(axis=1)
+    outside = np.where(top_max + 1 < args.vocab, top_max + 1, ids[:n].min(axis=1) - 1)  # an id not in the top-k
+    token_ids = np.where(rank >= 0, ids[np.arange(n), np.maximum(rank, 0)], outside)
     records = [
         {"key": str(i), "task": "synthetic", "template_id": 0, "prompt": "", "answer": "x" * int(ends[i * 16 + 15]),
          "n_rows": rows_per_example}
