@@ -1,4 +1,4 @@
-"""Teacher-logit cache, schema v1: the single source of truth for the on-disk format.
+"""Teacher-logit cache, schema v1.1: the single source of truth for the on-disk format.
 
 A cache is a directory (or a zip of one, or an fsspec URL) that is at once a Zarr v3 group and the home
 of a Parquet table::
@@ -10,6 +10,10 @@ of a Parquet table::
       tail/                float32 [rows]     chunks (chunk_rows,)    shards (shard_rows,)
       token_ids/           int32   [rows]     chunks (chunk_rows,)    shards (shard_rows,)
       topk_ids/            int32   [rows, k]  optional (--store-ids): the teacher vocabulary id of each prob
+      spans/               int32   [rows, 2]  v1.1, token layout: UTF-8 byte [start, end) of the row's token in answer
+      label_probs/         float16 [rows]     v1.1, token layout: teacher probability of the row's own token
+      vocab_bytes/         uint8   [B]        v1.1, token layout: every teacher token's byte string, concatenated
+      vocab_offsets/       int64   [V + 1]    v1.1, token layout: token i is vocab_bytes[offsets[i]:offsets[i + 1]]
       _parts/              only while being written: one Parquet file per committed range of batches
 
 A cache is written by one process, or by several workers (``teacher-cache --worker I --num-workers N``, or
@@ -37,6 +41,19 @@ descending), which compress far better than the values. Decode with plain numpy:
 
 The decoded row is within ``k / (2 · 65535)`` L1 of the float32 values (≤ 4.9e-4 at k = 64).
 
+Top-k ids (``topk_ids``): an entry whose stored probability is 0 carries no mass, and its id is stored as 0
+(``mask_zero_ids``), which leaves nothing to the loss and compresses far better than a random id.
+
+Versions. v1 caches hold probs, tail, token_ids and optionally topk_ids. v1.1 adds the token layout
+(``layout.token_spans`` true), what token-aware cross-tokenizer losses need to pair a student token with the
+teacher tokens covering the same bytes, offline: per row the byte span of its token in the answer string
+(``spans``, stored as start and length: ``spans[:, 1]`` is end − start), the teacher's probability of that
+token (``label_probs``, so the probability of a run of tokens is a product of stored values even where the
+token fell outside the top-k), and once per cache the teacher's vocabulary as byte strings (``vocab_bytes`` and
+``vocab_offsets``; special tokens are empty), so a student maps teacher ids to its own by exact byte string
+without the teacher's tokenizer. The token layout rides on v1.1 caches written by teacher-cache; a v1.1 cache
+without it (``layout.token_spans`` false or absent) is read like a v1 cache, and v1 caches still open.
+
 A cache is untrusted data: nothing in it is executed or unpickled, dtypes and shapes are checked against
 this schema before anything is read (no pickle, no object dtype, only the codecs in ALLOWED_CODECS, sizes
 bounded by the MAX_* constants), and a mismatch raises :class:`CacheError` naming both values.
@@ -57,7 +74,8 @@ import numpy as np
 import pyarrow as pa
 
 SCHEMA_NAME = "kdpipe-teacher-cache"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = "1.1"  # what this kdpipe writes
+READABLE_VERSIONS = (1, "1.1")  # what it reads: v1 caches have no token layout
 PROB_SCALE = 65535
 EXAMPLES_FILE = "examples.parquet"
 GROUP_META_FILE = "zarr.json"  # holds the attributes, so it is covered by ATTR_DIGEST, not by a checksum
@@ -70,11 +88,22 @@ PROBS = "probs"
 TAIL = "tail"
 TOKEN_IDS = "token_ids"
 TOPK_IDS = "topk_ids"
+SPANS = "spans"  # v1.1 token layout
+LABEL_PROBS = "label_probs"  # v1.1 token layout
+# Once per cache (v1.1 token layout), not along the row axis.
+VOCAB_BYTES = "vocab_bytes"
+VOCAB_OFFSETS = "vocab_offsets"
+TOKEN_ARRAYS = (SPANS, LABEL_PROBS)  # along the row axis, in a cache with the token layout
+VOCAB_ARRAYS = (VOCAB_BYTES, VOCAB_OFFSETS)
 ARRAY_DTYPES = {
     PROBS: np.dtype("uint16"),
     TAIL: np.dtype("float32"),
     TOKEN_IDS: np.dtype("int32"),
     TOPK_IDS: np.dtype("int32"),
+    SPANS: np.dtype("int32"),
+    LABEL_PROBS: np.dtype("float16"),
+    VOCAB_BYTES: np.dtype("uint8"),
+    VOCAB_OFFSETS: np.dtype("int64"),
 }
 
 # examples.parquet columns and their Arrow types.
@@ -110,7 +139,8 @@ ATTR_MIXTURE = "mixture"  # the mixture spec: tasks and counts, split, seed, cap
 ATTR_MIXTURE_FP = "mixture_fingerprint"  # sha256 of ATTR_MIXTURE
 ATTR_COUNTS = "counts"  # {"examples", "rows", "per_task": {task: {"examples", "rows"}}, "skipped", "truncated"}
 ATTR_CONFIG = "config"  # the teacher-cache config that produced the cache
-ATTR_LAYOUT = "layout"  # {"chunk_rows", "shard_rows", "store_ids"}
+ATTR_LAYOUT = "layout"  # {"chunk_rows", "shard_rows", "store_ids", "token_spans" (v1.1; absent: false)}
+ATTR_VOCAB = "teacher_vocab"  # v1.1 token layout: {"size": V, "bytes": B}, the shapes of the vocab arrays
 ATTR_CHECKSUMS = "checksums"  # {relative file path: sha256}, every file but GROUP_META_FILE; set at finalize
 ATTR_COMPLETE = "complete"  # true only after a finished run; readers refuse a cache without it
 ATTR_DIGEST = "attrs_digest"  # sha256 of all the other attributes; catches an edited attribute
@@ -141,6 +171,8 @@ MAX_CHUNK_BYTES = 256 << 20
 MAX_CHUNKS_PER_SHARD = 1 << 16  # a shard's index (16 bytes per chunk) is read whole
 MAX_EXAMPLES = 1 << 28
 MAX_METADATA_BYTES = 64 << 20  # any zarr.json
+MAX_VOCAB = 1 << 22  # teacher vocabulary entries
+MAX_VOCAB_BYTES = 1 << 28  # their byte strings together
 ALLOWED_CODECS = frozenset({"sharding_indexed", "bytes", "blosc", "zstd", "gzip", "crc32c", "transpose"})
 DEFAULT_CHUNK_ROWS = 4096
 DEFAULT_SHARD_ROWS = 65536
@@ -161,6 +193,8 @@ class CachedExample:
     tail: np.ndarray  # float32 [n_rows]
     token_ids: np.ndarray  # int32 [n_rows]
     topk_ids: np.ndarray | None = None  # int32 [n_rows, k] when the cache stores them
+    spans: np.ndarray | None = None  # int32 [n_rows, 2] byte [start, end) in the answer (v1.1 token layout)
+    label_probs: np.ndarray | None = None  # float32 [n_rows] teacher probability of each row's token (idem)
 
 
 # ---------------------------------------------------------------------------------------------- encoding
@@ -180,6 +214,39 @@ def decode_probs(stored: np.ndarray) -> np.ndarray:
     d = stored.astype(np.int64)
     q = d[:, :1] - np.concatenate([np.zeros_like(d[:, :1]), np.cumsum(d[:, 1:], axis=1)], axis=1)  # [n, k]
     return q.astype(np.float32) / PROB_SCALE
+
+
+def mask_zero_ids(stored_probs: np.ndarray, topk_ids: np.ndarray) -> np.ndarray:
+    """int32 [n, k] ids with those of entries stored as probability 0 set to 0 (they carry no mass)."""
+    q = stored_probs.astype(np.int64)
+    zero = (q[:, :1] - np.concatenate([np.zeros_like(q[:, :1]), np.cumsum(q[:, 1:], axis=1)], axis=1)) == 0
+    return np.where(zero, 0, topk_ids).astype(np.int32)
+
+
+def encode_spans(spans: np.ndarray) -> np.ndarray:
+    """int [n, 2] byte [start, end) -> int32 [n, 2] (start, end − start): the lengths compress to almost nothing."""
+    spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    if (spans[:, 0] < 0).any() or (spans[:, 1] < spans[:, 0]).any():
+        raise CacheError("token byte spans must satisfy 0 <= start <= end")
+    return np.stack([spans[:, 0], spans[:, 1] - spans[:, 0]], axis=1).astype(np.int32)
+
+
+def decode_spans(stored: np.ndarray) -> np.ndarray:
+    """int32 [n, 2] as written by :func:`encode_spans` -> int32 [n, 2] byte [start, end)."""
+    return np.stack([stored[:, 0], stored[:, 0] + stored[:, 1]], axis=1).astype(np.int32)
+
+
+def encode_vocab(tokens: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Token byte strings -> (uint8 [B] concatenation, int64 [V + 1] offsets)."""
+    lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return np.frombuffer(b"".join(tokens), dtype=np.uint8).copy(), offsets
+
+
+def decode_vocab(data: np.ndarray, offsets: np.ndarray) -> list[bytes]:
+    """(uint8 [B], int64 [V + 1]) as written by :func:`encode_vocab` -> the V byte strings."""
+    raw = data.tobytes()
+    return [raw[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)]
 
 
 def decode_tolerance(k: int) -> float:

@@ -30,13 +30,17 @@ from cache_schema import (
     ATTR_TOOL_VERSION,
     ATTR_TOP_K,
     ATTR_VERSION,
+    ATTR_VOCAB,
     ATTR_WORKER,
     EXAMPLES_FILE,
     GROUP_META_FILE,
+    LABEL_PROBS,
     PARTS_DIR,
     PROBS,
-    SCHEMA_VERSION,
+    READABLE_VERSIONS,
+    SPANS,
     TAIL,
+    TOPK_IDS,
     CacheError,
     CacheIncomplete,
     decode_tolerance,
@@ -86,9 +90,12 @@ def verify_cache(path: str | os.PathLike) -> dict:
     _check_keys(cache)
     tolerance = decode_tolerance(cache.top_k)
     worst = 0.0
+    tokens = _TokenCheck(cache) if cache.has_token_spans else None
     for start, stop in cache.iter_chunks():
         try:
-            probs, tail, _, _ = cache.read_rows(start, stop)
+            probs, tail, token_ids, topk_ids = cache.read_rows(start, stop)
+            if tokens is not None:
+                tokens.check(start, stop, probs, token_ids, topk_ids)
         except CacheError:
             raise
         except Exception as e:  # a truncated shard the checksums did not cover
@@ -110,6 +117,8 @@ def verify_cache(path: str | os.PathLike) -> dict:
         "files": len(listed),
         "listed_only": not can_list(cache.fs),
         "max_sum_error": worst,
+        "token_layout": tokens is not None,
+        **(tokens.report() if tokens is not None else {}),
     }
 
 
@@ -125,6 +134,53 @@ def _check_keys(cache: Cache) -> None:
                 f"{cache.path}/{EXAMPLES_FILE}: example {i} has the key {key!r}, its text hashes to "
                 f"{example_key(*text)!r} (the text or the key was edited)"
             )
+
+
+class _TokenCheck:
+    """Checks of the v1.1 token layout, chunk by chunk: ids inside the vocabulary, spans inside each example's
+    answer bytes and in order, label probabilities in [0, 1] and equal to the top-k entry of the same id."""
+
+    def __init__(self, cache: Cache):
+        self.cache = cache
+        self.vocab_size = len(cache.teacher_vocab())
+        answers = cache.examples.column("answer").to_pylist()
+        self.answer_bytes = np.array([len(a.encode()) for a in answers], dtype=np.int64)  # [N]
+        self.worst_label = 0.0
+
+    def check(self, start: int, stop: int, probs: np.ndarray, token_ids: np.ndarray, topk_ids) -> None:
+        path = self.cache.path
+        spans, label = self.cache.read_token_rows(start, stop)
+        owner = np.searchsorted(self.cache.row_start, np.arange(start, stop), side="right") - 1  # [n] example of row
+        limit = self.answer_bytes[owner]  # [n] answer bytes of each row's example
+        if (spans[:, 0] < 0).any() or (spans[:, 1] < spans[:, 0]).any() or (spans[:, 1] > limit).any():
+            raise CacheError(f"{path}/{SPANS}: rows [{start}, {stop}) have spans outside their answer's bytes")
+        same = owner[1:] == owner[:-1]  # consecutive rows of one example
+        if (spans[1:, 1][same] < spans[:-1, 1][same]).any():
+            raise CacheError(f"{path}/{SPANS}: rows [{start}, {stop}) have spans that end before the previous one")
+        if not np.isfinite(label).all() or (label < 0).any() or (label > 1).any():
+            raise CacheError(f"{path}/{LABEL_PROBS}: rows [{start}, {stop}) have a label probability outside [0, 1]")
+        if ((token_ids < 0) | (token_ids >= self.vocab_size)).any():
+            raise CacheError(
+                f"{path}: rows [{start}, {stop}) hold token ids beyond the {self.vocab_size}-token vocabulary"
+            )
+        if topk_ids is None:
+            return
+        if ((topk_ids < 0) | (topk_ids >= self.vocab_size)).any():
+            raise CacheError(f"{path}/{TOPK_IDS}: rows [{start}, {stop}) hold ids beyond the {self.vocab_size} tokens")
+        hit = (topk_ids == token_ids[:, None]) & (probs > 0)  # [n, k] the row's own token among its top-k
+        rows, cols = hit.nonzero()
+        first = np.unique(rows, return_index=True)[1]
+        error = np.abs(probs[rows[first], cols[first]] - label[rows[first]])
+        # label_probs are float16 (relative error ≤ 2^-11), probs fixed point (absolute error ≤ 0.5 / 65535)
+        allowed = label[rows[first]] * 2.0**-10 + 1.0 / 65535 + 1e-6
+        if (error > allowed).any():
+            raise CacheError(
+                f"{path}/{LABEL_PROBS}: rows [{start}, {stop}) disagree with the top-k probability of the same token"
+            )
+        self.worst_label = max(self.worst_label, float(error.max(initial=0.0)))
+
+    def report(self) -> dict:
+        return {"teacher_vocab": self.vocab_size, "max_label_prob_error": self.worst_label}
 
 
 def _check_per_task(cache: Cache) -> None:
@@ -197,6 +253,11 @@ def describe(cache: Cache) -> str:
     p, counts = provenance(cache), cache.meta[ATTR_COUNTS]
     sizes = _sizes(cache)
     stored = sum(size for rel, size in sizes.items() if rel.split("/")[0] in (PROBS, TAIL))
+    rows = max(p["rows"], 1)
+    per_row = {
+        name: sum(s for rel, s in sizes.items() if rel.split("/")[0] == name) / rows
+        for name in (TOPK_IDS, SPANS, LABEL_PROBS)
+    }
     lines = [
         f"cache        {cache.path}",
         f"schema       {p['schema']} v{p['schema_version']} (kdpipe {p['tool_version']})",
@@ -209,6 +270,14 @@ def describe(cache: Cache) -> str:
         f"seed {_get(cache.meta, ATTR_MIXTURE, 'seed')}",
         f"examples     {p['examples']}   rows {p['rows']}",
         f"size         {sum(sizes.values())} bytes; probs + tail {stored / max(p['rows'], 1):.1f} bytes/row",
+        f"top-k ids    {'stored, ' + format(per_row[TOPK_IDS], '.1f') + ' bytes/row' if cache.has_topk_ids else 'no'}",
+        "token layout "
+        + (
+            f"yes (schema v1.1): spans {per_row[SPANS]:.1f} + label probs {per_row[LABEL_PROBS]:.1f} bytes/row, "
+            f"teacher vocabulary {_get(cache.meta, ATTR_VOCAB, 'size')} tokens"
+            if cache.has_token_spans
+            else "no (token-aware losses need a v1.1 cache written by teacher-cache)"
+        ),
         "per task     "
         + "  ".join(f"{t}: {c['examples']} ex / {c['rows']} rows" for t, c in (counts.get("per_task") or {}).items()),
     ]
@@ -297,8 +366,10 @@ def check_provenance(cache: Cache, expected_mixture_fingerprint: str | None, acc
     None to accept any mixture.
     """
     version = cache.meta.get(ATTR_VERSION)
-    if version != SCHEMA_VERSION:
-        raise CacheError(f"{cache.path}: schema version {version!r}, this kdpipe reads {SCHEMA_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise CacheError(
+            f"{cache.path}: schema version {version!r}, this kdpipe reads " + " and ".join(map(str, READABLE_VERSIONS))
+        )
     problems = []
     have = cache.meta.get(ATTR_MIXTURE_FP)
     if expected_mixture_fingerprint is not None and have != expected_mixture_fingerprint:

@@ -25,7 +25,9 @@ from cache_schema import (
     ATTR_WORKER,
     GROUP_META_FILE,
     IDENTITY_ATTRS,
+    LABEL_PROBS,
     PROBS,
+    SPANS,
     TAIL,
     TOKEN_IDS,
     TOPK_IDS,
@@ -71,6 +73,7 @@ def merge_parts(paths: list[str], out: str | os.PathLike, *, progress: bool = Tr
             store_ids=layout["store_ids"],
             chunk_rows=layout["chunk_rows"],
             shard_rows=layout["shard_rows"],
+            vocab=first.teacher_vocab() if first.has_token_spans else None,
         )
     except CacheComplete:
         return {"path": out, "parts": len(parts), "already_complete": True}
@@ -161,7 +164,7 @@ def _commit(writer: CacheWriter, parts: list[Cache], plan: list, start: int, sto
     for p, (e0, e1) in spans.items():
         r0 = int(parts[p].row_start[e0]) if e0 < len(parts[p]) else parts[p].total_rows
         rows[p] = (r0, parts[p].read_stored(r0, r0 + int(parts[p].n_rows[e0:e1].sum())))
-    records, pieces = [], {name: [] for name in (PROBS, TAIL, TOKEN_IDS, TOPK_IDS)}
+    records, pieces = [], {name: [] for name in (PROBS, TAIL, TOKEN_IDS, TOPK_IDS, SPANS, LABEL_PROBS)}
     for p, e0, e1 in plan[start:stop]:
         records += parts[p].examples.slice(e0, e1 - e0).to_pylist()
         base, stored = rows[p]
@@ -179,6 +182,8 @@ def _commit(writer: CacheWriter, parts: list[Cache], plan: list, start: int, sto
         cat[TOKEN_IDS],
         cat.get(TOPK_IDS),
         [e1 - e0 for _, e0, e1 in plan[start:stop]],
+        spans=cat.get(SPANS),
+        label_probs=cat.get(LABEL_PROBS),
     )
 
 

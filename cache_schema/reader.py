@@ -37,26 +37,36 @@ from cache_schema import (
     ATTR_SCHEMA,
     ATTR_TOP_K,
     ATTR_VERSION,
+    ATTR_VOCAB,
     EXAMPLE_COLUMNS,
     EXAMPLES_FILE,
     GROUP_META_FILE,
+    LABEL_PROBS,
     MAX_CHUNK_BYTES,
     MAX_CHUNKS_PER_SHARD,
     MAX_EXAMPLES,
     MAX_METADATA_BYTES,
     MAX_ROWS_PER_EXAMPLE,
     MAX_TOP_K,
+    MAX_VOCAB,
+    MAX_VOCAB_BYTES,
     PROBS,
+    READABLE_VERSIONS,
     SCHEMA_NAME,
-    SCHEMA_VERSION,
+    SPANS,
     TAIL,
+    TOKEN_ARRAYS,
     TOKEN_IDS,
     TOPK_IDS,
+    VOCAB_BYTES,
+    VOCAB_OFFSETS,
     CachedExample,
     CacheError,
     CacheIncomplete,
     attrs_digest,
     decode_probs,
+    decode_spans,
+    decode_vocab,
 )
 from cache_schema.bounded import (
     check_data_files,
@@ -99,6 +109,7 @@ class Cache:
         self.total_rows = int(meta[ATTR_COUNTS]["rows"])
         self.chunk_rows = int(meta[ATTR_LAYOUT]["chunk_rows"])
         self.has_topk_ids = bool(meta[ATTR_LAYOUT]["store_ids"])
+        self.has_token_spans = has_token_spans(meta)  # v1.1 token layout: spans, label probs, teacher vocab
         self.keys: list[str] = examples.column("key").to_pylist()
         self.tasks: list[str] = examples.column("task").to_pylist()
         self.row_start = examples.column("row_start").to_numpy()
@@ -116,7 +127,8 @@ class Cache:
         i %= len(self)
         start, n = int(self.row_start[i]), int(self.n_rows[i])
         probs, tail, token_ids, topk_ids = self.read_rows(start, start + n)
-        return CachedExample(self.keys[i], probs, tail, token_ids, topk_ids)
+        spans, label_probs = self.read_token_rows(start, start + n) if self.has_token_spans else (None, None)
+        return CachedExample(self.keys[i], probs, tail, token_ids, topk_ids, spans, label_probs)
 
     def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Decoded rows ``[start, stop)``: probs float32 [n, k], tail float32 [n], token_ids int32 [n], topk_ids."""
@@ -124,6 +136,29 @@ class Cache:
         probs = decode_probs(stored[PROBS])
         check_rows(self.path, start, stop, probs, stored[TAIL], self.top_k)
         return probs, stored[TAIL], stored[TOKEN_IDS], stored.get(TOPK_IDS)
+
+    def read_token_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Token layout rows ``[start, stop)``: spans int32 [n, 2] byte [start, end), label_probs float32 [n]."""
+        if not self.has_token_spans:
+            raise CacheError(f"{self.path}: the cache has no token layout (a v1 cache, or written without it)")
+        if not 0 <= start <= stop <= self.total_rows:
+            raise CacheError(f"rows [{start}, {stop}) outside the cache's {self.total_rows} rows")
+        return decode_spans(self._arrays[SPANS][start:stop]), self._arrays[LABEL_PROBS][start:stop].astype(np.float32)
+
+    def teacher_vocab(self) -> list[bytes]:
+        """The teacher's tokens as byte strings, by id (token layout only); offsets are checked before use."""
+        if not self.has_token_spans:
+            raise CacheError(f"{self.path}: the cache has no teacher vocabulary (a v1 cache, or written without it)")
+        size, total = self.meta[ATTR_VOCAB]["size"], self.meta[ATTR_VOCAB]["bytes"]
+        store = zarr_store(self.fs, self.root, read_only=True)
+        try:
+            data = zarr.open_array(store, path=VOCAB_BYTES, mode="r", zarr_format=3)[:]
+            offsets = zarr.open_array(store, path=VOCAB_OFFSETS, mode="r", zarr_format=3)[:]
+        except Exception as e:  # a truncated or corrupt chunk
+            raise CacheError(f"{self.path}: the teacher vocabulary is unreadable: {e}") from e
+        if offsets[0] != 0 or offsets[-1] != total or (np.diff(offsets) < 0).any() or len(offsets) != size + 1:
+            raise CacheError(f"{self.path}/{VOCAB_OFFSETS}: offsets do not cut the {total} vocabulary bytes in order")
+        return decode_vocab(data, offsets)
 
     def read_stored(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows ``[start, stop)`` of every array as stored (probs still encoded), by array name."""
@@ -187,10 +222,12 @@ def open_cache(path: str | os.PathLike, *, checksums: str = "none") -> Cache:
     names = array_names(meta)
     needed, shard_rows = {}, {}
     for name in names:
-        shape = (rows, meta[ATTR_TOP_K]) if name in (PROBS, TOPK_IDS) else (rows,)
-        array_meta, bound = _check_array_meta(path, fs, root, name, shape)
+        width = {PROBS: (meta[ATTR_TOP_K],), TOPK_IDS: (meta[ATTR_TOP_K],), SPANS: (2,)}.get(name, ())
+        array_meta, bound = _check_array_meta(path, fs, root, name, (rows, *width))
         shard_rows[name] = array_meta["chunk_grid"]["configuration"]["chunk_shape"][0]
         needed.update({rel: bound for rel in shard_files(name, array_meta, f"{path}/{name}")})
+    if has_token_spans(meta):
+        needed.update(_check_vocab_meta(path, fs, root, meta))
     check_data_files(fs, root, path, needed, can_list(fs))
     store = zarr_store(fs, root, read_only=True)
     try:
@@ -208,7 +245,31 @@ def open_cache(path: str | os.PathLike, *, checksums: str = "none") -> Cache:
 
 
 def array_names(meta: dict) -> list[str]:
-    return [PROBS, TAIL, TOKEN_IDS] + ([TOPK_IDS] if meta.get(ATTR_LAYOUT, {}).get("store_ids") else [])
+    """The arrays along the row axis a cache with these attributes holds."""
+    ids = [TOPK_IDS] if meta.get(ATTR_LAYOUT, {}).get("store_ids") else []
+    return [PROBS, TAIL, TOKEN_IDS, *ids, *(TOKEN_ARRAYS if has_token_spans(meta) else ())]
+
+
+def has_token_spans(meta: dict) -> bool:
+    """Whether a cache has the v1.1 token layout (spans, label probabilities, teacher vocabulary)."""
+    layout = meta.get(ATTR_LAYOUT)
+    return isinstance(layout, dict) and layout.get("token_spans") is True
+
+
+def _check_vocab_meta(path: str, fs: fsspec.AbstractFileSystem, root: str, meta: dict) -> dict[str, int]:
+    """ATTR_VOCAB within the bounds, and the two vocabulary arrays of the shapes it gives; their data files."""
+    vocab = meta.get(ATTR_VOCAB)
+    size, total = (vocab.get("size"), vocab.get("bytes")) if isinstance(vocab, dict) else (None, None)
+    if not _is_int(size) or not 1 <= size <= MAX_VOCAB or not _is_int(total) or not 0 <= total <= MAX_VOCAB_BYTES:
+        raise CacheError(
+            f"{path}: teacher vocabulary {vocab!r} is not a size in [1, {MAX_VOCAB}] and a byte count in "
+            f"[0, {MAX_VOCAB_BYTES}]"
+        )
+    needed = {}
+    for name, shape in ((VOCAB_BYTES, (total,)), (VOCAB_OFFSETS, (size + 1,))):
+        array_meta, bound = _check_array_meta(path, fs, root, name, shape)
+        needed.update({rel: bound for rel in shard_files(name, array_meta, f"{path}/{name}")})
+    return needed
 
 
 def read_json(path: str, fs: fsspec.AbstractFileSystem, name: str, what: str) -> dict:
@@ -256,8 +317,11 @@ def _check_container(path: str, fs: fsspec.AbstractFileSystem, root: str) -> Non
 def _check_meta(path: str, meta: dict) -> None:
     if meta.get(ATTR_SCHEMA) != SCHEMA_NAME:
         raise CacheError(f"{path}: schema is {meta.get(ATTR_SCHEMA)!r}, expected {SCHEMA_NAME!r}")
-    if meta.get(ATTR_VERSION) != SCHEMA_VERSION:
-        raise CacheError(f"{path}: schema version {meta.get(ATTR_VERSION)!r}, this kdpipe reads {SCHEMA_VERSION}")
+    if meta.get(ATTR_VERSION) not in READABLE_VERSIONS:
+        raise CacheError(
+            f"{path}: schema version {meta.get(ATTR_VERSION)!r}, this kdpipe reads "
+            + " and ".join(map(str, READABLE_VERSIONS))
+        )
     if meta.get(ATTR_COMPLETE) is not True:
         raise CacheIncomplete(f"{path}: the cache is incomplete (its writer has not finished; rerun it to resume)")
     if meta.get(ATTR_DIGEST) != attrs_digest(meta):

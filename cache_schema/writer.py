@@ -38,22 +38,31 @@ from cache_schema import (
     ATTR_TOOL_VERSION,
     ATTR_TOP_K,
     ATTR_VERSION,
+    ATTR_VOCAB,
     ATTR_WORKER,
     DEFAULT_CHUNK_ROWS,
     DEFAULT_SHARD_ROWS,
     EXAMPLE_COLUMNS,
     EXAMPLES_FILE,
     GROUP_META_FILE,
+    LABEL_PROBS,
     PARTS_DIR,
     PROBS,
     SCHEMA_NAME,
     SCHEMA_VERSION,
+    SPANS,
     TAIL,
+    TOKEN_ARRAYS,
     TOKEN_IDS,
     TOPK_IDS,
+    VOCAB_BYTES,
+    VOCAB_OFFSETS,
     CacheError,
     attrs_digest,
     encode_probs,
+    encode_spans,
+    encode_vocab,
+    mask_zero_ids,
 )
 from cache_schema.reader import read_json
 from cache_schema.store import can_list, filesystem, is_zip, join, list_files, put_atomic, sha256, zarr_store
@@ -70,6 +79,9 @@ class CacheWriter:
     ``identity`` holds the attributes that define the cache (IDENTITY_ATTRS, plus ATTR_WORKER for a worker's
     part): resuming with a different identity raises with both values. ``finalize`` joins the committed
     parts into examples.parquet, trims the arrays, records checksums and sets ``complete``.
+
+    ``vocab``: the teacher's tokens as byte strings, by id. Given, the cache has the v1.1 token layout: the
+    vocabulary is stored once and every commit brings each row's byte span and label probability.
     """
 
     def __init__(
@@ -81,6 +93,7 @@ class CacheWriter:
         store_ids: bool,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         shard_rows: int = DEFAULT_SHARD_ROWS,
+        vocab: list[bytes] | None = None,
     ):
         self.path = os.fspath(path)
         if is_zip(self.path):
@@ -91,6 +104,8 @@ class CacheWriter:
         self.identity = identity
         self.k = int(identity[ATTR_TOP_K])
         self.store_ids = store_ids
+        self.vocab = vocab
+        self.token_spans = vocab is not None
         self._store = zarr_store(self.fs, self.root, read_only=False)
         self._arrays = self._open_or_create(max_rows, chunk_rows, shard_rows)
         self._batch_examples: dict[int, list[int] | None] = {}  # per committed range, by its first batch
@@ -100,7 +115,11 @@ class CacheWriter:
         self.examples = sum(t.num_rows for *_, t in self.parts)
 
     def _names(self) -> tuple[str, ...]:
-        return (PROBS, TAIL, TOKEN_IDS) + ((TOPK_IDS,) if self.store_ids else ())
+        return (
+            (PROBS, TAIL, TOKEN_IDS)
+            + ((TOPK_IDS,) if self.store_ids else ())
+            + (TOKEN_ARRAYS if self.token_spans else ())
+        )
 
     def _open_or_create(self, max_rows: int, chunk_rows: int, shard_rows: int) -> dict[str, zarr.Array]:
         meta_file = join(self.root, GROUP_META_FILE)
@@ -120,7 +139,7 @@ class CacheWriter:
         compressor = BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.shuffle)
         arrays = {}
         for name in self._names():
-            width = (self.k,) if name in (PROBS, TOPK_IDS) else ()
+            width = {PROBS: (self.k,), TOPK_IDS: (self.k,), SPANS: (2,)}.get(name, ())
             arrays[name] = zarr.create_array(
                 self._store,
                 name=name,
@@ -134,8 +153,28 @@ class CacheWriter:
             )
         layout = {"chunk_rows": chunk_rows, "shard_rows": shard_rows, "store_ids": self.store_ids}
         attrs = {ATTR_SCHEMA: SCHEMA_NAME, ATTR_VERSION: SCHEMA_VERSION, ATTR_COMPLETE: False, ATTR_LAYOUT: layout}
+        if self.token_spans:
+            layout["token_spans"] = True
+            attrs[ATTR_VOCAB] = self._create_vocab(compressor)
         zarr.open_group(self._store, mode="a").attrs.put({**attrs, **self.identity})  # last: the cache exists
         return arrays
+
+    def _create_vocab(self, compressor: BloscCodec) -> dict:
+        """The teacher vocabulary arrays, written once at creation; returns the ATTR_VOCAB value."""
+        data, offsets = encode_vocab(self.vocab)
+        for name, values in ((VOCAB_BYTES, data), (VOCAB_OFFSETS, offsets)):
+            array = zarr.create_array(
+                self._store,
+                name=name,
+                shape=values.shape,
+                chunks=(max(1, min(len(values), 1 << 20)),),
+                dtype=ARRAY_DTYPES[name],
+                compressors=[compressor],
+                overwrite=True,
+            )
+            if len(values):
+                array[:] = values
+        return {"size": len(self.vocab), "bytes": int(len(data))}
 
     def _check_existing(self, meta: dict) -> None:
         if meta.get(ATTR_SCHEMA) != SCHEMA_NAME or meta.get(ATTR_VERSION) != SCHEMA_VERSION:
@@ -149,6 +188,11 @@ class CacheWriter:
                     f"{self.path}: an existing cache with a different {key}: "
                     f"{meta.get(key)!r} there, {value!r} asked; choose another --out"
                 )
+        if bool((meta.get(ATTR_LAYOUT) or {}).get("token_spans")) != self.token_spans:
+            raise CacheError(
+                f"{self.path}: an existing cache {'with' if not self.token_spans else 'without'} the token layout "
+                "(spans, label probabilities, vocabulary); choose another --out"
+            )
         if meta.get(ATTR_COMPLETE):
             self._remove_parts()  # markers a crash after the last step left behind
             raise CacheComplete(self.path)
@@ -181,11 +225,14 @@ class CacheWriter:
         topk_ids: np.ndarray | None = None,
         *,
         batch_examples: list[int] | None = None,
+        spans: np.ndarray | None = None,
+        label_probs: np.ndarray | None = None,
     ) -> None:
         """Write the rows of batches ``[batch_start, batch_end)`` and mark them done.
 
         ``records``: dicts with key, task, template_id, prompt, answer, n_rows, in row order.
         ``batch_examples``: how many of the records each batch holds (recorded in a worker's part for merging).
+        ``spans`` int [R, 2] byte [start, end) and ``label_probs`` float [R]: required with the token layout.
         Non-finite rows (NaN or inf, e.g. a teacher overflowing in fp16) are refused: nothing is written.
         """
         finite = np.isfinite(probs).all(axis=1) & np.isfinite(tail)  # [n]
@@ -194,8 +241,20 @@ class CacheWriter:
                 f"{self.path}: the teacher produced {int((~finite).sum())} non-finite rows (NaN or inf) in batches "
                 f"[{batch_start}, {batch_end}); nothing of them was written"
             )
+        stored = encode_probs(probs)
+        if topk_ids is not None:
+            topk_ids = mask_zero_ids(stored, topk_ids)
         self.commit_stored(
-            batch_start, batch_end, records, encode_probs(probs), tail, token_ids, topk_ids, batch_examples
+            batch_start,
+            batch_end,
+            records,
+            stored,
+            tail,
+            token_ids,
+            topk_ids,
+            batch_examples,
+            spans=None if spans is None else encode_spans(spans),
+            label_probs=None if label_probs is None else np.asarray(label_probs, dtype=np.float16),
         )
 
     def commit_stored(
@@ -208,8 +267,11 @@ class CacheWriter:
         token_ids: np.ndarray,
         topk_ids: np.ndarray | None,
         batch_examples: list[int] | None,
+        *,
+        spans: np.ndarray | None = None,
+        label_probs: np.ndarray | None = None,
     ) -> None:
-        """:meth:`commit` with the probabilities already encoded (as another cache stores them)."""
+        """:meth:`commit` with the probabilities, ids and spans already encoded (as another cache stores them)."""
         if batch_start != self.next_batch:
             raise CacheError(f"commit of batch {batch_start} while batch {self.next_batch} is next")
         if batch_examples is not None and (
@@ -217,6 +279,12 @@ class CacheWriter:
         ):
             raise CacheError(f"batch sizes {batch_examples} do not cover batches [{batch_start}, {batch_end})")
         n = len(tail)
+        if self.token_spans and (spans is None or label_probs is None or len(spans) != n or len(label_probs) != n):
+            raise CacheError(
+                f"{self.path}: a cache with the token layout needs a span and a label probability per row"
+            )
+        if self.store_ids and (topk_ids is None or len(topk_ids) != n):
+            raise CacheError(f"{self.path}: a cache storing ids (--store-ids) needs the top-k ids of every row")
         start = self.rows
         capacity = self._arrays[TAIL].shape[0]
         if start + n > capacity:
@@ -226,6 +294,9 @@ class CacheWriter:
         self._arrays[TOKEN_IDS][start : start + n] = token_ids.astype(np.int32)
         if self.store_ids:
             self._arrays[TOPK_IDS][start : start + n] = topk_ids.astype(np.int32)
+        if self.token_spans:
+            self._arrays[SPANS][start : start + n] = spans.astype(np.int32)
+            self._arrays[LABEL_PROBS][start : start + n] = label_probs.astype(np.float16)
         n_rows = np.array([r["n_rows"] for r in records], dtype=np.int64)
         columns = {name: [r[name] for r in records] for name in EXAMPLE_COLUMNS.names if name != "row_start"}
         columns["row_start"] = (start + np.concatenate([[0], np.cumsum(n_rows)[:-1]])).tolist() if records else []

@@ -21,6 +21,12 @@ Reads. A group is read with one ``Cache.read_rows`` call over its contiguous row
 end of an example that runs into the next group), so reads stay sequential on a local disk, in a zip or on an
 object store. Memory: the rows of one group per lane of this rank (plus the one being read) and ``prefetch``
 collated micro-batches, whatever the size of the cache.
+
+Token-aware losses (``align=AlignOptions(...)``, distill ``--loss uld-aligned|hybrid``). The same thread also reads
+the v1.1 token layout (top-k ids, spans, label probabilities) with the probabilities, takes each student answer's
+byte spans from the text contract (``Encoded.answer_spans``) and forms the batch's groups with
+``pipeline.alignment.align_batch`` (the teacher side merged, its ids mapped to student ids by a vocabulary map
+built once per run), so the training step only gathers and compares; ``stats.align_seconds`` is its cost.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import contextlib
 import itertools
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +44,7 @@ import numpy as np
 import torch
 
 from cache_schema import Cache
+from pipeline.alignment import Aligned, TeacherRows, VocabMap, align_batch
 from pipeline.losses import IGNORE_INDEX
 from pipeline.text import TextEncoder
 
@@ -52,6 +60,7 @@ class Batch:
     teacher_lengths: torch.Tensor  # [B] long, teacher rows of each example
     indices: np.ndarray  # [B] cache index of each example
     step: int  # the optimizer step (0-based) whose global batch the examples belong to
+    aligned: Aligned | None = None  # the byte-span groups, for the token-aware losses (BatchStream align=...)
 
     def to(self, device: torch.device) -> Batch:
         move = {"device": device, "non_blocking": True}
@@ -63,6 +72,7 @@ class Batch:
             self.teacher_lengths.to(**move),
             self.indices,
             self.step,
+            None if self.aligned is None else self.aligned.to(device),
         )
 
     @property
@@ -107,17 +117,25 @@ class StudentEncoder:
 
     def encode(self, prompts: list[str], answers: list[str]) -> list[tuple[list[int], list[int]]]:
         """(prompt ids, answer ids ending in EOS; [] for a skipped answer) per example."""
-        out = []
+        return self.encode_with_spans(prompts, answers)[0]
+
+    def encode_with_spans(
+        self, prompts: list[str], answers: list[str]
+    ) -> tuple[list[tuple[list[int], list[int]]], list[np.ndarray]]:
+        """:meth:`encode`, and each answer's byte spans int32 [len(answer ids), 2] (the text contract's)."""
+        out, spans = [], []
         for prompt, answer in zip(prompts, answers, strict=True):
             encoded = self.text.encode(prompt, answer)
             if encoded is None:
                 self.counts["answer_skipped"] += 1
                 out.append((self.text.encode_prompt(prompt)[0], []))
+                spans.append(np.zeros((0, 2), dtype=np.int32))
                 continue
             self.counts["prompt_cut"] += encoded.prompt_cut > 0
             self.counts["answer_cut"] += encoded.answer_cut > 0
             out.append((encoded.prompt_ids, encoded.answer_ids))
-        return out
+            spans.append(encoded.answer_spans)
+        return out, spans
 
     def collate(
         self, encoded: list[tuple[list[int], list[int]]], probs: list[np.ndarray], indices: np.ndarray, step: int
@@ -146,12 +164,21 @@ class StudentEncoder:
 # ---------------------------------------------------------------------------------------------- stream
 
 
+@dataclass(frozen=True)
+class AlignOptions:
+    """Pair student and teacher tokens by byte spans on the reader thread (the token-aware losses)."""
+
+    skip_student_eos: bool = True
+    vocab: VocabMap | None = None  # also map the teacher top-k ids to student ids (hybrid)
+
+
 @dataclass
 class ReaderStats:
     reads: int = 0  # read_rows calls
     rows_read: int = 0
     max_group_rows: int = 0  # largest single read: the bound on decoded rows held at once
     batches: int = 0  # batches handed to the queue
+    align_seconds: float = 0.0  # spent pairing student and teacher tokens (align=...), on the reader thread
 
 
 class BatchStream:
@@ -176,6 +203,7 @@ class BatchStream:
         start_step: int = 0,
         prefetch: int = 8,
         pin_memory: bool = False,
+        align: AlignOptions | None = None,
     ):
         if len(cache) == 0:
             raise ValueError(f"{cache.path}: the cache holds no examples")
@@ -194,6 +222,7 @@ class BatchStream:
         self.groups = chunk_groups(cache, shuffle_chunks)
         self.start_step = start_step
         self.stats = ReaderStats()
+        self.align = align
         self._orders: dict[int, list[np.ndarray]] = {}
         self._prompts = cache.examples.column("prompt")
         self._answers = cache.examples.column("answer")
@@ -245,8 +274,9 @@ class BatchStream:
             self._orders[epoch] = epoch_order(self.groups, self.seed, epoch)
         return self._orders[epoch][g]
 
-    def _lane(self, lane: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(cache index, teacher probs [n_rows, k]) of lane ``lane`` from the start step on, forever."""
+    def _lane(self, lane: int) -> Iterator[tuple[int, np.ndarray | TeacherRows]]:
+        """(cache index, teacher probs [n_rows, k], or its TeacherRows with ``align``) of lane ``lane`` from the
+        start step on, forever."""
         skip = self.start_step * self.per_lane
         for visit in itertools.count(lane, self.lanes):
             group = self._visit(visit)
@@ -256,13 +286,20 @@ class BatchStream:
             first, last = int(group.min()), int(group.max())  # a group's examples are contiguous in the cache
             lo = int(self.cache.row_start[first])
             hi = int(self.cache.row_start[last] + self.cache.n_rows[last])
-            probs = self.cache.read_rows(lo, hi)[0]  # [hi - lo, k], one sequential read
+            probs, _, _, topk_ids = self.cache.read_rows(lo, hi)  # [hi - lo, k], one sequential read
+            if self.align is not None:
+                spans, label_probs = self.cache.read_token_rows(lo, hi)
             self.stats.reads += 1
             self.stats.rows_read += hi - lo
             self.stats.max_group_rows = max(self.stats.max_group_rows, hi - lo)
             for i in group[skip:]:
                 start = int(self.cache.row_start[i]) - lo
-                yield int(i), probs[start : start + int(self.cache.n_rows[i])]
+                rows = slice(start, start + int(self.cache.n_rows[i]))
+                if self.align is None:
+                    yield int(i), probs[rows]
+                else:
+                    ids = None if topk_ids is None else topk_ids[rows]
+                    yield int(i), TeacherRows(probs[rows], ids, spans[rows], label_probs[rows])
             skip = 0
 
     def _produce(self) -> None:
@@ -274,18 +311,33 @@ class BatchStream:
                     return
                 self.stats.batches += 1
 
-    def _collate(self, chosen: list[tuple[int, np.ndarray]], step: int) -> Batch:
+    def _collate(self, chosen: list[tuple[int, np.ndarray | TeacherRows]], step: int) -> Batch:
         indices = np.array([i for i, _ in chosen])
         take = indices.tolist()
         prompts = self._prompts.take(take).to_pylist()
         answers = self._answers.take(take).to_pylist()
-        batch = self.encoder.collate(
-            self.encoder.encode(prompts, answers), [rows for _, rows in chosen], indices, step
-        )
+        encoded, spans = self.encoder.encode_with_spans(prompts, answers)
+        rows = [r for _, r in chosen]
+        aligned = None
+        if self.align is not None:
+            began = time.perf_counter()
+            aligned = align_batch(
+                [len(p) - 1 for p, _ in encoded],
+                [a for _, a in encoded],
+                spans,
+                rows,
+                skip_student_eos=self.align.skip_student_eos,
+                vocab=self.align.vocab,
+            )
+            self.stats.align_seconds += time.perf_counter() - began
+            rows = [r.probs for r in rows]
+        batch = self.encoder.collate(encoded, rows, indices, step)
+        batch.aligned = aligned
         if not self.pin_memory:
             return batch
         tensors = (batch.input_ids, batch.attention_mask, batch.labels, batch.teacher_probs, batch.teacher_lengths)
-        return Batch(*(t.pin_memory() for t in tensors), indices, step)
+        pinned = None if aligned is None else aligned.pin_memory()
+        return Batch(*(t.pin_memory() for t in tensors), indices, step, pinned)
 
     def _put(self, item) -> bool:
         """Block until the queue takes ``item``; False when asked to stop meanwhile."""

@@ -271,6 +271,11 @@ def cache_verify(path: str) -> None:
         f"ok: {report['path']}: {report['examples']} examples, {report['rows']} rows, {report['files']} files "
         f"checked; probabilities + tail = 1 within {report['max_sum_error']:.1e}"
     )
+    if report["token_layout"]:
+        click.echo(
+            f"token layout: spans inside their answers, ids inside the {report['teacher_vocab']}-token vocabulary, "
+            f"label probabilities = top-k entries within {report['max_label_prob_error']:.1e}"
+        )
     if report["listed_only"]:
         click.echo("note: this store cannot list files, so only the files the cache lists were checked")
 

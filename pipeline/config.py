@@ -147,7 +147,11 @@ class TeacherCacheConfig:
         "(the cache records which; --answers teacher needs cut).",
         choices=("skip", "cut"),
     )
-    store_ids: bool = option(False, "Also store the teacher token id of each top-k probability.")
+    store_ids: bool = option(
+        True,
+        "Store the teacher token id of each top-k probability (the token-aware distill losses need them; "
+        "--no-store-ids saves about half the bytes for plain ULD).",
+    )
     chunk_rows: int = option(4096, "Rows per Zarr chunk (the unit a reader decodes).")
     shard_rows: int = option(65536, "Rows per Zarr shard file (the unit a writer commits).")
     worker: int | None = option(
@@ -228,6 +232,13 @@ class DistillConfig:
     )
     student_temperature: float = option(1.0, "Temperature τ of the student softmax inside ULD.")
     skip_student_eos: bool = option(True, "Leave the student row predicting EOS out of ULD (official recipe).")
+    loss: str = option(
+        "uld",
+        "Distillation distance: uld (official: i-th student row vs i-th teacher row, sorted L1), uld-aligned "
+        "(sorted L1 on student and teacher tokens paired by their bytes in the answer), hybrid (uld-aligned, with "
+        "the tokens both vocabularies spell alike compared by identity); the last two need a v1.1 cache.",
+        choices=("uld", "uld-aligned", "hybrid"),
+    )
     epochs: float = option(1.0, "Passes over the cache (fractions allowed); --steps overrides it.")
     steps: int | None = option(None, "Optimizer steps to train for (default: from --epochs).")
     batch_size: int = option(8, "Examples per micro-batch: the most one process trains on at once.")

@@ -18,6 +18,7 @@ class Rows:
     tail: np.ndarray  # float32 [R], 1 - sum of the top-k
     token_ids: np.ndarray  # [R] the answer token of each row
     topk_ids: np.ndarray | None  # [R, k] teacher vocabulary ids of the probabilities, when asked for
+    label_probs: np.ndarray | None = None  # float32 [R] probability of each row's own answer token
 
 
 def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
@@ -78,6 +79,7 @@ def teacher_rows(
     k = min(top_k, probs.shape[-1])
     top = probs.topk(k, dim=-1)  # sorted descending
     tail = (1.0 - top.values.sum(-1)).clamp_min(0.0)  # [R]
+    label = probs.gather(1, token_ids[:, None].to(probs.device))[:, 0]  # [R] the row's own token (cache v1.1)
     values, indices = top.values, top.indices
     if k < top_k:  # a vocabulary smaller than k: the missing ranks hold zero mass
         values = torch.nn.functional.pad(values, (0, top_k - k))
@@ -88,6 +90,7 @@ def teacher_rows(
         tail.cpu().numpy(),
         token_ids.cpu().numpy(),
         indices.cpu().numpy() if store_ids else None,
+        label.cpu().numpy(),
     )
 
 

@@ -31,11 +31,12 @@ from tqdm import tqdm
 
 import cache_schema
 from pipeline import __version__, distributed, output_lock, training
+from pipeline.alignment import token_bytes, vocab_map
 from pipeline.atomic import write_atomic
-from pipeline.cache_reader import BatchStream, StudentEncoder
+from pipeline.cache_reader import AlignOptions, BatchStream, StudentEncoder
 from pipeline.config import ConfigError, DistillConfig, operational_fields, to_dict
 from pipeline.distributed import World
-from pipeline.losses import answer_tokens, causal_lm_ce, uld_loss, uld_pairs
+from pipeline.losses import answer_tokens, causal_lm_ce, hybrid_loss, uld_aligned_loss, uld_loss, uld_pairs
 from pipeline.models import context_limit
 from pipeline.text import PROMPT_POLICY, TextEncoder, TextSpec, save_spec
 
@@ -99,6 +100,7 @@ def _run(
     bf16 = _use_bf16(cfg.precision, world.device)
     teacher_cache = cache_schema.open_cache(cache, checksums=cfg.cache_checksums)
     cache_schema.check_provenance(teacher_cache, expected_mixture, accept=cfg.accept_cache)
+    _check_token_cache(cfg, teacher_cache)
     if len(teacher_cache) == 0:
         raise cache_schema.CacheError(f"{teacher_cache.path}: the cache holds no examples")
     spec = _student_text_spec(cfg, teacher_cache)
@@ -132,6 +134,7 @@ def _run(
     encoder = StudentEncoder(TextEncoder(tokenizer, spec, context_limit(hf_model.config)))
     metrics = training.MetricsLog(out / METRICS_FILE, keep_through_step=start) if world.main else None
     began = time.monotonic()
+    align, matched = _token_alignment(cfg, teacher_cache, tokenizer, hf_model, world.device)
     with BatchStream(
         teacher_cache,
         encoder,
@@ -145,6 +148,7 @@ def _run(
         start_step=start,
         prefetch=cfg.prefetch,
         pin_memory=world.device.type == "cuda",
+        align=align,
     ) as stream:
         try:
             final = _train(
@@ -159,11 +163,14 @@ def _run(
                 bf16=bf16,
                 examples=len(teacher_cache),
                 world=world,
+                matched=matched,
             )
         finally:
             if metrics is not None:
                 metrics.close()
     seconds = time.monotonic() - began
+    if align is not None:
+        log.info("reader thread: %.2f s pairing tokens by bytes for --loss %s", stream.stats.align_seconds, cfg.loss)
 
     training.save_student(model, tokenizer, out, world, checkpointed=cfg.gradient_checkpointing)
     if world.main:
@@ -176,6 +183,7 @@ def _run(
         final = metrics.rows[-1] if metrics.rows else {}
         examples_seen = total * cfg.grad_accum * cfg.batch_size
         record.update(complete=True, steps=total, final=final, examples_seen=examples_seen, processes=world.size)
+        record["align_seconds"] = round(stream.stats.align_seconds, 3)  # reader thread, this rank
         # written last: "complete" means the student above is whole
         write_atomic(out / RUN_FILE, json.dumps(record, indent=2, default=str))
         if not cfg.keep_checkpoint:
@@ -218,6 +226,45 @@ def _student_text_spec(cfg: DistillConfig, teacher_cache) -> TextSpec:
             cfg.max_prompt_tokens,
         )
     return TextSpec(layout, cfg.max_prompt_tokens, cfg.max_answer_tokens, teacher.get("answer_overflow", "cut"))
+
+
+def _check_token_cache(cfg: DistillConfig, cache) -> None:
+    """Refuse, in one line, a token-aware --loss on a cache that lacks what it reads."""
+    if cfg.loss == "uld":
+        return
+    if not cache.has_token_spans:
+        raise ConfigError(
+            f"--loss {cfg.loss}: {cache.path} has no token spans, label probabilities or teacher vocabulary (schema "
+            f"v{cache.meta.get(cache_schema.ATTR_VERSION)}); write a v1.1 cache with this kdpipe's teacher-cache, "
+            "or use --loss uld"
+        )
+    if cfg.loss == "hybrid" and not cache.has_topk_ids:
+        raise ConfigError(
+            f"--loss hybrid: {cache.path} stores no teacher top-k ids (written with --no-store-ids); rewrite it "
+            "with --store-ids, or use --loss uld-aligned"
+        )
+
+
+def _token_alignment(cfg: DistillConfig, cache, tokenizer, hf_model, device: torch.device):
+    """(AlignOptions for the reader, (student matched-id mask [Vs] on ``device``, matched weight) for hybrid).
+
+    The vocabulary map is built once per run, from the cache's teacher byte strings and the student tokenizer's.
+    """
+    if cfg.loss == "uld":
+        return None, None
+    vocab = None
+    matched = None
+    if cfg.loss == "hybrid":
+        size = hf_model.get_output_embeddings().weight.shape[0]
+        vocab = vocab_map(cache.teacher_vocab(), token_bytes(tokenizer, size=size))
+        log.info(
+            "hybrid: %d of %d teacher tokens spelled alike by the student (weight %.3f)",
+            vocab.matched,
+            vocab.teacher_size,
+            vocab.matched_share,
+        )
+        matched = (torch.from_numpy(vocab.student_matched).to(device), vocab.matched_share)
+    return AlignOptions(skip_student_eos=cfg.skip_student_eos, vocab=vocab), matched
 
 
 def _check_world(cfg: DistillConfig, world: World) -> None:
@@ -299,6 +346,7 @@ def _train(
     bf16: bool,
     examples: int,
     world: World,
+    matched: tuple[torch.Tensor, float] | None = None,
 ) -> dict:
     """The optimizer steps from ``start`` to ``total``; returns the last metrics row.
 
@@ -333,16 +381,13 @@ def _train(
             world,
             [
                 sum(answer_tokens(b.labels) for b in micro),
-                sum(
-                    int((uld_pairs(b.labels, b.teacher_lengths, skip_student_eos=cfg.skip_student_eos) > 0).sum())
-                    for b in micro
-                ),
+                sum(_paired_examples(b, cfg) for b in micro),
             ],
         )
         sums = torch.zeros(2, dtype=torch.float64, device=world.device)  # Σ CE, Σ ULD of this rank
         for i, batch in enumerate(micro):
             with distributed.gradient_sync(model, enabled=i == len(micro) - 1):
-                ce, uld = _losses(model, batch, cfg, autocast)
+                ce, uld = _losses(model, batch, cfg, autocast, matched)
                 loss = (
                     ce / max(tokens, 1) + cfg.uld_weight * uld / max(pairs, 1)
                     if cfg.uld_weight > 0
@@ -388,13 +433,36 @@ def _train(
     return row
 
 
-def _losses(model, batch, cfg: DistillConfig, autocast) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ CE over the micro-batch's answer tokens and Σ ULD over its examples (``reduction="sum"``)."""
+def _paired_examples(batch, cfg: DistillConfig) -> int:
+    """Examples of a micro-batch the distance averages over: with paired rows (uld) or with groups (the others)."""
+    if cfg.loss != "uld":
+        return int((batch.aligned.groups > 0).sum())
+    return int((uld_pairs(batch.labels, batch.teacher_lengths, skip_student_eos=cfg.skip_student_eos) > 0).sum())
+
+
+def _losses(model, batch, cfg: DistillConfig, autocast, matched=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ CE over the micro-batch's answer tokens and Σ distance (``--loss``) over its examples (``reduction="sum"``).
+
+    ``matched``: (student ids spelled like a teacher token [Vs] bool, their weight), for ``--loss hybrid``.
+    """
     with autocast:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     ce = causal_lm_ce(logits, batch.labels, reduction="sum")  # logits: [B, T, Vs]
-    # λ = 0 is the FT baseline: its ULD distance is measured without gradient so both curves compare.
+    # λ = 0 is the FT baseline: its distance is measured without gradient so both curves compare.
     with torch.set_grad_enabled(cfg.uld_weight > 0):
+        if cfg.loss == "uld-aligned":
+            uld = uld_aligned_loss(logits, batch.aligned, student_temperature=cfg.student_temperature, reduction="sum")
+            return ce, uld
+        if cfg.loss == "hybrid":
+            uld = hybrid_loss(
+                logits,
+                batch.aligned,
+                matched[0],
+                matched[1],
+                student_temperature=cfg.student_temperature,
+                reduction="sum",
+            )
+            return ce, uld
         uld = uld_loss(
             logits,
             batch.labels,

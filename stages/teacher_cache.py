@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 import cache_schema
 from pipeline import output_lock
+from pipeline.alignment import generated_spans, token_bytes
 from pipeline.config import ConfigError, TeacherCacheConfig, to_dict
 from pipeline.models import context_limit, load_config_and_tokenizer, load_model, pick_device, tokenizer_fingerprint
 from pipeline.tasks import MixtureExample, TaskError, build_mixture
@@ -47,6 +48,7 @@ class _Prepared:
     example: MixtureExample
     prompt_ids: list[int]
     answer_ids: list[int]  # gold answer tokens (EOS included unless the answer was cut); [] with --answers teacher
+    answer_spans: np.ndarray  # int32 [len(answer_ids), 2] their byte spans in the answer (cache v1.1)
 
 
 @dataclass
@@ -148,6 +150,7 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
             store_ids=cfg.store_ids,
             chunk_rows=cfg.chunk_rows,
             shard_rows=cfg.shard_rows,
+            vocab=token_bytes(text.tokenizer, size=model.get_output_embeddings().weight.shape[0]),
         )
     except cache_schema.CacheComplete:
         meta = cache_schema.open_cache(out).meta
@@ -234,7 +237,7 @@ def _tokenize(examples: list[MixtureExample], text: TextEncoder, cfg: TeacherCac
                 continue
             truncated["prompt"] += 1
         truncated["answer"] += encoded.answer_cut > 0
-        prepared.append(_Prepared(example, encoded.prompt_ids, encoded.answer_ids))
+        prepared.append(_Prepared(example, encoded.prompt_ids, encoded.answer_ids, encoded.answer_spans))
     return prepared, dict(skipped), {k: v for k, v in truncated.items() if v}
 
 
@@ -294,7 +297,13 @@ def _write_batches(
                 }
                 for it, a in zip(items, rows_of.answers, strict=True)
             ]
-            committer.put(b, records, rows_of)
+            if cfg.answers == "gold":
+                spans = np.concatenate([it.answer_spans for it in items])
+            else:  # the teacher's own answer: spans of its generated ids in the decoded text
+                spans = np.concatenate(
+                    [generated_spans(text, a, r["answer"]) for a, r in zip(rows_of.answers, records, strict=True)]
+                )
+            committer.put(b, records, rows_of, spans)
             rows += len(rows_of.tail)
             elapsed = max(time.monotonic() - start, 1e-9)
             bar.update(len(items))
@@ -311,6 +320,7 @@ class _Finished:
     batch: int  # index in the batch plan
     records: list[dict]  # examples.parquet rows of its examples
     rows: Rows
+    spans: np.ndarray  # int32 [R, 2]: byte span of each row's token in its example's answer
 
 
 class _Committer:
@@ -323,10 +333,10 @@ class _Committer:
         self.thread = threading.Thread(target=self._loop, name="cache-writer", daemon=True)
         self.thread.start()
 
-    def put(self, batch: int, records: list[dict], rows: Rows) -> None:
+    def put(self, batch: int, records: list[dict], rows: Rows, spans: np.ndarray) -> None:
         if self.error:
             raise self.error
-        self.queue.put(_Finished(batch, records, rows))
+        self.queue.put(_Finished(batch, records, rows, spans))
 
     def close(self) -> None:
         self.queue.put(None)
@@ -369,4 +379,6 @@ class _Committer:
             cat([r.token_ids for r in rows]),
             topk,
             batch_examples=[len(p.records) for p in pending],
+            spans=cat([p.spans for p in pending]),
+            label_probs=cat([p.rows.label_probs for p in pending]),
         )

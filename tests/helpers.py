@@ -5,10 +5,12 @@ A test module imports from here (or from ``tests.conftest``), never from another
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 import cache_schema as cs
 from pipeline import training
@@ -91,33 +93,66 @@ def cache_identity(k: int = 8) -> dict:
     )
 
 
+TEACHER_VOCAB = [b"", *(f"t{i}".encode() for i in range(1, 500))]  # id 0 special (no bytes)
+
+
 def write_known_rows_cache(
-    path: Path, lengths=(3, 1, 5, 2), k: int = 8, store_ids: bool = False, seed: int = 0, commit_every: int = 2
+    path: Path,
+    lengths=(3, 1, 5, 2),
+    k: int = 8,
+    store_ids: bool = False,
+    seed: int = 0,
+    commit_every: int = 2,
+    token_layout: bool = False,
 ) -> dict:
-    """A small finished cache with placeholder text; returns the rows written (probs, tail, ids, topk, keys)."""
+    """A small finished cache with placeholder text; returns the rows written (probs, tail, ids, topk, keys...).
+
+    ``token_layout``: a v1.1 cache with spans (row j of an example covers byte j of its answer), label
+    probabilities (each row's token is its top-1) and TEACHER_VOCAB.
+    """
     rng = np.random.default_rng(seed)
     writer = cs.CacheWriter(
-        path, cache_identity(k), max_rows=sum(lengths) + 10, store_ids=store_ids, chunk_rows=4, shard_rows=8
+        path,
+        cache_identity(k),
+        max_rows=sum(lengths) + 10,
+        store_ids=store_ids,
+        chunk_rows=4,
+        shard_rows=8,
+        vocab=TEACHER_VOCAB if token_layout else None,
     )
-    written = {"probs": [], "tail": [], "ids": [], "topk": [], "keys": []}
+    written = {"probs": [], "tail": [], "ids": [], "topk": [], "keys": [], "spans": [], "label": []}
     for b in range(0, len(lengths), commit_every):
         group = lengths[b : b + commit_every]
         probs, tail = peaked_rows(rng, sum(group), k)
         ids = rng.integers(0, 500, sum(group)).astype(np.int32)
-        topk = rng.integers(0, 500, (sum(group), k)).astype(np.int32)
-        records = [
-            {
-                "key": cs.example_key("a" if (b + i) % 2 else "b", 0, f"p{b + i}", "a"),
-                "task": "a" if (b + i) % 2 else "b",
-                "template_id": 0,
-                "prompt": f"p{b + i}",
-                "answer": "a",
-                "n_rows": n,
-            }
-            for i, n in enumerate(group)
-        ]
-        writer.commit(b, b + len(group), records, probs, tail, ids, topk if store_ids else None)
-        for key, arr in (("probs", probs), ("tail", tail), ("ids", ids), ("topk", topk)):
+        topk = rng.integers(1, 500, (sum(group), k)).astype(np.int32)
+        spans = np.concatenate([np.stack([np.arange(n), np.arange(n) + 1], axis=1) for n in group])
+        label = probs[:, 0].copy()
+        if token_layout:
+            ids = topk[:, 0].copy()
+        records = []
+        for i, n in enumerate(group):
+            task, answer = ("a" if (b + i) % 2 else "b"), ("x" * n if token_layout else "a")
+            records.append(
+                {
+                    "key": cs.example_key(task, 0, f"p{b + i}", answer),
+                    "task": task,
+                    "template_id": 0,
+                    "prompt": f"p{b + i}",
+                    "answer": answer,
+                    "n_rows": n,
+                }
+            )
+        token_rows = {"spans": spans, "label_probs": label} if token_layout else {}
+        writer.commit(b, b + len(group), records, probs, tail, ids, topk if store_ids else None, **token_rows)
+        for key, arr in (
+            ("probs", probs),
+            ("tail", tail),
+            ("ids", ids),
+            ("topk", topk),
+            ("spans", spans),
+            ("label", label),
+        ):
             written[key].append(arr)
         written["keys"] += [r["key"] for r in records]
     writer.finalize(cs.counts_attrs(writer.examples, writer.rows, {}, {}, {}))
@@ -179,3 +214,20 @@ def write_text_cache(path: Path, n_examples: int = 60, seed: int = 0, finalize: 
     if finalize:
         writer.finalize(cs.counts_attrs(writer.examples, writer.rows, {}, {}, {}))
     return path
+
+
+def forge_attrs(path: Path, **changes) -> None:
+    """Edit attributes the way a forger would: the attrs digest recomputed to match."""
+    group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+")
+    attrs = group.attrs.asdict()
+    attrs.update(changes)
+    attrs[cs.ATTR_DIGEST] = cs.attrs_digest(attrs)
+    group.attrs.put(attrs)
+
+
+def edit_array_meta(path: Path, array: str, edit) -> None:
+    """Rewrite one array's zarr.json through ``edit(meta)`` (a hostile or corrupted array description)."""
+    meta_file = path / array / "zarr.json"
+    meta = json.loads(meta_file.read_text())
+    edit(meta)
+    meta_file.write_text(json.dumps(meta))

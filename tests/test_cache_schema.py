@@ -10,7 +10,7 @@ import pytest
 import zarr
 
 import cache_schema as cs
-from tests.helpers import cache_identity, peaked_rows, write_known_rows_cache
+from tests.helpers import cache_identity, edit_array_meta, forge_attrs, peaked_rows, write_known_rows_cache
 
 
 def test_encoding_round_trip_is_within_the_documented_tolerance():
@@ -179,7 +179,7 @@ def test_not_a_cache(tmp_path):
 
 
 def test_no_pickle_and_plain_dtypes_on_disk(tmp_path):
-    write_known_rows_cache(tmp_path / "c", store_ids=True)
+    write_known_rows_cache(tmp_path / "c", store_ids=True, token_layout=True)
     for name, dtype in cs.ARRAY_DTYPES.items():
         meta = json.loads((tmp_path / "c" / name / "zarr.json").read_text())
         assert meta["data_type"] == dtype.name
@@ -190,15 +190,6 @@ def test_no_pickle_and_plain_dtypes_on_disk(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- verify via the CLI
-
-
-def _forge_attrs(path: Path, **changes) -> None:
-    """Edit attributes the way a forger would: the attrs digest recomputed to match."""
-    group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+")
-    attrs = group.attrs.asdict()
-    attrs.update(changes)
-    attrs[cs.ATTR_DIGEST] = cs.attrs_digest(attrs)
-    group.attrs.put(attrs)
 
 
 def _first_file(path: Path, array: str) -> Path:
@@ -255,7 +246,7 @@ def test_cli_verify_names_the_damaged_file_in_one_line(tmp_path, damage):
 
 def test_verify_compares_the_per_task_counts_with_the_examples_table(tmp_path):
     write_known_rows_cache(tmp_path / "c")
-    _forge_attrs(
+    forge_attrs(
         tmp_path / "c",
         **{cs.ATTR_COUNTS: {**cs.open_cache(tmp_path / "c").meta[cs.ATTR_COUNTS], "per_task": {"a": {"examples": 4}}}},
     )
@@ -266,19 +257,12 @@ def test_verify_compares_the_per_task_counts_with_the_examples_table(tmp_path):
 # ---------------------------------------------------------------------------------------------- hostile caches
 
 
-def _edit_array_meta(path: Path, array: str, edit) -> None:
-    meta_file = path / array / "zarr.json"
-    meta = json.loads(meta_file.read_text())
-    edit(meta)
-    meta_file.write_text(json.dumps(meta))
-
-
 def _huge_rows(path: Path) -> None:
     rows = 10**12
     counts = cs.open_cache(path).meta[cs.ATTR_COUNTS]
     for name in (cs.PROBS, cs.TAIL, cs.TOKEN_IDS):
-        _edit_array_meta(path, name, lambda m: m.update(shape=[rows, *m["shape"][1:]]))
-    _forge_attrs(path, **{cs.ATTR_COUNTS: {**counts, "rows": rows}})
+        edit_array_meta(path, name, lambda m: m.update(shape=[rows, *m["shape"][1:]]))
+    forge_attrs(path, **{cs.ATTR_COUNTS: {**counts, "rows": rows}})
 
 
 def _giant_chunk(path: Path) -> None:
@@ -286,7 +270,7 @@ def _giant_chunk(path: Path) -> None:
         meta["chunk_grid"]["configuration"]["chunk_shape"] = [1 << 30, 8]
         meta["codecs"][0]["configuration"]["chunk_shape"] = [1 << 30, 8]
 
-    _edit_array_meta(path, cs.PROBS, edit)
+    edit_array_meta(path, cs.PROBS, edit)
 
 
 def _giant_shard_index(path: Path) -> None:
@@ -294,17 +278,15 @@ def _giant_shard_index(path: Path) -> None:
         meta["chunk_grid"]["configuration"]["chunk_shape"] = [1 << 40]
         meta["codecs"][0]["configuration"]["chunk_shape"] = [1]
 
-    _edit_array_meta(path, cs.TAIL, edit)
+    edit_array_meta(path, cs.TAIL, edit)
 
 
 def _foreign_codec(path: Path) -> None:
-    _edit_array_meta(
-        path, cs.TOKEN_IDS, lambda m: m["codecs"][0]["configuration"]["codecs"].append({"name": "pickle"})
-    )
+    edit_array_meta(path, cs.TOKEN_IDS, lambda m: m["codecs"][0]["configuration"]["codecs"].append({"name": "pickle"}))
 
 
 def _object_dtype(path: Path) -> None:
-    _edit_array_meta(path, cs.TAIL, lambda m: m.update(data_type="string"))
+    edit_array_meta(path, cs.TAIL, lambda m: m.update(data_type="string"))
 
 
 def _more_examples_than_attrs(path: Path) -> None:
@@ -316,7 +298,7 @@ def _more_examples_than_attrs(path: Path) -> None:
 
 def _huge_example_count(path: Path) -> None:
     counts = cs.open_cache(path).meta[cs.ATTR_COUNTS]
-    _forge_attrs(path, **{cs.ATTR_COUNTS: {**counts, "examples": 10**12}})
+    forge_attrs(path, **{cs.ATTR_COUNTS: {**counts, "examples": 10**12}})
 
 
 @pytest.mark.parametrize(
@@ -349,7 +331,7 @@ def test_hostile_sizes_and_codecs_are_refused_before_any_data_is_read(tmp_path, 
 
 def test_provenance_names_where_the_cache_comes_from(tmp_path):
     write_known_rows_cache(tmp_path / "c")
-    _forge_attrs(
+    forge_attrs(
         tmp_path / "c",
         **{cs.ATTR_TEACHER: {"id": "google/flan-t5-xxl", "revision": "abc123", "quantization": "nf4"}},
     )
@@ -383,7 +365,7 @@ def test_check_provenance_refuses_another_mixture_unless_accepted(tmp_path, capl
 
 def test_check_provenance_refuses_a_lone_worker_part(tmp_path):
     write_known_rows_cache(tmp_path / "c")
-    _forge_attrs(tmp_path / "c", **cs.worker_attrs(1, 2, 4))
+    forge_attrs(tmp_path / "c", **cs.worker_attrs(1, 2, 4))
     cache = cs.open_cache(tmp_path / "c")
     with pytest.raises(cs.CacheError, match="part of worker 1 of 2 only"):
         cs.check_provenance(cache, None)

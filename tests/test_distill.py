@@ -21,7 +21,7 @@ from pipeline.cli import main
 from pipeline.config import ConfigError, DistillConfig, TeacherCacheConfig, to_dict
 from stages import distill, teacher_cache
 from tests.conftest import REPO
-from tests.helpers import cli_flags, one_line_error, step_metrics, write_text_cache
+from tests.helpers import cli_flags, one_line_error, step_metrics, write_known_rows_cache, write_text_cache
 
 STEPS = 16
 COMPARED = ("step", "loss", "ce", "uld", "lr", "grad_norm")  # the columns a resumed run must reproduce
@@ -285,3 +285,29 @@ def test_a_cache_of_another_mixture_is_refused_unless_accepted(cache, demo_model
     config.write_text(f"teacher_cache:\n  tasks: {mixture}\n")  # the cache's own mixture: no refusal
     same = cli("--config", str(config), "--out", str(tmp_path / "c"), *common)
     assert same.exit_code == 0, same.output
+
+
+# ---- token-aware losses (cache schema v1.1) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["uld-aligned", "hybrid"])
+def test_token_aware_losses_train_from_a_v1_1_cache(loss, cache, demo_models, tmp_path):
+    cfg = small_config(demo_models["student"], loss=loss, steps=6, checkpoint_every=0, keep_checkpoint=False)
+    result = distill.run(cfg, cache, tmp_path / "student")
+    rows = step_metrics(tmp_path / "student")
+    assert len(rows) == 6 and all(math.isfinite(r["loss"]) and r["uld"] > 0 for r in rows)
+    assert result.final["loss"] == pytest.approx(result.final["ce"] + cfg.uld_weight * result.final["uld"], abs=1e-5)
+    record = json.loads((tmp_path / "student" / distill.RUN_FILE).read_text())
+    assert record["config"]["loss"] == loss and record["align_seconds"] > 0
+
+
+def test_a_cache_without_the_token_layout_is_refused_in_one_line(demo_models, tmp_path):
+    student = ["--student", str(demo_models["student"])]
+    write_known_rows_cache(tmp_path / "v1", store_ids=True)
+    result = cli("--cache", str(tmp_path / "v1"), "--out", str(tmp_path / "o1"), "--loss", "uld-aligned", *student)
+    one_line_error(result, "--loss uld-aligned")
+    assert "has no token spans" in result.output and "--loss uld" in result.output
+    write_known_rows_cache(tmp_path / "no-ids", token_layout=True)
+    result = cli("--cache", str(tmp_path / "no-ids"), "--out", str(tmp_path / "o2"), "--loss", "hybrid", *student)
+    one_line_error(result, "--loss hybrid")
+    assert "stores no teacher top-k ids" in result.output

@@ -5,16 +5,22 @@
 
 Both sides gather the same answer rows and upcast to float32; they differ only in how the sorted student
 distribution is compared with the teacher's top-k, so the ratio is the cost of the full sort.
+
+Then the token-aware losses on the same batch (``--token-aware``, on by default): student and teacher tokens of
+1-6 and 1-8 bytes over the same answers, grouped by bytes; prints the CPU cost of forming the groups (what the
+reader thread does per batch) and the forward + backward time of uld-aligned and hybrid against uld.
 """
 
 import argparse
 import statistics
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import IGNORE_INDEX, uld_loss
+from pipeline.alignment import TeacherRows, align_batch, vocab_map
+from pipeline.losses import IGNORE_INDEX, hybrid_loss, uld_aligned_loss, uld_loss
 
 
 def full_sort_uld(logits, labels, teacher_probs, teacher_lengths, temperature=1.0, skip_student_eos=True):
@@ -73,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-token-aware", dest="token_aware", action="store_false", help="skip uld-aligned/hybrid")
+    parser.add_argument("--teacher-vocab", type=int, default=32_128, help="teacher vocabulary (token-aware part)")
     return parser
 
 
@@ -111,6 +119,64 @@ def main():
     top_k_value, full_sort_value = values.values()
     print(f"values: top-k {top_k_value:.8f}  full-sort {full_sort_value:.8f}  ", end="")
     print(f"|diff| {abs(top_k_value - full_sort_value):.2e}")
+    if args.token_aware:
+        inputs = make_batch(args, torch.device(args.device), getattr(torch, args.dtype))
+        token = measure_token_aware(args, inputs)
+        base = statistics.median(token["times"]["uld"])
+        print(f"token-aware ({token['groups']} groups in the batch; teacher vocabulary {args.teacher_vocab}):")
+        print(f"  reader thread, align_batch with the id map: {token['align_ms']:.1f} ms/batch (CPU)")
+        for name, ms in token["times"].items():
+            print(f"{name:>15}: {statistics.median(ms):9.1f} ms/call  ({statistics.median(ms) / base:.2f}x uld)")
+
+
+def token_aware_inputs(args, inputs):
+    """The reader thread's groups for the batch of ``make_batch``: random byte lengths on each side, same answers."""
+    logits, labels, teacher, _ = inputs
+    rng = np.random.default_rng(args.seed)
+    first = (labels[0, 1:] != -100).nonzero()[0, 0].item()  # row predicting the first answer label
+    answers, s_spans, rows = [], [], []
+    for b in range(args.batch):
+        s_len = rng.integers(1, 7, args.answer_rows + 1)
+        total = int(s_len.sum())
+        t_ends = np.unique(np.concatenate([np.cumsum(rng.integers(1, 9, total))[: total // 2], [total]]))
+        t_ends = t_ends[t_ends <= total]
+        t_spans = np.stack([np.concatenate([[0], t_ends[:-1]]), t_ends], axis=1)
+        n_t = min(len(t_spans), teacher.shape[1])
+        t_spans = t_spans[:n_t]
+        s_end = np.cumsum(s_len)
+        s_spans.append(np.stack([s_end - s_len, s_end], axis=1))
+        answers.append(labels[b, first + 1 : first + 2 + args.answer_rows].tolist())
+        probs = teacher[b, :n_t].cpu().numpy()
+        ids = rng.integers(0, args.teacher_vocab, probs.shape).astype(np.int32)
+        rows.append(TeacherRows(probs, ids, t_spans.astype(np.int32), probs[:, 0].copy()))
+    teacher_vocab = [f"t{i}".encode() for i in range(args.teacher_vocab)]
+    student_vocab = [f"t{i}".encode() if i % 3 else f"s{i}".encode() for i in range(args.vocab)]  # 2/3 shared
+    vmap = vocab_map(teacher_vocab, student_vocab)
+    start = time.perf_counter()
+    for _ in range(args.repeats):
+        aligned = align_batch([first] * args.batch, answers, s_spans, rows, vocab=vmap)
+    align_ms = (time.perf_counter() - start) * 1e3 / args.repeats
+    return aligned, vmap, align_ms
+
+
+def measure_token_aware(args: argparse.Namespace, inputs) -> dict:
+    device = torch.device(args.device)
+    aligned, vmap, align_ms = token_aware_inputs(args, inputs)
+    aligned = aligned.to(device)
+    matched = torch.from_numpy(vmap.student_matched).to(device)
+    implementations = {
+        "uld": lambda logits, labels, t, lengths: uld_loss(logits, labels, t, lengths),
+        "uld-aligned": lambda logits, *_: uld_aligned_loss(logits, aligned),
+        "hybrid": lambda logits, *_: hybrid_loss(logits, aligned, matched, vmap.matched_share),
+    }
+    for _ in range(args.warmup):
+        for loss_fn in implementations.values():
+            forward_backward(loss_fn, inputs, device)
+    times = {name: [] for name in implementations}
+    for _ in range(args.repeats):
+        for name, loss_fn in implementations.items():
+            times[name].append(forward_backward(loss_fn, inputs, device)[1])
+    return {"times": times, "align_ms": align_ms, "groups": int(aligned.example.numel())}
 
 
 if __name__ == "__main__":
