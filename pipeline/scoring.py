@@ -60,6 +60,7 @@ class EvalModel:
         self.context = context_limit(model.config)
         self.device = model.device
         self.truncated = 0  # prompts cut so far
+        self.cut: list[bool] = []  # per prompt of the latest call: was it cut
 
     # ---- encoding ----------------------------------------------------------------------------------------
 
@@ -76,7 +77,8 @@ class EvalModel:
         if limit < 1:
             raise ValueError(f"no room for a prompt: context {self.context}, {reserve} positions reserved")
         ids = self.tokenizer(list(prompts), add_special_tokens=self.seq2seq).input_ids
-        self.truncated += sum(len(p) > limit for p in ids)
+        self.cut = [len(p) > limit for p in ids]
+        self.truncated += sum(self.cut)
         head = limit // 2
         return [(p if len(p) <= limit else p[:head] + p[len(p) - (limit - head) :]) or [self.eos] for p in ids]
 
@@ -154,7 +156,7 @@ class EvalModel:
         order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
         outputs: list[str] = [""] * len(prompt_ids)
         config = self._generation_config(max_new_tokens)
-        bar = tqdm(total=len(order), desc=desc, unit="ex", mininterval=1.0, leave=False)
+        bar = tqdm(total=len(order), desc=desc, unit="ex", mininterval=1.0, leave=False, disable=len(order) < 2)
         start, new_tokens = time.monotonic(), 0
         for b in range(0, len(order), self.batch_size):
             index = order[b : b + self.batch_size]

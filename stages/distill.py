@@ -50,6 +50,7 @@ PROVENANCE_ATTRS = (
     cache_schema.ATTR_TOP_K,
     cache_schema.ATTR_TEMPERATURE,
     cache_schema.ATTR_ANSWERS,
+    cache_schema.ATTR_MIXTURE,
     cache_schema.ATTR_MIXTURE_FP,
     cache_schema.ATTR_DIGEST,
 )
@@ -143,7 +144,7 @@ def _run(
                 metrics.close()
     seconds = time.monotonic() - began
 
-    training.save_student(model, tokenizer, out, world, checkpointed=cfg.gradient_checkpointing)
+    training.save_student(model, tokenizer, out, world, checkpointed=cfg.gradient_checkpointing, record=record)
     if world.main:
         title = f"{Path(cfg.student).name}: CE + {cfg.uld_weight}·ULD"
         training.plot_metrics(metrics.rows, out / CURVE_FILE, title)
