@@ -292,8 +292,21 @@ def test_eval_cli_over_shared_data_writes_all_outputs(tmp_path, shared_data, dem
             r = model["results"][task]
             assert r["n"] == 20 and all(0.0 <= v <= 100.0 for v in r["values"].values())
             assert len(_jsonl(out / "predictions" / name / f"{task}.jsonl")) == 20
-    # XSum articles run past the student's 512 positions: cut, not crashed
-    assert results["models"]["tiny-gpt2-student"]["results"]["xsum"]["truncated_prompts"] > 0
+    # XSum articles run past the student's 512 positions: cut, not crashed, and each cut row says so
+    xsum = results["models"]["tiny-gpt2-student"]["results"]["xsum"]
+    rows = _jsonl(out / "predictions" / "tiny-gpt2-student" / "xsum.jsonl")
+    assert xsum["truncated_prompts"] > 0 and sum(r["truncated"] for r in rows) == xsum["truncated_prompts"]
+    # rows carry the source's own ids, so they can go to the official scorers
+    squad_ids = [r["id"] for r in _jsonl(out / "predictions" / "tiny-t5-teacher" / "squad.jsonl")]
+    squad_file = json.loads((shared_data / "squad" / "dev-v1.1.json").read_text())
+    qids = [qa["id"] for a in squad_file["data"] for p in a["paragraphs"] for qa in p["qas"]]
+    assert squad_ids == qids[:20]
+    samsum_ids = [r["id"] for r in _jsonl(out / "predictions" / "tiny-t5-teacher" / "samsum.jsonl")]
+    assert samsum_ids[0] == "13817023" and all(samsum_ids)
+    for task in SHARED:
+        assert all(r["id"] for r in _jsonl(out / "predictions" / "tiny-t5-teacher" / f"{task}.jsonl")), task
+    assert results["tasks"]["squad"]["source"] == str(shared_data / "squad" / "dev-v1.1.json")
+    assert f"`{shared_data / 'xsum' / 'test.jsonl'}`" in (out / "results.md").read_text()
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     table = (out / "results.md").read_text()
     assert "| tiny-t5-teacher |" in table and "squad EM" in table and "commongen cov" in table
@@ -322,6 +335,43 @@ def test_eval_score_rejects_a_malformed_file_in_one_line(tmp_path):
     _fails_with_one_line(["eval", "score", "--task", "nope", "--predictions", str(bad)], "unknown task 'nope'")
 
 
+def test_a_run_with_fewer_tasks_and_models_sets_the_earlier_outputs_aside(tmp_path, demo_models):
+    stage.run(_cfg(demo_models, tmp_path, tasks=("demo_yesno", "demo_qa"), limit=3))
+    second = stage.run(_cfg(demo_models, tmp_path, models=(str(demo_models["student"]),), tasks=("demo_qa",), limit=3))
+    assert sorted(
+        p.relative_to(tmp_path / "predictions").as_posix() for p in (tmp_path / "predictions").rglob("*")
+    ) == [
+        "tiny-gpt2-student",
+        "tiny-gpt2-student/demo_qa.json",
+        "tiny-gpt2-student/demo_qa.jsonl",
+    ]
+    assert second.results["models"]["tiny-gpt2-student"]["results"]["demo_qa"]["reused"] is True
+    (replaced,) = (tmp_path / "replaced").iterdir()
+    earlier = json.loads((replaced / "results.json").read_text())
+    assert list(earlier["models"]) == ["tiny-t5-teacher", "tiny-gpt2-student"]
+    assert (replaced / "predictions" / "tiny-t5-teacher" / "demo_qa.jsonl").is_file()
+    assert (replaced / "predictions" / "tiny-gpt2-student" / "demo_yesno.jsonl").is_file()
+    assert not (replaced / "predictions" / "tiny-gpt2-student" / "demo_qa.jsonl").exists()  # kept: this run's
+
+
+def test_hub_task_offline_is_a_one_line_error(tmp_path, demo_models, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _fails_with_one_line(
+        ["eval", "--model", str(demo_models["teacher"]), "--tasks", "boolq", "--out", str(tmp_path)],
+        "aps/super_glue",
+        "--data-dir",
+    )
+
+
+def test_eval_score_cli_accepts_a_utf8_bom(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"prediction": "Yes.", "references": ["yes"]}\n')
+    result = CliRunner().invoke(main, ["eval", "score", "--task", "boolq", "--predictions", str(path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["values"] == {"acc": 100.0}
+
+
 def test_eval_score_prints_json(tmp_path):
     good = tmp_path / "p.jsonl"
     good.write_text(
@@ -331,7 +381,9 @@ def test_eval_score_prints_json(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {
         "task": "squad",
+        "n": 2,
         "values": {"exact_match": 50.0, "f1": 50.0},
+        "stderr": {"exact_match": 50.0, "f1": 50.0},
         "not_computed": {},
     }
 
@@ -367,6 +419,7 @@ def test_generate_prints_the_greedy_completion(demo_models, loaded):
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == _hand_greedy(*loaded["teacher"], prompt, 8) and result.stdout.strip()
+    assert "ex/s" not in result.stderr and "it/s" not in result.stderr  # one prompt: no progress bar
     _fails_with_one_line(["generate", "--model", "no/such-model", "hi"], "no/such-model")
 
 
