@@ -132,6 +132,7 @@ def save_student(model, tokenizer, out: Path, world: World, checkpointed: bool, 
         tokenizer.pad_token = tokenizer.eos_token
     if not hf_model.config.is_encoder_decoder:
         tokenizer.padding_side = "left"  # generation continues every row from the same position
+        tokenizer.init_kwargs["padding_side"] = "left"  # what save_pretrained writes (the attribute is not saved)
     hf_model.save_pretrained(out, state_dict=state)
     tokenizer.save_pretrained(out)
     if record is not None:
