@@ -136,6 +136,12 @@ def _task_table(results: dict) -> list[str]:
             if task in m["results"]
         )
         lines.append(f"| {task} | {t['split']} | {t['n']} | {skipped} | {cut} | `{t.get('source') or '?'}` |")
+    ceilings = [
+        f"{task} {t['references_coverage']:.1f}" for task, t in results["tasks"].items() if "references_coverage" in t
+    ]
+    if ceilings:
+        lines.append("")
+        lines.append("Coverage ceiling, the references' own coverage of their concepts: " + ", ".join(ceilings) + ".")
     return lines
 
 

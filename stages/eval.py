@@ -160,6 +160,11 @@ def _task_entry(data: _TaskData, cfg: EvalConfig) -> dict:
     }
     if task.kind == "generate":
         entry["max_new_tokens"] = data.max_new_tokens
+    if "coverage" in task.metrics:  # the ceiling: the human references' own coverage of their concepts
+        references = [(ref, list(r.concepts)) for r in data.records for ref in r.targets]
+        entry["references_coverage"] = metrics.coverage([p for p, _ in references], [c for _, c in references])[
+            "coverage"
+        ]
     return entry
 
 

@@ -306,6 +306,8 @@ def test_eval_cli_over_shared_data_writes_all_outputs(tmp_path, shared_data, dem
     for task in SHARED:
         assert all(r["id"] for r in _jsonl(out / "predictions" / "tiny-t5-teacher" / f"{task}.jsonl")), task
     assert results["tasks"]["squad"]["source"] == str(shared_data / "squad" / "dev-v1.1.json")
+    assert 95.0 < results["tasks"]["commongen"]["references_coverage"] <= 100.0
+    assert "Coverage ceiling, the references' own coverage" in (out / "results.md").read_text()
     assert f"`{shared_data / 'xsum' / 'test.jsonl'}`" in (out / "results.md").read_text()
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     table = (out / "results.md").read_text()
