@@ -154,7 +154,7 @@ def plot(results: dict, path: Path) -> None:
     models = results["models"]
     tasks = results["tasks"]
     width = 0.8 / max(len(models), 1)
-    crowded = len(cols) * max(1, len(models)) > 14
+    crowded = len(cols) > 8  # beyond that the task names under the bars run into each other
     fig = Figure(figsize=(max(7.0, 0.45 * len(cols) * max(1, len(models)) + 2.5), 5.5), layout="constrained")
     ax = fig.subplots()
     for m, (name, model) in enumerate(models.items()):
@@ -174,7 +174,8 @@ def plot(results: dict, path: Path) -> None:
         for x in missing:
             ax.text(x, 1, "n/a", ha="center", va="bottom", rotation=90, fontsize=7, color="0.45", style="italic")
     labels = [f"{task}\n{SHORT.get(key, key)}\nn={tasks[task]['n']}" for task, key in cols]
-    if crowded:  # slanted, anchored at their right end, so neighbours never overlap
+    if crowded:  # one slanted line each, anchored at its right end, so neighbours never overlap
+        labels = [label.replace("\n", " ", 1).replace("\n", ", ") for label in labels]
         ax.set_xticks(range(len(cols)), labels, fontsize=7, rotation=45, ha="right", rotation_mode="anchor")
     else:
         ax.set_xticks(range(len(cols)), labels, fontsize=8)
