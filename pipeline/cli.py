@@ -393,7 +393,8 @@ def eval_group(ctx: click.Context, config_file: str | None, config_teacher: bool
     "--predictions",
     required=True,
     type=click.Path(dir_okay=False),
-    help='JSONL, one {"prediction": str, "references": [str, ...]} a line (+ "concepts" for CommonGen).',
+    help='JSONL, one {"prediction": str, "references": [str, ...]} a line (+ "concepts" for CommonGen; option '
+    'tasks may add "options" and "label" so that a letter or number answer counts).',
 )
 @click.option(
     "--bertscore-model",
@@ -416,7 +417,8 @@ def eval_score(task: str, predictions: str, bertscore_model: str | None) -> None
         scores = score_predictions_file(metric_names, predictions, bertscore_model=bertscore_model)
     except MetricError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(json.dumps({"task": task, "values": scores.values, "not_computed": scores.not_computed}, indent=2))
+    printed = {"task": task, "n": scores.n, "values": scores.values, "stderr": scores.stderr}
+    click.echo(json.dumps({**printed, "not_computed": scores.not_computed}, indent=2))
 
 
 @main.command("generate")

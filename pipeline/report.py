@@ -1,18 +1,17 @@
 """The eval stage's human-readable outputs, drawn from the results.json content alone.
 
-``markdown`` gives a table shaped like a paper's (models as rows, one column per task metric, values on a
-0–100 scale, "n/a" with a footnote when a metric could not be computed); ``plot`` draws grouped bars per
-task metric, one bar per model, with matplotlib's Agg backend (no display needed).
+``markdown`` gives a table shaped like a paper's (models as rows, one column per task metric, ``value ± se`` on a
+0–100 scale, "n/a" with a footnote when a metric could not be computed), the paired differences between models
+on the same examples, and per task its n, skipped rows, cut prompts and the file read; ``plot`` draws grouped
+bars per task metric, one bar per model, with error bars, values and n, with matplotlib's Agg backend.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-# Column labels as papers print them; a key not listed is printed as is.
+# Column labels as papers print them; a key not listed is printed as is. acc/acc_norm are lm-eval's names.
 SHORT = {
-    "accuracy": "acc",
-    "accuracy_sum": "acc (sum)",
     "exact_match": "EM",
     "f1": "F1",
     "rouge_l": "R-L",
@@ -22,6 +21,7 @@ SHORT = {
     "bertscore_recall": "BS-R",
     "bertscore_f1": "BS-F1",
 }
+SIGNIFICANT = 1.96  # |difference| > 1.96 standard errors: marked, about a 5% two-sided test
 
 
 def columns(results: dict) -> list[tuple[str, str]]:
@@ -35,12 +35,27 @@ def columns(results: dict) -> list[tuple[str, str]]:
     return cols
 
 
+def with_se(value: float, se: float | None, sign: bool = False) -> str:
+    """``45.0 ± 11.4``; a value without a standard error (one example) prints ``± n/a``."""
+    text = f"{value:+.1f}" if sign else f"{value:.1f}"
+    return f"{text} ± {se:.1f}" if se is not None else f"{text} ± n/a"
+
+
+def _limit(results: dict) -> str:
+    limit = results["config"].get("limit")
+    return f"first {limit} examples per task" if limit else "every example"
+
+
 def markdown(results: dict) -> str:
     cols = columns(results)
     tasks, models = results["tasks"], results["models"]
     splits = sorted({t["split"] for t in tasks.values()})
     lines = [
-        f"# Evaluation ({', '.join(splits)} split{'s' if len(splits) > 1 else ''}, template {results['template_id']})",
+        f"# Evaluation ({', '.join(splits)} split{'s' if len(splits) > 1 else ''}, template {results['template_id']}, "
+        f"{_limit(results)})",
+        "",
+        "Values on a 0–100 scale ± their standard error: the sample standard error of the mean for per-example "
+        "metrics, the standard deviation of a seeded bootstrap for corpus BLEU.",
         "",
     ]
     lines.append("| model | " + " | ".join(f"{task} {SHORT.get(key, key)}" for task, key in cols) + " |")
@@ -55,50 +70,119 @@ def markdown(results: dict) -> str:
                 reason = result.get("not_computed", {}).get(key, "not evaluated")
                 cells.append(f"n/a[^{notes.setdefault(reason, len(notes) + 1)}]")
             else:
-                cells.append(f"{value:.1f}")
+                cells.append(with_se(value, result.get("stderr", {}).get(key)))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(
-        "Examples per task: "
-        + ", ".join(f"{task} {t['n']}" + (f" ({t['split']})" if len(splits) > 1 else "") for task, t in tasks.items())
-        + "."
-    )
     if any(t["kind"] == "options" for t in tasks.values()):
         lines.append(
-            "Option tasks are rank-classified: acc picks the option with the highest mean log-likelihood "
-            "per token, acc (sum) the highest total."
+            "Option tasks are rank-classified, with lm-eval's names: acc picks the option with the highest summed "
+            "log-likelihood, acc_norm the highest log-likelihood per character of the option."
         )
     budgets = {t["max_new_tokens"] for t in tasks.values() if t["kind"] == "generate"}
     if budgets:
         lines.append(f"Generation tasks: greedy, at most {'/'.join(map(str, sorted(budgets)))} new tokens.")
     lines.append("Models: " + ", ".join(f"{name} = `{m['path']}`" for name, m in models.items()) + ".")
+    lines.extend(_comparison_table(results, cols))
+    lines.extend(_task_table(results))
     if notes:
         lines.append("")
         lines.extend(f"[^{n}]: {reason}" for reason, n in notes.items())
     return "\n".join(lines) + "\n"
 
 
+def _comparison_table(results: dict, cols: list[tuple[str, str]]) -> list[str]:
+    found = results.get("comparisons") or []
+    if not found:
+        return []
+    pairs = list(dict.fromkeys((c["a"], c["b"]) for c in found))
+    by = {(c["a"], c["b"], c["task"], c["metric"]): c for c in found}
+    lines = [
+        "",
+        "## Paired differences (same examples)",
+        "",
+        "Row `b − a`: the mean per-example difference and its standard error (BLEU: paired bootstrap); "
+        f"`*` where |difference| > {SIGNIFICANT} standard errors.",
+        "",
+        "| b − a | " + " | ".join(f"{task} {SHORT.get(key, key)}" for task, key in cols) + " |",
+        "|:--" + "|--:" * len(cols) + "|",
+    ]
+    for a, b in pairs:
+        cells = []
+        for task, key in cols:
+            c = by.get((a, b, task, key))
+            if c is None:
+                cells.append("n/a")
+                continue
+            star = "*" if c["stderr"] and abs(c["difference"]) > SIGNIFICANT * c["stderr"] else ""
+            cells.append(with_se(c["difference"], c["stderr"], sign=True) + star)
+        lines.append(f"| {b} − {a} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _task_table(results: dict) -> list[str]:
+    models = results["models"]
+    lines = [
+        "",
+        "## Tasks",
+        "",
+        "| task | split | n | skipped source rows | prompts cut (middle) | read from |",
+        "|:--|:--|--:|:--|:--|:--|",
+    ]
+    for task, t in results["tasks"].items():
+        skipped = ", ".join(f"{reason}: {n}" for reason, n in t.get("skipped", {}).items()) or "none"
+        cut = ", ".join(
+            f"{name} {m['results'][task].get('truncated_prompts', 0)}"
+            for name, m in models.items()
+            if task in m["results"]
+        )
+        lines.append(f"| {task} | {t['split']} | {t['n']} | {skipped} | {cut} | `{t.get('source') or '?'}` |")
+    ceilings = [
+        f"{task} {t['references_coverage']:.1f}" for task, t in results["tasks"].items() if "references_coverage" in t
+    ]
+    if ceilings:
+        lines.append("")
+        lines.append("Coverage ceiling, the references' own coverage of their concepts: " + ", ".join(ceilings) + ".")
+    return lines
+
+
 def plot(results: dict, path: Path) -> None:
-    """Grouped bars: one group per (task, metric), one bar per model; metrics not computed are left out."""
+    """Grouped bars with standard-error whiskers and their values: one group per (task, metric), one bar per
+    model. A metric that could not be computed gets a grey "n/a" mark, never a bar, so it is not read as 0."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
     cols = columns(results)
     models = results["models"]
+    tasks = results["tasks"]
     width = 0.8 / max(len(models), 1)
-    fig = Figure(figsize=(max(6.0, 0.9 * len(cols) * max(1, len(models)) / 2 + 2), 4.5), layout="constrained")
+    crowded = len(cols) > 8  # beyond that the task names under the bars run into each other
+    fig = Figure(figsize=(max(7.0, 0.45 * len(cols) * max(1, len(models)) + 2.5), 5.5), layout="constrained")
     ax = fig.subplots()
     for m, (name, model) in enumerate(models.items()):
-        xs, heights = [], []
+        xs, heights, errors, missing = [], [], [], []
         for c, (task, key) in enumerate(cols):
-            value = model["results"].get(task, {}).get("values", {}).get(key)
-            if value is not None:
-                xs.append(c - 0.4 + width * (m + 0.5))
-                heights.append(value)
-        ax.bar(xs, heights, width=width, label=name)
-    ax.set_xticks(range(len(cols)), [f"{task}\n{SHORT.get(key, key)}" for task, key in cols], fontsize=8)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("score (0–100)")
-    ax.set_title("kdpipe eval")
+            result = model["results"].get(task, {})
+            value = result.get("values", {}).get(key)
+            x = c - 0.4 + width * (m + 0.5)
+            if value is None:
+                missing.append(x)
+                continue
+            xs.append(x)
+            heights.append(value)
+            errors.append(result.get("stderr", {}).get(key) or 0.0)
+        bars = ax.bar(xs, heights, width=width, label=name, yerr=errors, capsize=2, error_kw={"lw": 0.8})
+        ax.bar_label(bars, labels=[f"{h:.1f}" for h in heights], fontsize=6, rotation=90 if crowded else 0, padding=2)
+        for x in missing:
+            ax.text(x, 1, "n/a", ha="center", va="bottom", rotation=90, fontsize=7, color="0.45", style="italic")
+    labels = [f"{task}\n{SHORT.get(key, key)}\nn={tasks[task]['n']}" for task, key in cols]
+    if crowded:  # one slanted line each, anchored at its right end, so neighbours never overlap
+        labels = [label.replace("\n", " ", 1).replace("\n", ", ") for label in labels]
+        ax.set_xticks(range(len(cols)), labels, fontsize=7, rotation=45, ha="right", rotation_mode="anchor")
+    else:
+        ax.set_xticks(range(len(cols)), labels, fontsize=8)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("score (0–100), whiskers ± 1 standard error")
+    splits = ", ".join(sorted({t["split"] for t in tasks.values()}))
+    ax.set_title(f"kdpipe eval: {splits} split, template {results['template_id']}, {_limit(results)}", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars reach 100
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(path, dpi=120)

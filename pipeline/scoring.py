@@ -48,6 +48,7 @@ class EvalModel:
         self.batch_size = batch_size
         self.device = model.device
         self.truncated = 0  # prompts cut so far
+        self.cut: list[bool] = []  # per prompt of the latest call: was it cut
 
     # ---- encoding ----------------------------------------------------------------------------------------
 
@@ -56,11 +57,12 @@ class EvalModel:
 
         ``reserve`` positions are left free for the answer in a causal model's context window.
         """
-        out = []
+        out, self.cut = [], []
         for prompt in prompts:
             ids, cut = self.text.encode_prompt(prompt, reserve=reserve)
-            self.truncated += cut > 0
+            self.cut.append(cut > 0)
             out.append(ids)
+        self.truncated += sum(self.cut)
         return out
 
     def answer_ids(self, answers: Sequence[str]) -> list[list[int]]:
@@ -136,7 +138,7 @@ class EvalModel:
         order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
         outputs: list[str] = [""] * len(prompt_ids)
         config = self._generation_config(max_new_tokens)
-        bar = tqdm(total=len(order), desc=desc, unit="ex", mininterval=1.0, leave=False)
+        bar = tqdm(total=len(order), desc=desc, unit="ex", mininterval=1.0, leave=False, disable=len(order) < 2)
         start, new_tokens = time.monotonic(), 0
         for b in range(0, len(order), self.batch_size):
             index = order[b : b + self.batch_size]

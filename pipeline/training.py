@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from pipeline import distributed
+from pipeline import distributed, model_card
 from pipeline.atomic import write_atomic
 from pipeline.config import ConfigError, DistillConfig
 from pipeline.distributed import World
@@ -99,10 +99,13 @@ def build_optimizer(model, cfg: DistillConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def save_student(model, tokenizer, out: Path, world: World, checkpointed: bool) -> None:
+def save_student(model, tokenizer, out: Path, world: World, checkpointed: bool, record: dict | None = None) -> None:
     """The trained student as a Hugging Face checkpoint: loads with from_pretrained and runs in a pipeline.
 
-    Every rank takes part in gathering the weights (FSDP holds them sharded); rank 0 writes them.
+    Every rank takes part in gathering the weights (FSDP holds them sharded); rank 0 writes them, and with the
+    run ``record`` (config and cache provenance) a model card (:mod:`pipeline.model_card`). A tokenizer without a
+    pad token gets its EOS as pad (no new token, so no new embedding row; padding is masked anyway) and left
+    padding, so ``pipeline("text-generation", batch_size=2)`` batches prompts as kdpipe's own evaluation does.
     """
     hf_model = distributed.unwrap(model)
     if checkpointed:
@@ -117,8 +120,15 @@ def save_student(model, tokenizer, out: Path, world: World, checkpointed: bool) 
         generation.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
     if generation.eos_token_id is None:
         generation.eos_token_id = tokenizer.eos_token_id
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not hf_model.config.is_encoder_decoder:
+        tokenizer.padding_side = "left"  # generation continues every row from the same position
+        tokenizer.init_kwargs["padding_side"] = "left"  # what save_pretrained writes (the attribute is not saved)
     hf_model.save_pretrained(out, state_dict=state)
     tokenizer.save_pretrained(out)
+    if record is not None:
+        model_card.write(out, record)
 
 
 def activation_checkpointing(model, enable: bool) -> None:

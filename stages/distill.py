@@ -55,6 +55,7 @@ PROVENANCE_ATTRS = (
     cache_schema.ATTR_TEMPERATURE,
     cache_schema.ATTR_ANSWERS,
     cache_schema.ATTR_TEXT,
+    cache_schema.ATTR_MIXTURE,
     cache_schema.ATTR_MIXTURE_FP,
     cache_schema.ATTR_DIGEST,
 )
@@ -172,7 +173,7 @@ def _run(
     if align is not None:
         log.info("reader thread: %.2f s pairing tokens by bytes for --loss %s", stream.stats.align_seconds, cfg.loss)
 
-    training.save_student(model, tokenizer, out, world, checkpointed=cfg.gradient_checkpointing)
+    training.save_student(model, tokenizer, out, world, checkpointed=cfg.gradient_checkpointing, record=record)
     if world.main:
         save_spec(out, spec)
         cut = {k: v for k, v in encoder.counts.items() if v}

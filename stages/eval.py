@@ -5,10 +5,17 @@ runs → per model: load it once, then per task rank-classify the options (optio
 (the others), score with :func:`pipeline.metrics.score` and write ``predictions/<model>/<task>.jsonl`` →
 write ``results.json``, ``results.md`` and ``results.png`` (:mod:`pipeline.report`).
 
-Option tasks report ``accuracy`` (argmax of the length-normalised log-likelihood, the headline) and
-``accuracy_sum`` (argmax of the summed log-likelihood). A finished (model, task) leaves a small
-``<task>.json`` beside its predictions recording the settings and model files it was made with; a rerun with
-``resume`` reuses it when they are the same, so an interrupted evaluation continues where it stopped.
+Option tasks report lm-eval's two accuracies under lm-eval's names: ``acc`` (argmax of the summed
+log-likelihood of the option) and ``acc_norm`` (argmax of that sum divided by the option's length in characters,
+its leading space included, as lm-eval's ``acc_norm``). Every value has its standard error
+(:mod:`pipeline.metrics`), and ``results.json`` holds, for every pair of models, the paired difference on the
+same examples with its standard error. A prediction row carries the example's source id (SQuAD qid, SAMSum id,
+...), its position and whether its prompt was cut.
+
+A finished (model, task) leaves a small ``<task>.json`` beside its predictions recording the settings and model
+files it was made with; a rerun with ``resume`` reuses it when they are the same, so an interrupted evaluation
+continues where it stopped. Outputs of an earlier run in ``out`` that this run does not cover (other models or
+tasks) are moved to ``out/replaced/<time>/`` with the earlier results, so the folder never mixes two runs.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import gc
 import hashlib
 import json
 import logging
+import os
 import platform
 import re
 import time
@@ -26,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import __version__, metrics, report
+from pipeline import __version__, metrics, model_card, report
 from pipeline.atomic import write_atomic
 from pipeline.config import EvalConfig, to_dict
 from pipeline.models import ModelError, load_model, pick_device, source_kwargs
@@ -48,6 +56,7 @@ class _TaskData:
     prompts: list[str]
     skipped: dict[str, int]  # malformed source rows left out, by reason
     max_new_tokens: int
+    source: str  # the file read, or the Hub dataset
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,7 @@ def run(cfg: EvalConfig) -> EvalResult:
     for path in cfg.models:
         _check_model(path)
     out = Path(cfg.out)
+    _set_aside_other_runs(out, names, [t.task.name for t in tasks])
     models: dict[str, dict] = {}
     for name, path in zip(names, cfg.models, strict=True):
         models[name] = _evaluate_model(name, path, tasks, cfg, device, out)
@@ -76,12 +86,16 @@ def run(cfg: EvalConfig) -> EvalResult:
         "template_id": TEMPLATE_ID,
         "tasks": {t.task.name: _task_entry(t, cfg) for t in tasks},
         "models": models,
+        "comparisons": _comparisons(out, models, tasks),
     }
     write_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     table = report.markdown(results)
     write_atomic(out / "results.md", table)
     report.plot(results, out / "results.png")
     log.info("wrote %s, results.md and results.png", out / "results.json")
+    for name, path in zip(names, cfg.models, strict=True):
+        if model_card.refresh_eval(Path(path), name, results, out):
+            log.info("%s: refreshed the eval table of its model card %s", name, Path(path) / model_card.CARD)
     return EvalResult(out, results, table)
 
 
@@ -105,7 +119,14 @@ def model_names(paths: tuple[str, ...], names: tuple[str, ...] = ()) -> list[str
 def _load_task(name: str, cfg: EvalConfig) -> _TaskData:
     task = get_task(name)
     split = cfg.task_splits.get(name, cfg.split)
-    loaded = task.load(split, Path(cfg.data_dir) if cfg.data_dir else None, cfg.limit, cfg.seed)
+    try:
+        loaded = task.load(split, Path(cfg.data_dir) if cfg.data_dir else None, cfg.limit, cfg.seed)
+    except ConnectionError as e:  # datasets offline, or no network: one line, not a 58-line traceback
+        hub = getattr(task.load, "hub_id", name)
+        raise TaskError(
+            f"task {name!r}: cannot load {hub} from the Hugging Face Hub ({e}); give --data-dir, a folder with "
+            f"the task's release files in <data-dir>/{getattr(task.load, 'folder', name)}/"
+        ) from None
     records = loaded.records[: cfg.limit] if cfg.limit else loaded.records
     if not records:
         raise TaskError(f"task {name!r}: no usable records in its {split!r} split (skipped: {dict(loaded.skipped)})")
@@ -113,7 +134,7 @@ def _load_task(name: str, cfg: EvalConfig) -> _TaskData:
         log.warning("%s: left out malformed rows %s", name, dict(loaded.skipped))
     prompts = [render(task, r, TEMPLATE_ID, cfg.field_caps)[0] for r in records]
     max_new = min(task.max_new_tokens, cfg.max_new_tokens or task.max_new_tokens)
-    return _TaskData(task, split, records, prompts, dict(loaded.skipped), max_new)
+    return _TaskData(task, split, records, prompts, dict(loaded.skipped), max_new, loaded.source)
 
 
 def _check_model(path: str) -> None:
@@ -137,9 +158,16 @@ def _task_entry(data: _TaskData, cfg: EvalConfig) -> dict:
         "split": data.split,
         "n": len(data.records),
         "skipped": data.skipped,
+        "source": data.source,
+        "limit": cfg.limit,
     }
     if task.kind == "generate":
         entry["max_new_tokens"] = data.max_new_tokens
+    if "coverage" in task.metrics:  # the ceiling: the human references' own coverage of their concepts
+        references = [(ref, list(r.concepts)) for r in data.records for ref in r.targets]
+        entry["references_coverage"] = metrics.coverage([p for p, _ in references], [c for _, c in references])[
+            "coverage"
+        ]
     return entry
 
 
@@ -190,16 +218,19 @@ def _evaluate_model(
 
 def _evaluate_task(lm: EvalModel, data: _TaskData, cfg: EvalConfig, desc: str) -> tuple[dict, list[dict]]:
     """Scores and one JSONL row per example (``prediction`` and ``references``, as ``eval score`` reads them)."""
-    cut_before = lm.truncated
     if data.task.kind == "options":
         scores, rows = _rank_classify(lm, data, desc)
     else:
         scores, rows = _generate(lm, data, cfg, desc)
-    truncated = lm.truncated - cut_before
-    if truncated:
+    cut = lm.cut  # per prompt of the call above
+    for i, (row, record, was_cut) in enumerate(zip(rows, data.records, cut, strict=True)):
+        row["scores"] = {k: round(v[i], 6) for k, v in scores.per_example.items()}
+        row.update(index=i, id=record.source_id, truncated=was_cut)
+    if truncated := sum(cut):
         log.warning("%s: %d of %d prompts were cut to fit (their middle)", desc, truncated, len(rows))
     return {
         "values": scores.values,
+        "stderr": scores.stderr,
         "not_computed": scores.not_computed,
         "n": len(rows),
         "truncated_prompts": truncated,
@@ -209,28 +240,39 @@ def _evaluate_task(lm: EvalModel, data: _TaskData, cfg: EvalConfig, desc: str) -
 def _rank_classify(lm: EvalModel, data: _TaskData, desc: str) -> tuple[metrics.Scores, list[dict]]:
     records = data.records
     scores = lm.score_options(data.prompts, [r.options for r in records], desc=desc)
-    by_mean = [max(range(len(s)), key=lambda j, s=s: s[j].logprob_mean) for s in scores]
     by_sum = [max(range(len(s)), key=lambda j, s=s: s[j].logprob_sum) for s in scores]
+    # lm-eval's acc_norm: the sum over the option's length in characters, with the space that precedes it.
+    by_norm = [
+        max(range(len(s)), key=lambda j, s=s, r=r: s[j].logprob_sum / len(" " + r.options[j]))
+        for s, r in zip(scores, records, strict=True)
+    ]
     labels = [r.label for r in records]
-    predictions = [r.options[j] for r, j in zip(records, by_mean, strict=True)]
     references = [[r.options[r.label]] for r in records]
-    result = metrics.score(data.task.metrics, predictions, references, predicted_labels=by_mean, labels=labels)
-    values = {**result.values, "accuracy_sum": metrics.accuracy(by_sum, labels)["accuracy"]}
+    predictions = [r.options[j] for r, j in zip(records, by_sum, strict=True)]
+    acc = metrics.score(data.task.metrics, predictions, references, predicted_labels=by_sum, labels=labels)
+    norm = metrics.score(("accuracy",), predictions, references, predicted_labels=by_norm, labels=labels)
+    result = metrics.Scores(
+        {**acc.values, "acc_norm": norm.values["acc"]},
+        dict(acc.not_computed),
+        {**acc.stderr, "acc_norm": norm.stderr["acc"]},
+        acc.n,
+        {**acc.per_example, "acc_norm": norm.per_example["acc"]},
+    )
     rows = [
         {
             "prediction": r.options[j],
             "references": [r.options[r.label]],
             "label": r.label,
             "predicted_label": j,
-            "predicted_label_sum": k,
+            "predicted_label_norm": k,
             "options": list(r.options),
             "logprob_sum": [round(o.logprob_sum, 5) for o in s],
             "n_tokens": [o.n_tokens for o in s],
             "prompt": prompt,
         }
-        for r, j, k, s, prompt in zip(records, by_mean, by_sum, scores, data.prompts, strict=True)
+        for r, j, k, s, prompt in zip(records, by_sum, by_norm, scores, data.prompts, strict=True)
     ]
-    return metrics.Scores(values, dict(result.not_computed)), rows
+    return result, rows
 
 
 def _generate(lm: EvalModel, data: _TaskData, cfg: EvalConfig, desc: str) -> tuple[metrics.Scores, list[dict]]:
@@ -248,6 +290,52 @@ def _generate(lm: EvalModel, data: _TaskData, cfg: EvalConfig, desc: str) -> tup
         for row, c in zip(rows, concepts, strict=True):
             row["concepts"] = c
     return result, rows
+
+
+# ---- paired comparisons ---------------------------------------------------------------------------------------
+
+
+def _comparisons(out: Path, models: dict[str, dict], tasks: list[_TaskData]) -> list[dict]:
+    """For every pair of models (in the order given) and every task metric both computed: ``b − a`` on the same
+    examples and its standard error, from the per-example scores in the prediction files."""
+    names = list(models)
+    found: list[dict] = []
+    for data in tasks:
+        task = data.task.name
+        scored = {name: _rescored(out, models[name]["results"][task]) for name in names}
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                if scored[a] is None or scored[b] is None:
+                    continue
+                for key in models[a]["results"][task]["values"]:
+                    diff = metrics.paired_difference(scored[a], scored[b], key)
+                    if diff is not None:
+                        found.append(
+                            {
+                                "a": a,
+                                "b": b,
+                                "task": task,
+                                "metric": key,
+                                "difference": diff.value,
+                                "stderr": diff.stderr,
+                                "n": diff.n,
+                            }
+                        )
+    return found
+
+
+def _rescored(out: Path, result: dict) -> metrics.Scores | None:
+    """Per-example scores (and BLEU's resampling) of one (model, task) from its prediction rows."""
+    rows = [
+        json.loads(line) for line in (out / result["predictions"]).read_text(encoding="utf-8").splitlines() if line
+    ]
+    if any("scores" not in r for r in rows):
+        return None  # written by an older kdpipe: no per-example scores
+    per_example = {key: [r["scores"][key] for r in rows] for key in rows[0]["scores"]} if rows else {}
+    resample = {}
+    if result["values"].get("bleu") is not None:
+        resample["bleu"] = metrics.bleu_resample([r["prediction"] for r in rows], [r["references"] for r in rows])
+    return metrics.Scores(result["values"], n=len(rows), per_example=per_example, resample=resample)
 
 
 # ---- resume ---------------------------------------------------------------------------------------------------
@@ -302,6 +390,33 @@ def _reusable(marker: Path, stamp: dict, resume: bool) -> dict | None:
     except (OSError, ValueError):
         return None
     return saved if saved.get("stamp") == json.loads(json.dumps(stamp)) else None
+
+
+def _set_aside_other_runs(out: Path, names: list[str], tasks: list[str]) -> None:
+    """Move what an earlier run left in ``out`` for other models or tasks to ``out/replaced/<time>/``.
+
+    results.json always describes exactly the predictions beside it: a run with fewer tasks or models would
+    otherwise leave the earlier ones' files next to a results.json that no longer lists them. The earlier
+    results.json/md/png go along, so the replaced run stays readable as a whole.
+    """
+    predictions = out / "predictions"
+    stale = [
+        p
+        for p in (sorted(predictions.glob("*/*")) if predictions.is_dir() else [])
+        if p.parent.name not in names or p.name.removesuffix(".jsonl").removesuffix(".json") not in tasks
+    ]
+    if not stale:
+        return
+    dest = out / "replaced" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    for path in stale + [out / f"results.{ext}" for ext in ("json", "md", "png")]:
+        if path.is_file():
+            target = dest / path.relative_to(out)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    for folder in predictions.iterdir():
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    log.warning("%s: moved %d prediction files of models/tasks this run does not cover to %s", out, len(stale), dest)
 
 
 # ---- output ---------------------------------------------------------------------------------------------------

@@ -109,6 +109,52 @@ def test_distill_writes_metrics_checkpoint_config_curve_and_a_loadable_student(k
     assert text.startswith(prompt) and len(text) > len(prompt)
 
 
+def test_saved_student_pads_with_eos_batches_in_a_pipeline_and_has_a_model_card(kd_run, cache, demo_models, tmp_path):
+    from pipeline import model_card
+    from pipeline.config import EvalConfig
+    from stages import eval as eval_stage
+
+    cfg, out, _ = kd_run
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    base = AutoTokenizer.from_pretrained(demo_models["student"])
+    assert base.pad_token is None  # the demo student ships without one, like GPT-2
+    assert tokenizer.pad_token == tokenizer.eos_token and tokenizer.padding_side == "left"
+    assert len(tokenizer) == len(base)  # no token added...
+    model = AutoModelForCausalLM.from_pretrained(out)
+    base_model = AutoModelForCausalLM.from_pretrained(demo_models["student"])
+    assert model.get_input_embeddings().num_embeddings == base_model.get_input_embeddings().num_embeddings  # ...no row
+    generate = hf_pipeline("text-generation", model=str(out), device="cpu")
+    prompts = [
+        "Question: is the sky blue?\nAnswer:",
+        "Summarize this dialogue:\nAna: Shall we meet on Monday?\nBen: Yes!",
+    ]
+    kwargs = {"max_new_tokens": 5, "do_sample": False}
+    batched = generate(prompts, batch_size=2, **kwargs)
+    assert [b[0]["generated_text"] for b in batched] == [generate(p, **kwargs)[0]["generated_text"] for p in prompts]
+
+    card = (out / model_card.CARD).read_text()
+    meta = cs.open_cache(cache).meta
+    assert card.startswith("---\nlibrary_name: transformers\n")
+    for needle in (
+        f"`{cfg.student}`",
+        f"`{meta[cs.ATTR_TEACHER]['id']}`",
+        "CE + λ·ULD with λ = 1.5",
+        meta[cs.ATTR_DIGEST],
+        meta[cs.ATTR_MIXTURE_FP],
+        "demo_yesno (12)",
+        model_card.EVAL_START,
+    ):
+        assert needle in card, needle
+    # kdpipe eval of this local student writes its table into the card, and a second eval replaces it
+    for limit in (3, 2):
+        eval_stage.run(
+            EvalConfig(models=(str(out),), tasks=("demo_yesno",), limit=limit, device="cpu", out=str(tmp_path))
+        )
+        card = (out / model_card.CARD).read_text()
+        assert card.count(model_card.EVAL_START) == 1 and f"| demo_yesno | validation | {limit} | acc |" in card
+    assert "| demo_yesno | validation | 3 |" not in card and " ± " in card
+
+
 def test_finetune_baseline_trains_on_ce_alone_and_still_logs_the_uld_distance(kd_run, ft_run):
     (_, kd_out, _), (_, ft_out, _) = kd_run, ft_run
     kd, ft = step_metrics(kd_out), step_metrics(ft_out)

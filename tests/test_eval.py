@@ -67,13 +67,22 @@ def test_results_json_structure_and_values(demo_run, demo_models):
         for task, r in model["results"].items():
             assert r["n"] == LIMIT and results["tasks"][task]["n"] == LIMIT and r["not_computed"] == {}
             promised = [k for m in get_task(task).metrics for k in metrics.METRIC_KEYS[m]]
-            extra = ["accuracy_sum"] if get_task(task).kind == "options" else []
-            assert list(r["values"]) == promised + extra
+            extra = ["acc_norm"] if get_task(task).kind == "options" else []
+            assert list(r["values"]) == promised + extra and list(r["stderr"]) == promised + extra
             assert all(0.0 <= v <= 100.0 for v in r["values"].values()), (task, r["values"])
+            assert all(se is not None and 0.0 <= se <= 50.0 for se in r["stderr"].values()), (task, r["stderr"])
+    assert all(t["source"].startswith("generated: demo_") and t["limit"] == LIMIT for t in results["tasks"].values())
+    # one paired comparison (student − teacher) per task metric, its difference equal to the values' difference
+    comparisons = results["comparisons"]
+    assert len(comparisons) == sum(len(r["values"]) for r in results["models"]["tiny-t5-teacher"]["results"].values())
+    for c in comparisons:
+        a, b = (results["models"][m]["results"][c["task"]]["values"][c["metric"]] for m in (c["a"], c["b"]))
+        assert (c["a"], c["b"], c["n"]) == ("tiny-t5-teacher", "tiny-gpt2-student", LIMIT)
+        assert c["difference"] == pytest.approx(b - a, abs=1e-4) and c["stderr"] is not None
     # The teacher was fine-tuned on the demo tasks and learned the entailment one (it is at chance on the 4-way
     # one): far above chance (33%) there, which a reversed argmax, misaligned answer tokens or scoring the prompt
     # instead of the option would not give.
-    assert results["models"]["tiny-t5-teacher"]["results"]["demo_nli"]["values"]["accuracy"] >= 80.0
+    assert results["models"]["tiny-t5-teacher"]["results"]["demo_nli"]["values"]["acc"] >= 80.0
 
 
 def test_predictions_rescored_with_eval_score_equal_results(demo_run):
@@ -83,8 +92,13 @@ def test_predictions_rescored_with_eval_score_equal_results(demo_run):
             assert path == demo_run.out / "predictions" / name / f"{task}.jsonl"
             rows = _jsonl(path)
             assert len(rows) == LIMIT and all(isinstance(row["prediction"], str) for row in rows)
+            assert [row["index"] for row in rows] == list(range(LIMIT))
+            assert [row["id"] for row in rows] == [f"validation-{i}" for i in range(LIMIT)]
+            assert all(row["truncated"] is False for row in rows)
             rescored = metrics.score_predictions_file(get_task(task).metrics, path)
-            assert rescored.values == pytest.approx({k: v for k, v in r["values"].items() if k != "accuracy_sum"})
+            expected = {k: v for k, v in r["values"].items() if k != "acc_norm"}
+            assert rescored.values == pytest.approx(expected)
+            assert rescored.stderr == pytest.approx({k: r["stderr"][k] for k in expected})
     # and through the command line, which prints the same numbers as JSON
     task_result = demo_run.results["models"]["tiny-gpt2-student"]["results"]["demo_concepts"]
     cli = CliRunner().invoke(
@@ -93,6 +107,7 @@ def test_predictions_rescored_with_eval_score_equal_results(demo_run):
     )
     assert cli.exit_code == 0, cli.output
     printed = json.loads(cli.stdout)
+    assert printed["stderr"] == pytest.approx(task_result["stderr"]) and printed["n"] == LIMIT
     assert printed["values"] == pytest.approx(task_result["values"]) and set(printed["values"]) == {
         "rouge_l",
         "coverage",
@@ -102,17 +117,22 @@ def test_predictions_rescored_with_eval_score_equal_results(demo_run):
 def test_results_md_is_a_models_by_metrics_table(demo_run):
     text = (demo_run.out / "results.md").read_text()
     assert text == demo_run.table
-    rows = [line for line in text.splitlines() if line.startswith("|")]
-    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    tables = [[line for line in block.splitlines() if line.startswith("|")] for block in text.split("\n\n")]
+    main_table, paired, per_task = (t for t in tables if t)
+    header = [c.strip() for c in main_table[0].strip("|").split("|")]
     assert header[0] == "model"
     expected = [(t, k) for t in DEMO for k in demo_run.results["models"]["tiny-t5-teacher"]["results"][t]["values"]]
     assert len(header) == 1 + len(expected)
-    assert "demo_mc4 acc" in header and "demo_mc4 acc (sum)" in header and "demo_concepts cov" in header
-    assert len(rows) == 2 + 2  # header, alignment, one row per model
-    for row in rows[2:]:
+    assert "demo_mc4 acc" in header and "demo_mc4 acc_norm" in header and "demo_concepts cov" in header
+    assert len(main_table) == 2 + 2  # header, alignment, one row per model
+    for row in main_table[2:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        values = demo_run.results["models"][cells[0]]["results"]
-        assert [float(c) for c in cells[1:]] == [round(values[t]["values"][k], 1) for t, k in expected]
+        r = demo_run.results["models"][cells[0]]["results"]
+        want = [f"{r[t]['values'][k]:.1f} ± {r[t]['stderr'][k]:.1f}" for t, k in expected]
+        assert cells[1:] == want
+    assert paired[2].startswith("| tiny-gpt2-student − tiny-t5-teacher |") and "±" in paired[2]
+    assert len(per_task) == 2 + len(DEMO)
+    assert "| demo_qa | validation | 12 | none | tiny-t5-teacher 0, tiny-gpt2-student 0 | `generated:" in text
 
 
 def test_results_png_is_a_png(demo_run):
@@ -154,13 +174,14 @@ def test_rank_classification_matches_hand_computation(role, loaded, demo_run):
     for h_row, g_row in zip(hand, got, strict=True):
         assert [g.n_tokens for g in g_row] == [n for _, n in h_row]
         assert [g.logprob_sum for g in g_row] == pytest.approx([s for s, _ in h_row], abs=1e-4)
-    # the stage wrote the same scores and picked the argmax of the mean (acc) and of the sum (acc (sum))
+    # the stage wrote the same scores and picked lm-eval's argmaxes: of the sum (acc), per character (acc_norm)
     name = {"teacher": "tiny-t5-teacher", "student": "tiny-gpt2-student"}[role]
     row = _jsonl(demo_run.out / "predictions" / name / "demo_mc4.jsonl")[0]
     sums, ns = [s for s, _ in hand[0]], [n for _, n in hand[0]]
     assert row["logprob_sum"] == pytest.approx(sums, abs=1e-3) and row["n_tokens"] == ns
-    assert row["predicted_label"] == max(range(4), key=lambda j: sums[j] / ns[j])
-    assert row["predicted_label_sum"] == max(range(4), key=lambda j: sums[j])
+    chars = [len(" " + o) for o in records[0].options]
+    assert row["predicted_label"] == max(range(4), key=lambda j: sums[j])
+    assert row["predicted_label_norm"] == max(range(4), key=lambda j: sums[j] / chars[j])
     assert row["prediction"] == records[0].options[row["predicted_label"]]
 
 
@@ -274,8 +295,23 @@ def test_eval_cli_over_shared_data_writes_all_outputs(tmp_path, shared_data, dem
             r = model["results"][task]
             assert r["n"] == 20 and all(0.0 <= v <= 100.0 for v in r["values"].values())
             assert len(_jsonl(out / "predictions" / name / f"{task}.jsonl")) == 20
-    # XSum articles run past the student's 512 positions: cut, not crashed
-    assert results["models"]["tiny-gpt2-student"]["results"]["xsum"]["truncated_prompts"] > 0
+    # XSum articles run past the student's 512 positions: cut, not crashed, and each cut row says so
+    xsum = results["models"]["tiny-gpt2-student"]["results"]["xsum"]
+    rows = _jsonl(out / "predictions" / "tiny-gpt2-student" / "xsum.jsonl")
+    assert xsum["truncated_prompts"] > 0 and sum(r["truncated"] for r in rows) == xsum["truncated_prompts"]
+    # rows carry the source's own ids, so they can go to the official scorers
+    squad_ids = [r["id"] for r in _jsonl(out / "predictions" / "tiny-t5-teacher" / "squad.jsonl")]
+    squad_file = json.loads((shared_data / "squad" / "dev-v1.1.json").read_text())
+    qids = [qa["id"] for a in squad_file["data"] for p in a["paragraphs"] for qa in p["qas"]]
+    assert squad_ids == qids[:20]
+    samsum_ids = [r["id"] for r in _jsonl(out / "predictions" / "tiny-t5-teacher" / "samsum.jsonl")]
+    assert samsum_ids[0] == "13817023" and all(samsum_ids)
+    for task in SHARED:
+        assert all(r["id"] for r in _jsonl(out / "predictions" / "tiny-t5-teacher" / f"{task}.jsonl")), task
+    assert results["tasks"]["squad"]["source"] == str(shared_data / "squad" / "dev-v1.1.json")
+    assert 95.0 < results["tasks"]["commongen"]["references_coverage"] <= 100.0
+    assert "Coverage ceiling, the references' own coverage" in (out / "results.md").read_text()
+    assert f"`{shared_data / 'xsum' / 'test.jsonl'}`" in (out / "results.md").read_text()
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     table = (out / "results.md").read_text()
     assert "| tiny-t5-teacher |" in table and "squad EM" in table and "commongen cov" in table
@@ -304,6 +340,43 @@ def test_eval_score_rejects_a_malformed_file_in_one_line(tmp_path):
     _fails_with_one_line(["eval", "score", "--task", "nope", "--predictions", str(bad)], "unknown task 'nope'")
 
 
+def test_a_run_with_fewer_tasks_and_models_sets_the_earlier_outputs_aside(tmp_path, demo_models):
+    stage.run(_cfg(demo_models, tmp_path, tasks=("demo_yesno", "demo_qa"), limit=3))
+    second = stage.run(_cfg(demo_models, tmp_path, models=(str(demo_models["student"]),), tasks=("demo_qa",), limit=3))
+    assert sorted(
+        p.relative_to(tmp_path / "predictions").as_posix() for p in (tmp_path / "predictions").rglob("*")
+    ) == [
+        "tiny-gpt2-student",
+        "tiny-gpt2-student/demo_qa.json",
+        "tiny-gpt2-student/demo_qa.jsonl",
+    ]
+    assert second.results["models"]["tiny-gpt2-student"]["results"]["demo_qa"]["reused"] is True
+    (replaced,) = (tmp_path / "replaced").iterdir()
+    earlier = json.loads((replaced / "results.json").read_text())
+    assert list(earlier["models"]) == ["tiny-t5-teacher", "tiny-gpt2-student"]
+    assert (replaced / "predictions" / "tiny-t5-teacher" / "demo_qa.jsonl").is_file()
+    assert (replaced / "predictions" / "tiny-gpt2-student" / "demo_yesno.jsonl").is_file()
+    assert not (replaced / "predictions" / "tiny-gpt2-student" / "demo_qa.jsonl").exists()  # kept: this run's
+
+
+def test_hub_task_offline_is_a_one_line_error(tmp_path, demo_models, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _fails_with_one_line(
+        ["eval", "--model", str(demo_models["teacher"]), "--tasks", "boolq", "--out", str(tmp_path)],
+        "aps/super_glue",
+        "--data-dir",
+    )
+
+
+def test_eval_score_cli_accepts_a_utf8_bom(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"prediction": "Yes.", "references": ["yes"]}\n')
+    result = CliRunner().invoke(main, ["eval", "score", "--task", "boolq", "--predictions", str(path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["values"] == {"acc": 100.0}
+
+
 def test_eval_score_prints_json(tmp_path):
     good = tmp_path / "p.jsonl"
     good.write_text(
@@ -313,7 +386,9 @@ def test_eval_score_prints_json(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {
         "task": "squad",
+        "n": 2,
         "values": {"exact_match": 50.0, "f1": 50.0},
+        "stderr": {"exact_match": 50.0, "f1": 50.0},
         "not_computed": {},
     }
 
@@ -349,6 +424,7 @@ def test_generate_prints_the_greedy_completion(demo_models, loaded):
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == _hand_greedy(*loaded["teacher"], prompt, 8) and result.stdout.strip()
+    assert "ex/s" not in result.stderr and "it/s" not in result.stderr  # one prompt: no progress bar
     _fails_with_one_line(["generate", "--model", "no/such-model", "hi"], "no/such-model")
 
 

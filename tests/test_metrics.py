@@ -6,13 +6,13 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from pipeline import metrics
-from pipeline.metrics import MetricError, Scores
+from pipeline.metrics import MetricError
 
 # --- accuracy ---
 
 
 def test_accuracy_counts_matching_labels():
-    assert metrics.accuracy([1, 0, 2, 2], [1, 1, 2, 0]) == {"accuracy": 50.0}
+    assert metrics.accuracy([1, 0, 2, 2], [1, 1, 2, 0]) == {"acc": 50.0}
 
 
 def test_metrics_reject_mismatched_lengths_and_empty_input():
@@ -145,13 +145,15 @@ def test_bleu_with_a_varying_number_of_references():
 def test_score_dispatches_task_metric_names():
     result = metrics.score(["squad", "rouge_l"], ["The Cat."], [["cat"]])
     rouge = 100 * 2 * (1 / 2) / (1 + 1 / 2)  # ROUGE keeps "the": P = 1/2, R = 1
-    assert result == Scores({"exact_match": 100.0, "f1": 100.0, "rouge_l": pytest.approx(rouge)}, {})
+    assert result.values == {"exact_match": 100.0, "f1": 100.0, "rouge_l": pytest.approx(rouge)}
+    assert result.not_computed == {} and result.n == 1
+    assert result.stderr == {"exact_match": None, "f1": None, "rouge_l": None}  # one example: no standard error
 
 
 def test_score_accuracy_from_labels_or_from_option_text():
-    assert metrics.score(["accuracy"], [], [], predicted_labels=[0, 1], labels=[0, 0]).values == {"accuracy": 50.0}
+    assert metrics.score(["accuracy"], [], [], predicted_labels=[0, 1], labels=[0, 0]).values == {"acc": 50.0}
     result = metrics.score(["accuracy"], ["yes ", "no", "maybe"], [["yes"], ["yes"], ["maybe"]])
-    assert result.values["accuracy"] == pytest.approx(200 / 3)
+    assert result.values["acc"] == pytest.approx(200 / 3)
 
 
 def test_score_rejects_unknown_metric_and_coverage_without_concepts():
@@ -312,3 +314,132 @@ def test_local_evaluate_module_equals_the_direct_function(name, inputs, direct):
 def test_load_metric_rejects_an_unknown_module():
     with pytest.raises(MetricError, match="known: coverage, rouge_l, squad"):
         metrics.load_metric("rouge")
+
+
+# --- tolerant accuracy for generated option answers ---
+
+
+def _variants(option: str, index: int) -> list[str]:
+    """How models write an option they mean: other case, trailing punctuation, quotes, its letter or number."""
+    return [
+        option.upper(),
+        option.lower() + ".",
+        f' "{option.capitalize()}"! ',
+        f"{option}\n\nBecause the passage says so.",
+        chr(ord("A") + index),
+        f"({chr(ord('a') + index)})",
+        str(index + 1),
+        f"Answer: {chr(ord('A') + index)}",
+    ]
+
+
+@pytest.mark.parametrize("task", ["boolq", "paws", "anli", "cosmosqa"])
+def test_generated_option_answers_score_through_case_punctuation_letters_and_numbers(task, shared_data):
+    from pipeline.tasks import get_task
+
+    records = get_task(task).load("validation", shared_data, 40, 0).records
+    assert records
+    predictions, references, options, labels = [], [], [], []
+    for r in records:
+        for variant in _variants(r.options[r.label], r.label):
+            predictions.append(variant)
+            references.append([r.options[r.label]])
+            options.append(list(r.options))
+            labels.append(r.label)
+    result = metrics.score(["accuracy"], predictions, references, options=options, labels=labels)
+    assert result.values["acc"] == 100.0 and result.stderr["acc"] == 0.0
+    # without the option list, only the text variants can count; with it, a wrong option is still wrong
+    assert metrics.match_option("Yes.", ["no", "yes"]) == 1 and metrics.match_option("maybe", ["no", "yes"]) is None
+    wrong = [r.options[(r.label + 1) % len(r.options)].upper() + "." for r in records]
+    result = metrics.score(
+        ["accuracy"], wrong, [[r.options[r.label]] for r in records], options=[list(r.options) for r in records]
+    )
+    assert result.values["acc"] == 0.0
+
+
+def test_match_option_prefers_an_option_text_over_a_letter_and_refuses_out_of_range():
+    assert metrics.match_option("a", ["b", "a"]) == 1  # the option "a" itself, not letter A
+    assert metrics.match_option("C", ["yes", "no"]) is None and metrics.match_option("3", ["yes", "no"]) is None
+    assert metrics.match_option("It's impossible to say.", ["Yes", "It's impossible to say", "No"]) == 1
+    assert metrics.normalize_choice("  'YES!' ") == "yes"
+
+
+def test_eval_score_reads_a_bom_file_with_options_and_letters(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    rows = [
+        {"prediction": "Yes.", "references": ["yes"], "options": ["no", "yes"], "label": 1},
+        {"prediction": "A", "references": ["no"], "options": ["no", "yes"], "label": 0},
+        {"prediction": "NO", "references": ["yes"], "options": ["no", "yes"], "label": 1},
+    ]
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    result = metrics.score_predictions_file(["accuracy"], path)
+    assert result.values == {"acc": pytest.approx(200 / 3)} and result.n == 3
+
+
+# --- standard errors and paired differences ---
+
+
+def test_mean_metrics_carry_the_sample_standard_error_of_the_mean():
+    result = metrics.score(["accuracy"], [], [], predicted_labels=[0, 1, 1, 1], labels=[0, 1, 0, 1])
+    # per-example 100, 100, 0, 100: mean 75, sample std sqrt(((25² × 3) + 75²) / 3) = 50, se = 50 / 2
+    assert result.values["acc"] == 75.0 and result.stderr["acc"] == pytest.approx(25.0)
+    preds, refs = ["the cat sat", "a dog", "blue sky", "x"], [["the cat sat"], ["a dog ran"], ["red sky"], ["y"]]
+    result = metrics.score(["rouge_l"], preds, refs)
+    per = [
+        100 * rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(r[0], p)["rougeL"].fmeasure
+        for p, r in zip(preds, refs, strict=True)
+    ]
+    mean = sum(per) / 4
+    assert result.stderr["rouge_l"] == pytest.approx((sum((v - mean) ** 2 for v in per) / 3) ** 0.5 / 2)
+
+
+def test_bleu_bootstrap_standard_error_is_seeded_and_its_value_is_sacrebleu():
+    preds = [f"the {w} cat sat on the mat" for w in ("black", "white", "small", "big", "old", "young")]
+    refs = [["the black cat sat on a mat"], ["a white cat sat on the mat"], ["the cat sat"], ["big cats sit"]] + [
+        ["the old cat sat on the mat"],
+        ["a young dog sat on the mat"],
+    ]
+    first, second = metrics.score(["bleu"], preds, refs), metrics.score(["bleu"], preds, refs)
+    assert first.values["bleu"] == pytest.approx(sacrebleu.corpus_bleu(preds, [[r[0] for r in refs]]).score)
+    assert first.stderr == second.stderr and 0.0 < first.stderr["bleu"] < 50.0
+
+
+def test_paired_difference_is_the_mean_of_per_example_differences():
+    a = metrics.score(["accuracy"], [], [], predicted_labels=[0, 0, 0, 0], labels=[0, 1, 0, 1])  # 100 0 100 0
+    b = metrics.score(["accuracy"], [], [], predicted_labels=[0, 1, 1, 1], labels=[0, 1, 0, 1])  # 100 100 0 100
+    diff = metrics.paired_difference(a, b, "acc")
+    # differences 0, 100, -100, 100: mean 25, sample std sqrt((25² + 75² + 125² + 75²) / 3) = 86.6..., se / 2
+    assert diff.value == 25.0 and diff.n == 4
+    assert diff.stderr == pytest.approx(((25**2 + 75**2 + 125**2 + 75**2) / 3) ** 0.5 / 2)
+    same = metrics.paired_difference(a, a, "acc")
+    assert same.value == 0.0 and same.stderr == 0.0
+    preds, refs = (
+        ["the cat sat on the mat", "a dog ran home", "sun"],
+        [["the cat sat on a mat"], ["a dog ran"], ["sky"]],
+    )
+    bleu_a = metrics.score(["bleu"], preds, refs)
+    bleu_b = metrics.score(["bleu"], [refs[0][0], preds[1], preds[2]], refs)
+    diff = metrics.paired_difference(bleu_a, bleu_b, "bleu")
+    assert diff.value == pytest.approx(bleu_b.values["bleu"] - bleu_a.values["bleu"]) and diff.stderr > 0
+
+
+# --- CommonGen coverage through lemmas ---
+
+
+@pytest.mark.parametrize(
+    ("sentence", "concept"),
+    [("He sat down.", "sit"), ("She stood up.", "stand"), ("They held hands.", "hold"), ("He threw it.", "throw")]
+    + [("Brush your teeth.", "tooth"), ("Leaves fall.", "leaf"), ("The mice ran.", "mouse")],
+)
+def test_coverage_matches_irregular_forms_through_lemmas(sentence, concept):
+    assert metrics.coverage([sentence], [[concept]]) == {"coverage": 100.0}
+
+
+def test_commongen_references_cover_their_own_concepts(shared_data):
+    """The ceiling: human references themselves, scored as outputs (a Porter stemmer gave 97.5 here)."""
+    from pipeline.tasks import get_task
+
+    records = get_task("commongen").load("validation", shared_data, None, 0).records
+    predictions = [scene for r in records for scene in r.targets]
+    concepts = [list(r.concepts) for r in records for _ in r.targets]
+    assert metrics.coverage(predictions, concepts)["coverage"] > 99.5

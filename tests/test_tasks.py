@@ -455,11 +455,13 @@ def test_hub_boolq_and_paws_integer_labels():
         ],
     )
     assert loaded.records == [
-        release("boolq", {"question": "is persian a language", "passage": passage, "label": True})
+        release("boolq", {"question": "is persian a language", "passage": passage, "idx": 3, "label": True})
     ]
     assert loaded.records[0].fields["title"] == "Persian language" and loaded.skipped == {"bad label": 1}
     loaded = hub("paws", [{"id": 1, "sentence1": "A ``b'' c .", "sentence2": "C a b .", "label": 0}])
-    assert loaded.records == [release("paws", {"sentence1": "A ``b'' c .", "sentence2": "C a b .", "label": "0"})]
+    assert loaded.records == [
+        release("paws", {"id": "1", "sentence1": "A ``b'' c .", "sentence2": "C a b .", "label": "0"})
+    ]
 
 
 def test_hub_squad_answers_struct():
@@ -488,9 +490,9 @@ def test_hub_samsum_xsum_cosmosqa_same_schema():
     loaded = hub(
         "xsum", [{"document": "Doc.", "summary": "Sum.", "id": "9"}, {"document": "", "summary": "S", "id": "8"}]
     )
-    assert loaded.records == [release("xsum", {"document": "Doc.", "summary": "Sum."})] and loaded.skipped == {
-        "empty document": 1
-    }
+    assert loaded.records == [
+        release("xsum", {"document": "Doc.", "summary": "Sum.", "id": "9"})
+    ] and loaded.skipped == {"empty document": 1}
     row = {
         "id": "q",
         "context": "C.",

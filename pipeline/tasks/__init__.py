@@ -30,6 +30,7 @@ class Record:
     options: tuple[str, ...] = ()  # option tasks: the answer strings that rank classification scores
     label: int | None = None  # option tasks: index of the right option
     concepts: tuple[str, ...] = ()  # concept-to-sentence tasks: the concepts the output should cover
+    source_id: str | None = None  # the source's own id (SQuAD qid, SAMSum id...), for the official scorers
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Template:
 class Loaded:
     records: list[Record]
     skipped: Counter = field(default_factory=Counter)  # reason -> count of malformed rows left out
+    source: str = ""  # what was read: a file path, or "hub:<id>[/<config>]@<revision>"
 
 
 # A loader gets (split, data_dir, limit, seed) and returns the task's records in source order.

@@ -14,6 +14,7 @@ in the same split and train never overlaps evaluation. For the other tasks a lon
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -65,11 +66,20 @@ class Source:
         if not named and not self.carve:
             log.warning("%s is named for no split: it is read whole for %r (and for any other split)", path, split)
         rows = self.readers[path.suffix.lower()](path)
-        return _collect(rows, self.to_record, limit, split if self.carve and not named else None)
+        loaded = _collect(rows, self.to_record, limit, split if self.carve and not named else None)
+        return dataclasses.replace(loaded, source=str(path))
 
     def from_hub(self, rows: Iterable[Row], split: str, limit: int | None = None) -> Loaded:
         """Records from rows of the Hub dataset's ``hub_splits[split]`` (a ``datasets.Dataset`` iterates rows)."""
-        return _collect(self.hub_rows(rows), self.to_record, limit, split if split in self.hub_carved else None)
+        loaded = _collect(self.hub_rows(rows), self.to_record, limit, split if split in self.hub_carved else None)
+        return dataclasses.replace(loaded, source=self.hub_source(split))
+
+    def hub_source(self, split: str) -> str:
+        """The Hub dataset read for ``split``: ``hub:<id>[/<config>]@<revision>:<split>`` (revision: as asked)."""
+        name = f"{self.hub_id}/{self.hub_config}" if self.hub_config else self.hub_id
+        data_dir = f"/{self.hub_kwargs['data_dir']}" if "data_dir" in self.hub_kwargs else ""
+        revision = self.hub_kwargs.get("revision", "main")
+        return f"hub:{name}{data_dir}@{revision}:{self.hub_splits.get(split, split)}"
 
     def _load_hub(self, split: str) -> Iterable[Row]:
         if split not in self.hub_splits:
@@ -149,8 +159,14 @@ def _label(row: Row, table: Mapping[Any, int]) -> int:
         raise Malformed("bad label") from None
 
 
-def _choice(fields: dict[str, str], options: tuple[str, ...], label: int) -> Record:
-    return Record(fields, (options[label],), options=options, label=label)
+def _choice(fields: dict[str, str], options: tuple[str, ...], label: int, source_id: str | None) -> Record:
+    return Record(fields, (options[label],), options=options, label=label, source_id=source_id)
+
+
+def _id(row: Row, key: str) -> str | None:
+    """The source's own id of a row (``None`` when the row has none); numbers become their text."""
+    value = row.get(key)
+    return None if value is None or isinstance(value, bool) else str(value)
 
 
 def boolq_record(row: Row) -> Record:
@@ -161,32 +177,34 @@ def boolq_record(row: Row) -> Record:
     if not text:
         raise Malformed("empty passage")
     label = _label(row, {True: 1, False: 0, "true": 1, "false": 0})  # also 1/0: True == 1 as a dict key
-    return _choice({"title": title, "passage": text, "question": _text(row, "question")}, YES_NO, label)
+    fields = {"title": title, "passage": text, "question": _text(row, "question")}
+    return _choice(fields, YES_NO, label, _id(row, "idx"))
 
 
 def squad_record(row: Row) -> Record:
     title = _clean(row.get("title") or "").replace("_", " ")  # SQuAD titles are Wikipedia page names
     fields = {"title": title, "context": _text(row, "context"), "question": _text(row, "question")}
-    return Record(fields, _texts(row, "answers"))
+    return Record(fields, _texts(row, "answers"), source_id=_id(row, "id"))
 
 
 def samsum_record(row: Row) -> Record:
-    return Record({"dialogue": _text(row, "dialogue")}, (_text(row, "summary"),))
+    return Record({"dialogue": _text(row, "dialogue")}, (_text(row, "summary"),), source_id=_id(row, "id"))
 
 
 def anli_record(row: Row) -> Record:
     label = _label(row, {"e": 0, "n": 1, "c": 2, 0: 0, 1: 1, 2: 2})  # the Hub's ClassLabel has the same order
     fields = {"premise": _text(row, "context"), "hypothesis": _text(row, "hypothesis")}
-    return _choice(fields, NLI_OPTIONS, label)
+    return _choice(fields, NLI_OPTIONS, label, _id(row, "uid"))
 
 
 def paws_record(row: Row) -> Record:
     label = _label(row, {"0": 0, "1": 1, 0: 0, 1: 1})  # 1 = paraphrase
-    return _choice({"sentence1": _text(row, "sentence1"), "sentence2": _text(row, "sentence2")}, YES_NO, label)
+    fields = {"sentence1": _text(row, "sentence1"), "sentence2": _text(row, "sentence2")}
+    return _choice(fields, YES_NO, label, _id(row, "id"))
 
 
 def xsum_record(row: Row) -> Record:
-    return Record({"document": _text(row, "document")}, (_text(row, "summary"),))
+    return Record({"document": _text(row, "document")}, (_text(row, "summary"),), source_id=_id(row, "id"))
 
 
 def commongen_record(row: Row) -> Record:
@@ -194,13 +212,17 @@ def commongen_record(row: Row) -> Record:
     concepts = tuple(re.sub(r"_[A-Z]+$", "", c.strip()) for c in _text(row, "concept_set").split("#"))
     if not all(concepts):
         raise Malformed("bad concept_set")
-    return Record({"concepts": ", ".join(concepts)}, _texts(row, "scene"), concepts=concepts)
+    # The release has no id: the concept set names the example ("field#look#stand", the same from the Hub).
+    return Record(
+        {"concepts": ", ".join(concepts)}, _texts(row, "scene"), concepts=concepts, source_id="#".join(concepts)
+    )
 
 
 def cosmosqa_record(row: Row) -> Record:
     options = tuple(_text(row, f"answer{i}") for i in range(4))
     label = _label(row, {**{str(i): i for i in range(4)}, **{i: i for i in range(4)}})  # 0-based
-    return _choice({"context": _text(row, "context"), "question": _text(row, "question")}, options, label)
+    fields = {"context": _text(row, "context"), "question": _text(row, "question")}
+    return _choice(fields, options, label, _id(row, "id"))
 
 
 def tatoeba_record(row: Row) -> Record:
@@ -222,7 +244,9 @@ def coqa_record(row: Row) -> Record:
     recent = [(_clean(q), _clean(a)) for q, a in turns[-COQA_HISTORY_TURNS:]]
     history = "\n".join(f"Q: {q}\nA: {a}" for q, a in recent) or "(no earlier questions)"
     fields = {"story": _text(row, "story"), "history": history, "question": _text(row, "question")}
-    return Record(fields, _texts(row, "answers"))
+    turn = _id(row, "turn_id")
+    source = f"{row['id']}:{turn}" if _id(row, "id") and turn else None  # the official scorer keys (id, turn_id)
+    return Record(fields, _texts(row, "answers"), source_id=source)
 
 
 # ---- Hub row -> release row (where the schemas differ) -------------------------------------------------------
@@ -261,7 +285,7 @@ def _coqa_hub(rows: Iterable[Row]) -> Iterator[Row]:
         questions = row.get("questions") or []
         answers = (row.get("answers") or {}).get("input_text") or []
         per_turn = [[answers[i]] if i < len(answers) else [] for i in range(len(questions))]
-        yield from formats.coqa_turns(row.get("story"), questions, per_turn)
+        yield from formats.coqa_turns(row.get("story"), questions, per_turn, row.get("id"))
 
 
 # ---- the tasks -----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ pipeline runs on it. The "train" and "validation" splits come from disjoint seed
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def _concepts(r: random.Random) -> Record:
 def _loader(name: str, make):
     def load(split: str, data_dir: Path | None, limit: int | None, seed: int) -> Loaded:
         n = 1000 if limit is None else limit
-        return Loaded([make(_rng(split, seed, name, i)) for i in range(n)])
+        records = [dataclasses.replace(make(_rng(split, seed, name, i)), source_id=f"{split}-{i}") for i in range(n)]
+        return Loaded(records, source=f"generated: {name}, split {split}, seed {seed}")
 
     return load
 

@@ -218,11 +218,24 @@ def read_squad(path: Path) -> Iterator[Row | Malformed]:
                 }
 
 
-def coqa_turns(story: Any, questions: list[Any], answers: list[list[Any]]) -> Iterator[Row]:
-    """One row per question of a CoQA conversation, with the (question, first answer) turns before it."""
+def coqa_turns(
+    story: Any, questions: list[Any], answers: list[list[Any]], story_id: Any = None, turn_ids: list[Any] | None = None
+) -> Iterator[Row]:
+    """One row per question of a CoQA conversation, with the (question, first answer) turns before it.
+
+    ``id`` and ``turn_id`` are the story's id and the turn's (1-based by default), as the official scorer keys them.
+    """
     history: list[tuple[str, str]] = []
-    for question, turn_answers in zip(questions, answers, strict=True):
-        yield {"story": story, "question": question, "answers": turn_answers, "history": list(history)}
+    turn_ids = turn_ids or list(range(1, len(questions) + 1))
+    for question, turn_answers, turn in zip(questions, answers, turn_ids, strict=True):
+        yield {
+            "story": story,
+            "question": question,
+            "answers": turn_answers,
+            "history": list(history),
+            "id": story_id,
+            "turn_id": turn,
+        }
         if isinstance(question, str) and turn_answers and isinstance(turn_answers[0], str):
             history.append((question, turn_answers[0]))
 
@@ -249,4 +262,6 @@ def read_coqa(path: Path) -> Iterator[Row | Malformed]:
             entry.get("story"),
             [q.get("input_text") for q in questions],
             [by_turn.get(q.get("turn_id"), []) for q in questions],
+            entry.get("id"),
+            [q.get("turn_id") for q in questions],
         )

@@ -1,4 +1,4 @@
-"""CommonGen concept coverage (word or Porter-stem match) as a local ``evaluate`` module."""
+"""CommonGen concept coverage (words matched through their lemmas) as a local ``evaluate`` module."""
 
 import datasets
 import evaluate
