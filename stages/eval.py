@@ -229,14 +229,16 @@ def _rank_classify(lm: EvalModel, data: _TaskData, desc: str) -> tuple[metrics.S
 
 def _generate(lm: EvalModel, data: _TaskData, cfg: EvalConfig, desc: str) -> tuple[metrics.Scores, list[dict]]:
     records = data.records
-    predictions = lm.generate(data.prompts, data.max_new_tokens, desc=desc)
+    predictions, ended = lm.generate(data.prompts, data.max_new_tokens, desc=desc, with_eos=True)
     references = [list(r.targets) for r in records]
     names = (*data.task.metrics, "bertscore") if cfg.bertscore_model else data.task.metrics
     concepts = [list(r.concepts) for r in records] if "coverage" in names else None
     result = metrics.score(names, predictions, references, concepts=concepts, bertscore_model=cfg.bertscore_model)
+    # A degenerate model runs on to the token budget: the share of generations that never emitted EOS shows it.
+    result.values["no_eos"] = 100.0 * ended.count(False) / max(len(ended), 1)
     rows = [
-        {"prediction": p, "references": ref, "prompt": prompt}
-        for p, ref, prompt in zip(predictions, references, data.prompts, strict=True)
+        {"prediction": p, "references": ref, "prompt": prompt, "eos": e}
+        for p, ref, prompt, e in zip(predictions, references, data.prompts, ended, strict=True)
     ]
     if concepts:  # CommonGen: what coverage is measured against
         for row, c in zip(rows, concepts, strict=True):

@@ -67,7 +67,7 @@ def test_results_json_structure_and_values(demo_run, demo_models):
         for task, r in model["results"].items():
             assert r["n"] == LIMIT and results["tasks"][task]["n"] == LIMIT and r["not_computed"] == {}
             promised = [k for m in get_task(task).metrics for k in metrics.METRIC_KEYS[m]]
-            extra = ["accuracy_sum"] if get_task(task).kind == "options" else []
+            extra = ["accuracy_sum"] if get_task(task).kind == "options" else ["no_eos"]
             assert list(r["values"]) == promised + extra
             assert all(0.0 <= v <= 100.0 for v in r["values"].values()), (task, r["values"])
     # The teacher was fine-tuned on the demo tasks and learned the entailment one (it is at chance on the 4-way
@@ -164,8 +164,8 @@ def test_rank_classification_matches_hand_computation(role, loaded, demo_run):
     assert row["prediction"] == records[0].options[row["predicted_label"]]
 
 
-def _hand_greedy(model, tok, prompt: str, n: int) -> str:
-    """Greedy decoding by repeated full forwards of one unpadded sequence, stopping at EOS."""
+def _hand_greedy(model, tok, prompt: str, n: int) -> tuple[str, bool]:
+    """Greedy decoding by repeated full forwards of one unpadded sequence, stopping at EOS (and whether it did)."""
     eos = tok.eos_token_id
     if model.config.is_encoder_decoder:
         enc = tok(prompt, return_tensors="pt").input_ids
@@ -173,17 +173,17 @@ def _hand_greedy(model, tok, prompt: str, n: int) -> str:
         for _ in range(n):
             nxt = int(model(input_ids=enc, decoder_input_ids=torch.tensor([out])).logits[0, -1].argmax())
             if nxt == eos:
-                break
+                return tok.decode(out[1:], skip_special_tokens=True).strip(), True
             out.append(nxt)
-        return tok.decode(out[1:], skip_special_tokens=True).strip()
+        return tok.decode(out[1:], skip_special_tokens=True).strip(), False
     ids = tok(prompt, add_special_tokens=False).input_ids
     new: list[int] = []
     for _ in range(n):
         nxt = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
         if nxt == eos:
-            break
+            return tok.decode(new, skip_special_tokens=True).strip(), True
         new.append(nxt)
-    return tok.decode(new, skip_special_tokens=True).strip()
+    return tok.decode(new, skip_special_tokens=True).strip(), False
 
 
 @pytest.mark.parametrize("role", ["teacher", "student"])
@@ -194,8 +194,9 @@ def test_batched_generation_equals_one_sequence_greedy(role, loaded):
     prompts = [render(task, r, 0)[0] for r in task.load("validation", None, 3, 0).records] + ["Where?"]
     with torch.inference_mode():
         hand = [_hand_greedy(model, tok, p, 6) for p in prompts]
-    got = EvalModel(model, tok, max_prompt_tokens=512, batch_size=4).generate(prompts, 6)
-    assert got == hand
+    got, ended = EvalModel(model, tok, max_prompt_tokens=512, batch_size=4).generate(prompts, 6, with_eos=True)
+    assert got == [text for text, _ in hand]
+    assert ended == [stopped for _, stopped in hand]  # EOS reported exactly where the hand loop met it
     if role == "teacher":  # trained: it answers the question, not with nothing
         assert all(g.startswith("by the") for g in got[:3]), got
 
@@ -345,7 +346,7 @@ def test_generate_prints_the_greedy_completion(demo_models, loaded):
         main, ["generate", "--model", str(demo_models["teacher"]), "--device", "cpu", "--max-new-tokens", "8", prompt]
     )
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == _hand_greedy(*loaded["teacher"], prompt, 8) and result.stdout.strip()
+    assert result.stdout.strip() == _hand_greedy(*loaded["teacher"], prompt, 8)[0] and result.stdout.strip()
     _fails_with_one_line(["generate", "--model", "no/such-model", "hi"], "no/such-model")
 
 
