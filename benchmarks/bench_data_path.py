@@ -27,6 +27,7 @@ from transformers import AutoTokenizer
 
 import cache_schema as cs
 from pipeline.cache_reader import BatchStream, StudentEncoder
+from pipeline.text import TextEncoder, TextSpec
 
 WORDS = [
     "question",
@@ -119,7 +120,7 @@ def bench_decode(cache: cs.Cache) -> float:
 
 
 def bench_delivery(cache: cs.Cache, tokenizer, batch_size: int, shuffle_chunks: int) -> dict:
-    encoder = StudentEncoder(tokenizer, 512, 128)
+    encoder = StudentEncoder(TextEncoder(tokenizer, TextSpec("causal", 512, 128, "cut")))
     n_batches = len(cache) // batch_size
     rows = examples = 0
     samples = [(0, round(rss_mib()))]

@@ -25,7 +25,7 @@ from pipeline.config import TeacherCacheConfig
 from pipeline.models import load_model, pick_device
 from pipeline.tasks import build_mixture
 from stages import teacher_cache
-from stages.teacher_cache import _plan_batches, _tokenize
+from stages.teacher_cache import _plan_batches, _teacher_text, _tokenize
 
 
 def sync(device: torch.device) -> None:
@@ -38,7 +38,7 @@ def bare_forward(cfg: TeacherCacheConfig, device: torch.device, repeats: int) ->
     """Seconds per pass and rows of the teacher forward alone over the stage's own batch plan."""
     model, tok, _ = load_model(cfg.teacher, quantize=cfg.quantize, device=device)
     mixture = build_mixture(cfg.tasks, split=cfg.split, data_dir=None, seed=cfg.seed)
-    prepared, _, _ = _tokenize(mixture.examples[: cfg.limit], tok, cfg, model.config.is_encoder_decoder)
+    prepared, _, _ = _tokenize(mixture.examples[: cfg.limit], _teacher_text(cfg, model, tok), cfg)
     plan = _plan_batches(prepared, cfg.batch_size, cfg.seed)
     batches = []
     for batch in plan:

@@ -101,6 +101,11 @@ ATTR_TOP_K = "top_k"  # k: probabilities kept per row
 ATTR_TEMPERATURE = "temperature"  # T in softmax(logits / T)
 ATTR_ANSWERS = "answers"  # "gold" (dataset answers) or "teacher" (the teacher's greedy answers)
 ATTR_EOS = "eos"  # {"included": true, "token_id": id}: each example's last row predicts the teacher's EOS
+# How the teacher saw the text (pipeline.text): {"layout": "seq2seq" | "causal" | "chat", "max_prompt_tokens",
+# "max_answer_tokens", "answer_overflow": "skip" | "cut" (an over-long answer is left out, or cut to the limit
+# with its EOS kept as the last row), "prompt_policy": "cut-middle"}. Absent from caches written before the
+# text contract; ATTR_COUNTS["truncated"] counts the prompts and answers that were cut.
+ATTR_TEXT = "text"
 ATTR_MIXTURE = "mixture"  # the mixture spec: tasks and counts, split, seed, caps, templates digest
 ATTR_MIXTURE_FP = "mixture_fingerprint"  # sha256 of ATTR_MIXTURE
 ATTR_COUNTS = "counts"  # {"examples", "rows", "per_task": {task: {"examples", "rows"}}, "skipped", "truncated"}
@@ -123,6 +128,7 @@ IDENTITY_ATTRS = (
     ATTR_TEMPERATURE,
     ATTR_ANSWERS,
     ATTR_EOS,
+    ATTR_TEXT,
     ATTR_MIXTURE,
     ATTR_MIXTURE_FP,
     ATTR_CONFIG,
@@ -214,9 +220,14 @@ def identity_attrs(
     eos_token_id: int,
     mixture: dict,
     config: dict,
+    text: dict | None = None,
 ) -> dict:
-    """The attributes that define a cache (IDENTITY_ATTRS): a resumed run must match them exactly."""
+    """The attributes that define a cache (IDENTITY_ATTRS): a resumed run must match them exactly.
+
+    ``text`` (ATTR_TEXT) is left out only by synthetic caches that no tokenizer wrote (tests, benchmarks).
+    """
     return {
+        **({ATTR_TEXT: text} if text is not None else {}),
         ATTR_TEACHER: teacher,
         ATTR_TOKENIZER_FP: tokenizer_fingerprint,
         ATTR_TOP_K: top_k,
@@ -227,6 +238,12 @@ def identity_attrs(
         ATTR_MIXTURE_FP: fingerprint(mixture),
         ATTR_CONFIG: config,
     }
+
+
+def text_spec(meta: dict) -> dict | None:
+    """The ATTR_TEXT of a cache's attributes: how its teacher saw the text (None for caches written before it)."""
+    value = meta.get(ATTR_TEXT)
+    return value if isinstance(value, dict) else None
 
 
 def worker_attrs(index: int, count: int, plan_batches: int) -> dict:

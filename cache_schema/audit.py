@@ -25,6 +25,7 @@ from cache_schema import (
     ATTR_SCHEMA,
     ATTR_TEACHER,
     ATTR_TEMPERATURE,
+    ATTR_TEXT,
     ATTR_TOKENIZER_FP,
     ATTR_TOOL_VERSION,
     ATTR_TOP_K,
@@ -163,6 +164,7 @@ def describe(cache: Cache) -> str:
         f"created      {p['created_at']} on {p['created_on']}",
         f"teacher      {p['teacher']} (revision {p['revision']}, {p['quantization']}, {p['compute_dtype']})",
         f"top-k        {p['top_k']}   temperature {p['temperature']}   answers {p['answers']}",
+        f"text         {_text_line(cache.meta)}",
         f"mixture      {str(p['mixture_fingerprint'])[:16]}  split {_get(cache.meta, ATTR_MIXTURE, 'split')}  "
         f"seed {_get(cache.meta, ATTR_MIXTURE, 'seed')}",
         f"examples     {p['examples']}   rows {p['rows']}",
@@ -179,6 +181,18 @@ def describe(cache: Cache) -> str:
         if nonzero:
             lines.append(f"{label:<13}{json.dumps(nonzero)}")
     return "\n".join(lines)
+
+
+def _text_line(meta: dict) -> str:
+    """How the teacher saw the text (ATTR_TEXT), in one line."""
+    text = meta.get(ATTR_TEXT)
+    if not isinstance(text, dict):
+        return "not recorded (written before the text contract)"
+    return (
+        f"{text.get('layout')} layout; prompts up to {text.get('max_prompt_tokens')} tokens "
+        f"({text.get('prompt_policy')}), answers up to {text.get('max_answer_tokens')} rows "
+        f"({text.get('answer_overflow')} when longer)"
+    )
 
 
 def _sizes(cache: Cache) -> dict[str, int]:

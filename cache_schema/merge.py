@@ -66,7 +66,7 @@ def merge_parts(paths: list[str], out: str | os.PathLike, *, progress: bool = Tr
     try:
         writer = CacheWriter(
             out,
-            {key: first.meta[key] for key in IDENTITY_ATTRS},
+            {key: first.meta[key] for key in IDENTITY_ATTRS if key in first.meta},  # ATTR_TEXT: not in old caches
             max_rows=sum(p.total_rows for p in parts),
             store_ids=layout["store_ids"],
             chunk_rows=layout["chunk_rows"],

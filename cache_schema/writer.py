@@ -247,6 +247,10 @@ class CacheWriter:
                 c["rows"] += n
         return dict(sorted(counts.items()))
 
+    def examples_with_rows(self, n_rows: int) -> int:
+        """Committed examples of exactly ``n_rows`` rows (teacher answers that reached the row limit)."""
+        return sum(n == n_rows for *_, table in self.parts for n in table.column("n_rows").to_pylist())
+
     def finalize(self, extra: dict) -> dict:
         """Join the parts, trim the arrays, write checksums and mark the cache complete; return the attrs."""
         tables = [t for _, _, t in self.parts]

@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import queue
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -36,8 +37,8 @@ import numpy as np
 import torch
 
 from cache_schema import Cache
+from pipeline.text import IGNORE_INDEX, TextEncoder
 
-IGNORE_INDEX = -100
 _POLL_SECONDS = 0.1  # how often a blocked producer checks whether it was asked to stop
 
 
@@ -88,36 +89,33 @@ def epoch_order(groups: list[np.ndarray], seed: int, epoch: int) -> list[np.ndar
 
 
 class StudentEncoder:
-    """Prompt and answer text -> student input ids and causal-LM labels (prompt masked, EOS appended).
+    """Prompt and answer text -> student input ids and causal-LM labels, through the text contract.
 
-    The prompt is tokenized with the tokenizer's own special tokens (a BOS where the student expects one) and
-    cut to its start, like teacher-cache does; the answer without special tokens, then EOS, cut to
-    ``max_answer_tokens``. Padding uses the pad id, or EOS for tokenizers without one: padding sits under
-    the attention mask and the -100 labels, so no token is added to the vocabulary.
+    ``pipeline.text.TextEncoder`` gives the ids (BOS + prompt, then " " + answer + EOS, or the chat template);
+    the prompt is masked with -100. An example whose answer the contract skips (over the limit with
+    ``answer_overflow="skip"``) keeps its place in the data order but trains on nothing: its labels are all
+    -100, so the order and step sizes stay a pure function of the cache. Padding uses the pad id, or EOS for
+    tokenizers without one: padding sits under the attention mask and the -100 labels, so no token is added
+    to the vocabulary. ``counts`` tallies cut prompts, cut answers and skipped answers as batches are made.
     """
 
-    def __init__(self, tokenizer, max_prompt_tokens: int, max_answer_tokens: int, max_length: int | None = None):
-        if tokenizer.eos_token_id is None:
-            raise ValueError("the student tokenizer has no EOS token")
-        self.tokenizer = tokenizer
-        self.eos = tokenizer.eos_token_id
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
-        self.max_prompt, self.max_answer, self.max_length = max_prompt_tokens, max_answer_tokens, max_length
+    def __init__(self, text: TextEncoder):
+        self.text = text
+        self.tokenizer, self.pad = text.tokenizer, text.pad
+        self.counts: Counter = Counter()
 
     def encode(self, prompts: list[str], answers: list[str]) -> list[tuple[list[int], list[int]]]:
-        """(prompt ids, answer ids ending in EOS unless cut) per example."""
-        prompt_ids = self.tokenizer(prompts, add_special_tokens=True).input_ids
-        answer_ids = self.tokenizer(answers, add_special_tokens=False).input_ids
+        """(prompt ids, answer ids ending in EOS; [] for a skipped answer) per example."""
         out = []
-        for p, a in zip(prompt_ids, answer_ids, strict=True):
-            if p and p[-1] == self.eos:  # tokenizers that close every text with EOS: the answer follows here
-                p = p[:-1]
-            a = [*a, self.eos][: self.max_answer]
-            p = p[: self.max_prompt]
-            if self.max_length is not None:
-                a = a[: self.max_length - 1]
-                p = p[: self.max_length - len(a)]
-            out.append((p, a))
+        for prompt, answer in zip(prompts, answers, strict=True):
+            encoded = self.text.encode(prompt, answer)
+            if encoded is None:
+                self.counts["answer_skipped"] += 1
+                out.append((self.text.encode_prompt(prompt)[0], []))
+                continue
+            self.counts["prompt_cut"] += encoded.prompt_cut > 0
+            self.counts["answer_cut"] += encoded.answer_cut > 0
+            out.append((encoded.prompt_ids, encoded.answer_ids))
         return out
 
     def collate(

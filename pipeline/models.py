@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -52,16 +53,63 @@ def _quantization_config(quantize: str, device: torch.device):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+GGUF_MAGIC = b"GGUF"
+
+
+def context_limit(config) -> int | None:
+    """Positions a causal model can attend to (None: no absolute limit, e.g. T5's relative positions)."""
+    if config.is_encoder_decoder:
+        return None
+    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def source_kwargs(name: str, role: str) -> tuple[str, dict]:
+    """(what ``from_pretrained`` takes, extra keywords): a ``.gguf`` file loads from its folder with ``gguf_file``.
+
+    transformers reads GGUF (llama.cpp's single-file format, often 4-bit) through the ``gguf`` package and
+    de-quantizes it into a regular model: https://huggingface.co/docs/transformers/gguf
+    """
+    if not name.lower().endswith(".gguf"):
+        return name, {}
+    path = Path(name)
+    if not path.is_file():
+        raise ModelError(f"{role} {name!r}: no such GGUF file")
+    with path.open("rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise ModelError(f"{role} {name!r}: not a GGUF file (it does not start with the GGUF magic bytes)")
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ModelError(
+            f"{role} {name!r}: reading GGUF needs the gguf package (pip install 'kdpipe[gguf]')"
+        ) from None
+    return str(path.parent), {"gguf_file": path.name}
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file, read in blocks: the revision a GGUF teacher records."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_config_and_tokenizer(name: str, revision: str | None, role: str):
-    """A model's config and tokenizer from a local directory or the hub, or a one-line ModelError naming it."""
+    """A model's config and tokenizer from a local directory, a GGUF file or the hub, or a one-line ModelError."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own bars report progress; a per-load bar is noise in logs
+    source, extra = source_kwargs(name, role)
     try:
-        return AutoConfig.from_pretrained(name, revision=revision), AutoTokenizer.from_pretrained(
-            name, revision=revision
+        return AutoConfig.from_pretrained(source, revision=revision, **extra), AutoTokenizer.from_pretrained(
+            source, revision=revision, **extra
         )
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{role} {name!r}: cannot load it from a local directory or the hub ({first})") from None
 
@@ -74,19 +122,20 @@ def load_model(
     quantization = _quantization_config(quantize, device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    kwargs = {"revision": revision, "dtype": dtype}
+    source, extra = source_kwargs(name, role)
+    kwargs = {"revision": revision, "dtype": dtype, **extra}
     if quantization is not None:
         kwargs.update(quantization_config=quantization, device_map={"": device.index or 0})
     try:
-        model = cls.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as e:
+        model = cls.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelError(f"{role} {name!r}: cannot load the weights ({str(e).splitlines()[0]})") from None
     if quantization is None:
         model.to(device)
     model.eval()
     info = {
         "id": name,
-        "revision": revision or getattr(config, "_commit_hash", None),
+        "revision": revision or (file_sha256(name) if extra else getattr(config, "_commit_hash", None)),
         "quantization": quantize,
         "compute_dtype": str(dtype).removeprefix("torch."),
         "architecture": (config.architectures or [cls.__name__])[0],

@@ -1,11 +1,8 @@
 """Model-side evaluation: option log-likelihoods (rank classification) and greedy generation, batched.
 
-Text is encoded exactly as training saw it (see ``stages.teacher_cache._tokenize`` and the distill stage):
-
-- seq2seq (T5): the prompt with the tokenizer's special tokens (``… </s>``) as encoder input; an answer or
-  option with them (``… </s>``) as decoder labels;
-- causal LM: prompt ids and answer ids tokenized separately without special tokens, then
-  ``prompt ids + answer ids + [EOS]``; only the answer tokens (and EOS) are scored, and generation stops at EOS.
+Text is encoded exactly as training saw it, by the one text contract (``pipeline.text``): a seq2seq model gets
+prompt + ``</s>`` and scores option + ``</s>``; a causal model gets BOS + prompt (or its chat template) and scores
+``" " + option`` + EOS, the very ids teacher-cache and distill train on; generation stops at that EOS.
 
 An option's score is the log-likelihood of its tokens including the final EOS, so an option that is a prefix of
 another ("No" vs "No way") is not favoured by stopping early. Batches are left-padded for causal models (the
@@ -23,6 +20,9 @@ import torch
 from tqdm import tqdm
 from transformers import GenerationConfig
 
+from pipeline.models import context_limit
+from pipeline.text import TextEncoder, TextSpec, layout_for
+
 
 @dataclass(frozen=True)
 class OptionScore:
@@ -35,54 +35,36 @@ class OptionScore:
         return self.logprob_sum / self.n_tokens
 
 
-def context_limit(config) -> int | None:
-    """Positions a causal model can attend to (None: no absolute limit, e.g. T5's relative positions)."""
-    if config.is_encoder_decoder:
-        return None
-    for name in ("n_positions", "max_position_embeddings", "n_ctx", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 class EvalModel:
     """A loaded model and its tokenizer, with the encoding its training used (module doc)."""
 
-    def __init__(self, model, tokenizer, *, max_prompt_tokens: int, batch_size: int):
+    def __init__(self, model, tokenizer, *, max_prompt_tokens: int, batch_size: int, chat_template: bool = False):
         self.model, self.tokenizer = model, tokenizer
         self.seq2seq = bool(model.config.is_encoder_decoder)
-        self.eos = tokenizer.eos_token_id
-        if self.eos is None:
-            raise ValueError(f"tokenizer of {model.name_or_path!r} has no EOS token")
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
-        self.max_prompt_tokens, self.batch_size = max_prompt_tokens, batch_size
-        self.context = context_limit(model.config)
+        # eval scores whole answers (answer_ids never cuts); the spec's answer limit is not used here
+        spec = TextSpec(layout_for(model.config, chat_template), max_prompt_tokens, max_prompt_tokens, "cut")
+        self.text = TextEncoder(tokenizer, spec, context_limit(model.config))
+        self.eos, self.pad = self.text.eos, self.text.pad
+        self.batch_size = batch_size
         self.device = model.device
         self.truncated = 0  # prompts cut so far
 
     # ---- encoding ----------------------------------------------------------------------------------------
 
     def prompt_ids(self, prompts: Sequence[str], reserve: int = 0) -> list[list[int]]:
-        """Prompt token ids; a prompt over the limit loses its MIDDLE, keeping its first and last halves.
+        """Prompt token ids under the text contract; a prompt over the limit loses its MIDDLE (``pipeline.text``).
 
-        Instructions open some templates ("Summarize this article…") and the question and options close others,
-        so both ends are kept, as LongBench does (https://arxiv.org/abs/2308.14508, section 3.3). ``reserve``
-        positions are left free for the answer in a causal model's context window.
+        ``reserve`` positions are left free for the answer in a causal model's context window.
         """
-        limit = self.max_prompt_tokens
-        if self.context is not None:
-            limit = min(limit, self.context - reserve)
-        if limit < 1:
-            raise ValueError(f"no room for a prompt: context {self.context}, {reserve} positions reserved")
-        ids = self.tokenizer(list(prompts), add_special_tokens=self.seq2seq).input_ids
-        self.truncated += sum(len(p) > limit for p in ids)
-        head = limit // 2
-        return [(p if len(p) <= limit else p[:head] + p[len(p) - (limit - head) :]) or [self.eos] for p in ids]
+        out = []
+        for prompt in prompts:
+            ids, cut = self.text.encode_prompt(prompt, reserve=reserve)
+            self.truncated += cut > 0
+            out.append(ids)
+        return out
 
     def answer_ids(self, answers: Sequence[str]) -> list[list[int]]:
-        ids = self.tokenizer(list(answers), add_special_tokens=self.seq2seq).input_ids
-        return ids if self.seq2seq else [[*a, self.eos] for a in ids]
+        return [self.text.answer_ids(a) for a in answers]
 
     def _left_pad(self, rows: Sequence[list[int]]) -> dict[str, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -176,7 +158,7 @@ class EvalModel:
                 ended[i] = self.eos in ids
                 ids = ids[: ids.index(self.eos)] if ended[i] else ids
                 new_tokens += len(ids)
-                outputs[i] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                outputs[i] = self.text.decode_answer(ids)
             bar.update(len(index))
             bar.set_postfix(new_tok_s=f"{new_tokens / max(time.monotonic() - start, 1e-9):.0f}")
         bar.close()

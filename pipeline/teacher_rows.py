@@ -35,7 +35,8 @@ def mask(seqs: list[list[int]]) -> torch.Tensor:
 @torch.inference_mode()
 def teacher_rows(
     model,
-    tokenizer,
+    pad_id: int,
+    eos: int,
     prompts: list[list[int]],
     answers: list[list[int]] | None,
     *,
@@ -45,10 +46,13 @@ def teacher_rows(
     store_ids: bool,
     device: torch.device,
 ) -> Rows:
-    """Rows of one batch; ``answers=None`` generates the teacher's own greedy answers first."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    """Rows of one batch; ``answers=None`` generates the teacher's own greedy answers first.
+
+    ``eos`` ends every answer (the chat template's end-of-turn token for a chat layout); a greedy answer that
+    does not end within ``max_answer_tokens`` is cut with its EOS kept, as the text contract cuts answers.
+    """
     if answers is None:
-        answers = generate_answers(model, prompts, pad_id, tokenizer.eos_token_id, max_answer_tokens, device)
+        answers = generate_answers(model, prompts, pad_id, eos, max_answer_tokens, device)
     if model.config.is_encoder_decoder:
         labels = pad(answers, -100).to(device)  # [B, Ta]
         logits = model(
@@ -92,6 +96,8 @@ def generate_answers(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
+            eos_token_id=eos,
+            pad_token_id=pad_id,
         )[:, 1:]  # drop the decoder start token
     else:  # left-pad prompts for a decoder-only teacher
         width = max(len(p) for p in prompts)
@@ -101,8 +107,8 @@ def generate_answers(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
+            eos_token_id=eos,
             pad_token_id=pad_id,
         )[:, width:]
-    return [
-        row[: row.index(eos) + 1] if eos in row else [t for t in row if t != pad_id] or [eos] for row in out.tolist()
-    ]
+    # cut after the first EOS; an answer that never ends keeps its first max_new_tokens - 1 tokens, then EOS
+    return [row[: row.index(eos) + 1] if eos in row else [*row[: max_new_tokens - 1], eos] for row in out.tolist()]

@@ -35,6 +35,8 @@ from pipeline.cache_reader import BatchStream, StudentEncoder
 from pipeline.config import DISTILL_OPERATIONAL, ConfigError, DistillConfig, to_dict
 from pipeline.distributed import World
 from pipeline.losses import answer_tokens, causal_lm_ce, uld_loss, uld_pairs
+from pipeline.models import context_limit
+from pipeline.text import PROMPT_POLICY, TextEncoder, TextSpec, save_spec
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ PROVENANCE_ATTRS = (
     cache_schema.ATTR_TOP_K,
     cache_schema.ATTR_TEMPERATURE,
     cache_schema.ATTR_ANSWERS,
+    cache_schema.ATTR_TEXT,
     cache_schema.ATTR_MIXTURE_FP,
     cache_schema.ATTR_DIGEST,
 )
@@ -93,9 +96,11 @@ def _run(
     cache_schema.check_provenance(teacher_cache, expected_mixture, accept=cfg.accept_cache)
     if len(teacher_cache) == 0:
         raise cache_schema.CacheError(f"{teacher_cache.path}: the cache holds no examples")
+    spec = _student_text_spec(cfg, teacher_cache)
     record = {
         "complete": False,
         "config": to_dict(cfg),
+        "text": spec.to_dict(),
         "cache": _provenance(teacher_cache),
         "tool_version": __version__,
     }
@@ -119,7 +124,7 @@ def _run(
         _write_json(out / RUN_FILE, record)
     total = training.total_steps(cfg, len(teacher_cache))
     hf_model = distributed.unwrap(model)
-    encoder = StudentEncoder(tokenizer, cfg.max_prompt_tokens, cfg.max_answer_tokens, training.max_positions(hf_model))
+    encoder = StudentEncoder(TextEncoder(tokenizer, spec, context_limit(hf_model.config)))
     metrics = training.MetricsLog(out / METRICS_FILE, keep_through_step=start) if world.main else None
     began = time.monotonic()
     with BatchStream(
@@ -145,6 +150,10 @@ def _run(
 
     training.save_student(model, tokenizer, out, world, checkpointed=cfg.gradient_checkpointing)
     if world.main:
+        save_spec(out, spec)
+        cut = {k: v for k, v in encoder.counts.items() if v}
+        if cut:
+            log.info("student text on this rank (over all epochs): %s", cut)
         title = f"{Path(cfg.student).name}: CE + {cfg.uld_weight}·ULD"
         training.plot_metrics(metrics.rows, out / CURVE_FILE, title)
         final = metrics.rows[-1] if metrics.rows else {}
@@ -154,6 +163,43 @@ def _run(
         if not cfg.keep_checkpoint:
             shutil.rmtree(out / training.CHECKPOINTS_DIR, ignore_errors=True)
     return DistillResult(str(out), total, start, seconds, final, rank=world.rank)
+
+
+def _student_text_spec(cfg: DistillConfig, teacher_cache) -> TextSpec:
+    """The student's text contract; warns where the teacher's cached text cannot match what the student sees.
+
+    The student cuts answers as the teacher did (``answer_overflow``); prompt limits count different
+    tokenizers, so they cannot agree token for token: a prompt the teacher saw cut may reach the student whole
+    (its cached rows then come from a shorter context than the student's), and the other way round.
+    """
+    teacher = cache_schema.text_spec(teacher_cache.meta)
+    layout = "chat" if cfg.chat_template else "causal"
+    if teacher is None:
+        log.warning(
+            "%s predates the text contract (no %r attribute): its teacher saw an unrecorded layout and "
+            "truncation; the student follows the contract and cuts over-long answers keeping EOS",
+            teacher_cache.path,
+            cache_schema.ATTR_TEXT,
+        )
+        return TextSpec(layout, cfg.max_prompt_tokens, cfg.max_answer_tokens, "cut")
+    if teacher.get("prompt_policy") != PROMPT_POLICY:
+        log.warning(
+            "%s: the teacher's prompts were cut by policy %r, the student's by %r",
+            teacher_cache.path,
+            teacher.get("prompt_policy"),
+            PROMPT_POLICY,
+        )
+    cut = cache_schema.nonzero_counts(teacher_cache.meta[cache_schema.ATTR_COUNTS].get("truncated", {}))
+    if cut.get("prompt"):
+        log.warning(
+            "%s: the teacher saw %d prompts cut to %d teacher tokens (their middle); the student sees up to %d "
+            "student tokens of them, so those rows come from a shorter prompt than the student's",
+            teacher_cache.path,
+            cut["prompt"],
+            teacher["max_prompt_tokens"],
+            cfg.max_prompt_tokens,
+        )
+    return TextSpec(layout, cfg.max_prompt_tokens, cfg.max_answer_tokens, teacher.get("answer_overflow", "cut"))
 
 
 def _check_world(cfg: DistillConfig, world: World) -> None:

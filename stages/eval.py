@@ -32,6 +32,7 @@ from pipeline.config import EvalConfig, to_dict
 from pipeline.models import ModelError, load_model, pick_device
 from pipeline.scoring import EvalModel
 from pipeline.tasks import Record, Task, TaskError, get_task, render
+from pipeline.text import chat_template_for
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,8 @@ def _evaluate_model(
 ) -> dict:
     folder = out / "predictions" / name
     folder.mkdir(parents=True, exist_ok=True)
-    stamps = {t.task.name: _stamp(path, t, cfg, device) for t in tasks}
+    chat = chat_template_for(path, cfg.chat_template)
+    stamps = {t.task.name: _stamp(path, t, cfg, device, chat) for t in tasks}
     done = {t: r for t, r in ((t, _reusable(folder / f"{t}.json", s, cfg.resume)) for t, s in stamps.items()) if r}
     entry: dict = {"path": path, "results": {}}
     if len(done) == len(tasks):
@@ -157,7 +159,10 @@ def _evaluate_model(
         entry["info"] = next(iter(done.values()))["model_info"]
     else:
         model, tokenizer, entry["info"] = load_model(path, quantize=cfg.quantize, device=device)
-        lm = EvalModel(model, tokenizer, max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size)
+        lm = EvalModel(
+            model, tokenizer, max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size, chat_template=chat
+        )
+        entry["info"]["text"] = lm.text.spec.to_dict()
     for data in tasks:
         task = data.task.name
         if task in done:
@@ -249,7 +254,7 @@ def _generate(lm: EvalModel, data: _TaskData, cfg: EvalConfig, desc: str) -> tup
 # ---- resume ---------------------------------------------------------------------------------------------------
 
 
-def _stamp(path: str, data: _TaskData, cfg: EvalConfig, device: torch.device) -> dict:
+def _stamp(path: str, data: _TaskData, cfg: EvalConfig, device: torch.device, chat: bool) -> dict:
     """Everything a (model, task) result depends on; equal stamps mean the stored result can be reused."""
     folder = Path(path)
     files = (
@@ -268,6 +273,7 @@ def _stamp(path: str, data: _TaskData, cfg: EvalConfig, device: torch.device) ->
         "template_id": TEMPLATE_ID,
         "field_caps": cfg.field_caps,
         "max_prompt_tokens": cfg.max_prompt_tokens,
+        "chat_template": chat,
         "max_new_tokens": data.max_new_tokens if data.task.kind == "generate" else None,
         "quantize": cfg.quantize,
         "device": device.type,

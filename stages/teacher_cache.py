@@ -29,9 +29,10 @@ from tqdm import tqdm
 
 import cache_schema
 from pipeline.config import ConfigError, TeacherCacheConfig, to_dict
-from pipeline.models import load_model, pick_device, tokenizer_fingerprint
+from pipeline.models import context_limit, load_model, pick_device, tokenizer_fingerprint
 from pipeline.tasks import MixtureExample, build_mixture
 from pipeline.teacher_rows import teacher_rows
+from pipeline.text import Encoded, TextEncoder, layout_for
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,8 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
         caps=cfg.field_caps,
     )
     examples = mixture.examples[: cfg.limit] if cfg.limit else mixture.examples
-    prepared, skipped, truncated = _tokenize(examples, tokenizer, cfg, model.config.is_encoder_decoder)
+    text = _teacher_text(cfg, model, tokenizer)
+    prepared, skipped, truncated = _tokenize(examples, text, cfg)
     skipped = {"source": mixture.skipped, **skipped}
     plan = _plan_batches(prepared, cfg.batch_size, cfg.seed)
     identity = cache_schema.identity_attrs(
@@ -119,7 +121,8 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
         top_k=cfg.top_k,
         temperature=cfg.temperature,
         answers=cfg.answers,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=text.eos,
+        text=text.spec.to_dict(),
         mixture=cfg.mixture(),
         config=_config_attr(cfg),
     )
@@ -148,8 +151,10 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
     if resumed_from:
         log.info("resuming %s: %d of %d batches already committed", out, resumed_from, len(plan))
     start = time.monotonic()
-    _write_batches(model, tokenizer, prepared, plan, writer, cfg, device)
+    _write_batches(model, text, prepared, plan, writer, cfg, device)
     per_task = writer.per_task_counts()
+    if cfg.answers == "teacher":  # greedy answers that reached the limit were cut there, EOS kept
+        truncated = {**truncated, "answer": writer.examples_with_rows(cfg.max_answer_tokens)}
     writer.finalize(cache_schema.counts_attrs(writer.examples, writer.rows, per_task, skipped, truncated))
     return TeacherCacheResult(
         out,
@@ -183,33 +188,37 @@ def _config_attr(cfg: TeacherCacheConfig) -> dict:
     return {k: v for k, v in to_dict(cfg).items() if k not in ("worker", "num_workers")}
 
 
-def _tokenize(examples: list[MixtureExample], tokenizer, cfg: TeacherCacheConfig, seq2seq: bool):
-    """Token ids per example, with every skip and cut counted by reason."""
+def _teacher_text(cfg: TeacherCacheConfig, model, tokenizer) -> TextEncoder:
+    """The teacher's text contract: its layout (seq2seq, causal or chat) with the config's limits."""
+    return TextEncoder(
+        tokenizer, cfg.text_spec(layout_for(model.config, cfg.chat_template)), context_limit(model.config)
+    )
+
+
+def _tokenize(examples: list[MixtureExample], text: TextEncoder, cfg: TeacherCacheConfig):
+    """Token ids per example under the text contract, with every skip and cut counted by reason."""
     skipped, truncated = Counter(), Counter()
-    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=seq2seq).input_ids
-    answers = tokenizer([e.answer for e in examples], add_special_tokens=seq2seq).input_ids
-    eos = tokenizer.eos_token_id
     prepared = []
-    for example, prompt_ids, answer_ids in zip(examples, prompts, answers, strict=True):
-        if not seq2seq:
-            answer_ids = [*answer_ids, eos]
-        if len(prompt_ids) > cfg.max_prompt_tokens:
+    for example in tqdm(examples, desc="tokenize", unit="ex", mininterval=1.0, leave=False):
+        if cfg.answers == "teacher":  # the teacher writes the answer: only the prompt is encoded here
+            prompt_ids, prompt_cut = text.encode_prompt(example.prompt, reserve=cfg.max_answer_tokens)
+            encoded = Encoded(prompt_ids, [], np.zeros((0, 2), np.int32), prompt_cut, 0)
+        else:
+            if not example.answer.strip():
+                skipped["empty_answer"] += 1
+                continue
+            encoded = text.encode(example.prompt, example.answer)
+            if encoded is None:
+                skipped["answer_over_limit"] += 1
+                continue
+        if encoded.prompt_cut:
             if cfg.prompt_overflow == "skip":
                 skipped["prompt_over_limit"] += 1
                 continue
             truncated["prompt"] += 1
-            prompt_ids = prompt_ids[: cfg.max_prompt_tokens - 1] + prompt_ids[-1:]  # keep the final EOS/last token
-        if cfg.answers == "gold":
-            if not [t for t in answer_ids if t != eos]:
-                skipped["empty_answer"] += 1
-                continue
-            if len(answer_ids) > cfg.max_answer_tokens:
-                truncated["answer"] += 1
-                answer_ids = answer_ids[: cfg.max_answer_tokens]
-        else:
-            answer_ids = []
-        prepared.append(_Prepared(example, prompt_ids, answer_ids))
-    return prepared, dict(skipped), dict(truncated)
+        truncated["answer"] += encoded.answer_cut > 0
+        prepared.append(_Prepared(example, encoded.prompt_ids, encoded.answer_ids))
+    return prepared, dict(skipped), {k: v for k, v in truncated.items() if v}
 
 
 def _plan_batches(prepared: list[_Prepared], batch_size: int, seed: int) -> list[list[int]]:
@@ -230,7 +239,7 @@ def _plan_batches(prepared: list[_Prepared], batch_size: int, seed: int) -> list
 
 def _write_batches(
     model,
-    tokenizer,
+    text: TextEncoder,
     prepared: list[_Prepared],
     plan: list[list[int]],
     writer: cache_schema.CacheWriter,
@@ -247,7 +256,8 @@ def _write_batches(
             items = [prepared[i] for i in plan[b]]
             rows_of = teacher_rows(
                 model,
-                tokenizer,
+                text.pad,
+                text.eos,
                 [it.prompt_ids for it in items],
                 [it.answer_ids for it in items] if cfg.answers == "gold" else None,
                 top_k=cfg.top_k,
@@ -262,9 +272,7 @@ def _write_batches(
                     "task": it.example.task,
                     "template_id": it.example.template_id,
                     "prompt": it.example.prompt,
-                    "answer": it.example.answer
-                    if cfg.answers == "gold"
-                    else tokenizer.decode(a, skip_special_tokens=True),
+                    "answer": it.example.answer if cfg.answers == "gold" else text.decode_answer(a[:-1]),
                     "n_rows": len(a),
                 }
                 for it, a in zip(items, rows_of.answers, strict=True)

@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 import cache_schema as cs
 from pipeline.cache_reader import IGNORE_INDEX, BatchStream, StudentEncoder, chunk_groups, epoch_order
+from pipeline.text import TextEncoder, TextSpec
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "seven", "green", "birds", "sang", "over", "quiet", "hills"]
 K = 8
@@ -65,7 +66,8 @@ def cache(tmp_path_factory) -> cs.Cache:
 
 @pytest.fixture(scope="module")
 def encoder(demo_models) -> StudentEncoder:
-    return StudentEncoder(AutoTokenizer.from_pretrained(demo_models["student"]), 64, 16)
+    tokenizer = AutoTokenizer.from_pretrained(demo_models["student"])
+    return StudentEncoder(TextEncoder(tokenizer, TextSpec("causal", 64, 16, "cut")))
 
 
 def take(cache, encoder, n_batches: int, **kwargs) -> list:
@@ -148,12 +150,14 @@ def test_student_tokens_mask_the_prompt_and_end_the_answer_with_eos(cache, encod
         answer = cache.examples.column("answer")[int(i)].as_py()
         length = int(batch.attention_mask[b].sum())
         assert batch.attention_mask[b, :length].all() and not batch.attention_mask[b, length:].any()
-        answer_ids = [*tok(answer, add_special_tokens=False).input_ids, tok.eos_token_id][: encoder.max_answer]
+        # the llm-recipes layout written out: BOS + prompt, then " " + answer + EOS (cut to 16 with EOS kept)
+        answer_ids = tok(" " + answer, add_special_tokens=False).input_ids[:15] + [tok.eos_token_id]
         labels = batch.labels[b]
         assert labels[labels != IGNORE_INDEX].tolist() == answer_ids
         n_prompt = length - len(answer_ids)
         assert (labels[:n_prompt] == IGNORE_INDEX).all() and (labels[length:] == IGNORE_INDEX).all()
-        assert tok.decode(batch.input_ids[b, :n_prompt]) == prompt
+        assert batch.input_ids[b, 0] == tok.bos_token_id
+        assert tok.decode(batch.input_ids[b, 1:n_prompt]) == prompt
         assert batch.input_ids[b, n_prompt:length].tolist() == answer_ids
         assert (batch.input_ids[b, length:] == tok.eos_token_id).all()  # pad under the mask, no new token
 

@@ -129,9 +129,9 @@ def _hand_logprob(model, tok, prompt: str, option: str) -> tuple[float, int]:
         labels = tok(option, return_tensors="pt").input_ids
         with torch.no_grad():
             loss = model(input_ids=tok(prompt, return_tensors="pt").input_ids, labels=labels).loss
-    else:  # prompt ids + option ids + EOS, only the option and EOS scored
-        p = tok(prompt, add_special_tokens=False).input_ids
-        a = tok(option, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    else:  # the llm-recipes layout: BOS + prompt, then " " + option + EOS; only the option and EOS scored
+        p = [tok.bos_token_id, *tok(prompt, add_special_tokens=False).input_ids]
+        a = tok(" " + option, add_special_tokens=False).input_ids + [tok.eos_token_id]
         ids = torch.tensor([p + a])
         labels = torch.tensor([[-100] * len(p) + a])
         with torch.no_grad():
@@ -176,7 +176,7 @@ def _hand_greedy(model, tok, prompt: str, n: int) -> tuple[str, bool]:
                 return tok.decode(out[1:], skip_special_tokens=True).strip(), True
             out.append(nxt)
         return tok.decode(out[1:], skip_special_tokens=True).strip(), False
-    ids = tok(prompt, add_special_tokens=False).input_ids
+    ids = [tok.bos_token_id, *tok(prompt, add_special_tokens=False).input_ids]
     new: list[int] = []
     for _ in range(n):
         nxt = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
@@ -209,8 +209,9 @@ def test_long_prompts_lose_their_middle_to_fit_the_student(loaded):
     assert lm.truncated == 1 and all(s.n_tokens >= 2 for row in scores for s in row)
     ids = lm.prompt_ids([long_prompt], reserve=8)[0]
     text = tok.decode(ids)
-    assert len(ids) == 512 - 8 and text.startswith("Summarize this.") and text.endswith("Question: is it?")
-    assert lm.prompt_ids(["short?"], reserve=8)[0] == tok("short?").input_ids  # short prompts untouched
+    assert len(ids) == 512 - 8 and ids[0] == tok.bos_token_id
+    assert text.removeprefix(tok.bos_token).startswith("Summarize this.") and text.endswith("Question: is it?")
+    assert lm.prompt_ids(["short?"], reserve=8)[0] == [tok.bos_token_id, *tok("short?").input_ids]  # untouched
 
 
 # ---- resume ---------------------------------------------------------------------------------------------------

@@ -80,7 +80,9 @@ def test_refuses_to_write_into_a_different_cache(gold_cache, demo_models):
 
 
 def test_teacher_answers_are_generated_then_cached(demo_models, tmp_path):
-    cfg = small_config(demo_models["teacher"], answers="teacher", tasks={"demo_qa": 8}, max_answer_tokens=12)
+    cfg = small_config(
+        demo_models["teacher"], answers="teacher", answer_overflow="cut", tasks={"demo_qa": 8}, max_answer_tokens=12
+    )
     teacher_cache.run(cfg, tmp_path / "c")
     cache = cs.open_cache(tmp_path / "c")
     tok = AutoTokenizer.from_pretrained(demo_models["teacher"])
@@ -101,7 +103,9 @@ def test_causal_lm_teacher_rows_match_a_direct_forward(demo_models, tmp_path):
     tok = AutoTokenizer.from_pretrained(demo_models["student"])
     model = AutoModelForCausalLM.from_pretrained(demo_models["student"]).eval()
     row = cache.examples.to_pylist()[0]
-    prompt, answer = tok(row["prompt"]).input_ids, tok(row["answer"]).input_ids + [tok.eos_token_id]
+    # the llm-recipes layout, written out here: BOS + prompt, then " " + answer + EOS
+    prompt = [tok.bos_token_id, *tok(row["prompt"], add_special_tokens=False).input_ids]
+    answer = [*tok(" " + row["answer"], add_special_tokens=False).input_ids, tok.eos_token_id]
     with torch.no_grad():
         logits = model(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 : -1]
     top = torch.softmax(logits, -1).topk(8, -1).values.numpy()
@@ -120,13 +124,17 @@ def test_truncations_and_skips_are_recorded(demo_models, tmp_path):
     result = teacher_cache.run(cfg, tmp_path / "c")
     counts = cs.open_cache(tmp_path / "c").meta[cs.ATTR_COUNTS]
     assert counts["skipped"]["prompt_over_limit"] == result.skipped["prompt_over_limit"] > 0
-    assert counts["examples"] == 16 - result.skipped["prompt_over_limit"]
-    cfg = replace(cfg, prompt_overflow="truncate")
+    assert counts["skipped"]["answer_over_limit"] == result.skipped["answer_over_limit"] > 0  # the official choice
+    assert counts["examples"] == 16 - result.skipped["prompt_over_limit"] - result.skipped["answer_over_limit"]
+    cfg = replace(cfg, prompt_overflow="truncate", answer_overflow="cut")
     teacher_cache.run(cfg, tmp_path / "t")
     cache = cs.open_cache(tmp_path / "t")
     assert cache.meta[cs.ATTR_COUNTS]["truncated"]["prompt"] == 16
     assert cache.meta[cs.ATTR_COUNTS]["truncated"]["answer"] > 0
+    assert cache.meta[cs.ATTR_TEXT]["answer_overflow"] == "cut"
     assert int(cache.n_rows.max()) == 5
+    eos = cache.meta[cs.ATTR_EOS]["token_id"]
+    assert all(cache[i].token_ids[-1] == eos for i in range(len(cache)))  # a cut answer keeps its EOS
 
 
 def test_4bit_without_cuda_is_a_clear_error(demo_models, tmp_path):
