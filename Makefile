@@ -9,11 +9,18 @@ RUNS ?= runs/demo
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# The demo prints the same table on any x86-64 machine: float results depend on the torch thread count and on
+# the CPU kernels (AVX-512 or AVX2, in torch and in MKL), so the demo targets pin both.
+DEMO_TARGETS := models teacher-cache distill finetune eval demo demo-seeds
+$(DEMO_TARGETS): export OMP_NUM_THREADS := 1
+$(DEMO_TARGETS): export MKL_NUM_THREADS := 1
+$(DEMO_TARGETS): export ATEN_CPU_CAPABILITY := avx2
+$(DEMO_TARGETS): export MKL_CBWR := AVX2
 
 REAL_TEACHER := models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 REAL_RUNS ?= runs/real-teacher
 
-.PHONY: setup models demo teacher-cache distill finetune eval test lint gpu-check real-teacher clean
+.PHONY: setup models demo demo-seeds teacher-cache distill finetune eval test lint gpu-check real-teacher clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +75,11 @@ real-teacher: $(REAL_TEACHER)
 	cat $(REAL_RUNS)/eval/results.md $(REAL_RUNS)/eval-chat/results.md
 
 # The real-teacher test needs the GGUF file; without PyPI it skips (and says why) rather than fail the suite.
+# FT and KD students over several seeds from the demo cache: mean ± sd per task and over tasks (SEEDS=0,1,2).
+SEEDS ?= 0,1,2
+demo-seeds: teacher-cache
+	$(PY) benchmarks/demo_seeds.py --config $(CONFIG) --cache $(RUNS)/cache --seeds $(SEEDS) --out $(RUNS)/seeds
+
 test: models
 	-$(MAKE) --no-print-directory $(REAL_TEACHER)
 	$(PY) -m pytest -q

@@ -33,6 +33,7 @@ import cache_schema
 from pipeline import __version__, distributed, training
 from pipeline.cache_reader import BatchStream, StudentEncoder
 from pipeline.config import DISTILL_OPERATIONAL, ConfigError, DistillConfig, to_dict
+from pipeline.diagnostics import answer_health
 from pipeline.distributed import World
 from pipeline.losses import answer_tokens, causal_lm_ce, uld_loss, uld_pairs
 from pipeline.models import context_limit
@@ -323,7 +324,7 @@ def _train(
         sums = torch.zeros(2, dtype=torch.float64, device=world.device)  # Σ CE, Σ ULD of this rank
         for i, batch in enumerate(micro):
             with distributed.gradient_sync(model, enabled=i == len(micro) - 1):
-                ce, uld = _losses(model, batch, cfg, autocast)
+                ce, uld, health = _losses(model, batch, cfg, autocast)
                 loss = (
                     ce / max(tokens, 1) + cfg.uld_weight * uld / max(pairs, 1)
                     if cfg.uld_weight > 0
@@ -349,6 +350,9 @@ def _train(
             "tokens_s": round(all_tokens / seconds, 1),
             "data_wait": round(all_wait / world.size / seconds, 4),
             "step_s": round(seconds, 4),
+            # a student that stops ending answers, or answers everything alike (pipeline.diagnostics; the step's
+            # last micro-batch on this process)
+            **{k: round(v, 4) if math.isfinite(v) else None for k, v in health.items()},
         }
         if not math.isfinite(row["loss"]):
             raise ConfigError(f"--lr: the loss became {row['loss']} at step {step + 1}; try a lower --lr")
@@ -369,8 +373,8 @@ def _train(
     return row
 
 
-def _losses(model, batch, cfg: DistillConfig, autocast) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ CE over the micro-batch's answer tokens and Σ ULD over its examples (``reduction="sum"``)."""
+def _losses(model, batch, cfg: DistillConfig, autocast) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Σ CE over the micro-batch's answer tokens, Σ ULD over its examples (``reduction="sum"``), answer health."""
     with autocast:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     ce = causal_lm_ce(logits, batch.labels, reduction="sum")  # logits: [B, T, Vs]
@@ -385,7 +389,7 @@ def _losses(model, batch, cfg: DistillConfig, autocast) -> tuple[torch.Tensor, t
             skip_student_eos=cfg.skip_student_eos,
             reduction="sum",
         )
-    return ce, uld
+    return ce, uld, answer_health(logits, batch.labels)
 
 
 def _write_json(path: Path, value: dict) -> None:

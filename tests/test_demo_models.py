@@ -61,3 +61,46 @@ def test_every_demo_template_renders_and_option_answers_are_options():
             assert prompt and answer
             if task.kind == "options":
                 assert answer in record.options and "OPTIONS:" in prompt
+
+
+def test_demo_teacher_is_t5_v1_1_with_its_own_output_head(demo_models):
+    teacher = AutoModelForSeq2SeqLM.from_pretrained(demo_models["teacher"])
+    cfg = teacher.config
+    assert cfg.feed_forward_proj == "gated-gelu" and cfg.is_gated_act and cfg.dropout_rate == 0.0
+    assert cfg.scale_decoder_outputs is False  # v1.1: no d_model^-0.5 rescale before the head
+    # untied: the head is its own matrix after a save/load round trip (transformers 5 ties a fresh T5 regardless)
+    assert teacher.lm_head.weight.data_ptr() != teacher.shared.weight.data_ptr()
+    assert not torch.equal(teacher.lm_head.weight, teacher.shared.weight)
+
+
+def test_demo_teacher_never_trains_on_an_example_of_the_cache():
+    held = {(e.prompt, e.answer) for e in builder.cache_mixture().examples}
+    own = builder.teacher_examples(0, per_task=400)
+    assert len(own) > 0.9 * 400 * len(DEMO_TASKS) and not held & set(own)
+
+
+def test_demo_teacher_reads_the_story_to_answer_the_4_way_question(demo_models):
+    """The answer follows the food bound to the asked name, and moves when the two foods are swapped in the story."""
+    from pipeline.scoring import EvalModel
+
+    tok = AutoTokenizer.from_pretrained(demo_models["teacher"])
+    model = AutoModelForSeq2SeqLM.from_pretrained(demo_models["teacher"]).eval()
+    lm = EvalModel(model, tok, max_prompt_tokens=256, batch_size=32)
+    task = get_task("demo_mc4")
+    records = task.load("validation", None, 40, 0).records
+    prompts, swapped, right, other = [], [], [], []
+    for r in records:
+        prompt = render(task, r, 0)[0]
+        food = r.targets[0]
+        second = next(o for o in r.options if o != food and f"bought {o}" in prompt)
+        prompts.append(prompt)
+        swapped.append(
+            prompt.replace(f"bought {food}", "@@")
+            .replace(f"bought {second}", f"bought {food}")
+            .replace("@@", f"bought {second}")
+        )
+        right.append(food)
+        other.append(second)
+    answers, answers_swapped = lm.generate(prompts, 6), lm.generate(swapped, 6)
+    assert sum(a == f for a, f in zip(answers, right, strict=True)) >= 0.8 * len(records), answers
+    assert sum(a == f for a, f in zip(answers_swapped, other, strict=True)) >= 0.8 * len(records), answers_swapped
