@@ -70,10 +70,9 @@ def test_results_json_structure_and_values(demo_run, demo_models):
             extra = ["accuracy_sum"] if get_task(task).kind == "options" else ["no_eos"]
             assert list(r["values"]) == promised + extra
             assert all(0.0 <= v <= 100.0 for v in r["values"].values()), (task, r["values"])
-    # The teacher was fine-tuned on the demo tasks and learned the entailment one (it is at chance on the 4-way
-    # one): far above chance (33%) there, which a reversed argmax, misaligned answer tokens or scoring the prompt
-    # instead of the option would not give.
-    assert results["models"]["tiny-t5-teacher"]["results"]["demo_nli"]["values"]["accuracy"] >= 80.0
+    # The teacher was trained on the demo tasks: well above chance (33%) on the 3-way entailment one, which a
+    # reversed argmax, misaligned answer tokens or scoring the prompt instead of the option would not give.
+    assert results["models"]["tiny-t5-teacher"]["results"]["demo_nli"]["values"]["accuracy"] >= 50.0
 
 
 def test_predictions_rescored_with_eval_score_equal_results(demo_run):
