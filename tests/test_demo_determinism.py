@@ -69,7 +69,7 @@ def _run(folder: Path) -> dict[str, str]:
     digests = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in wanted}
     cache_files = sorted(p for p in (folder / "cache").rglob("*") if p.is_file() and p.suffix != ".json")
     digests["cache"] = hashlib.sha256(b"".join(p.read_bytes() for p in cache_files)).hexdigest()
-    digests["results.md"] = (folder / "eval" / "results.md").read_text()
+    digests["results.md"] = (folder / "eval" / "results.md").read_text().replace(str(folder), "<run>")
     rows = [json.loads(line) for line in (folder / "kd" / "metrics.jsonl").read_text().splitlines()]
     digests["kd losses"] = json.dumps([{k: r[k] for k in ("step", "loss", "ce", "uld", "grad_norm")} for r in rows])
     return digests
