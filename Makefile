@@ -18,11 +18,18 @@ export HF_DATASETS_OFFLINE ?= 1
 else
 STAGE_PREREQ := setup
 endif
+# The demo prints the same table on any x86-64 machine: float results depend on the torch thread count and on
+# the CPU kernels (AVX-512 or AVX2, in torch and in MKL), so the demo targets pin both.
+DEMO_TARGETS := models teacher-cache distill finetune eval demo demo-seeds
+$(DEMO_TARGETS): export OMP_NUM_THREADS := 1
+$(DEMO_TARGETS): export MKL_NUM_THREADS := 1
+$(DEMO_TARGETS): export ATEN_CPU_CAPABILITY := avx2
+$(DEMO_TARGETS): export MKL_CBWR := AVX2
 
 REAL_TEACHER := models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 REAL_RUNS ?= runs/real-teacher
 
-.PHONY: setup models demo teacher-cache distill finetune eval test test-fast lint gpu-check real-teacher clean
+.PHONY: setup models demo demo-seeds teacher-cache distill finetune eval test test-fast lint gpu-check real-teacher clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +83,11 @@ real-teacher: $(REAL_TEACHER)
 	$(KDPIPE) eval --config configs/real-teacher.yaml --model $(REAL_TEACHER) --name smollm2-chat --chat-template \
 		--out $(REAL_RUNS)/eval-chat
 	cat $(REAL_RUNS)/eval/results.md $(REAL_RUNS)/eval-chat/results.md
+
+# FT and KD students over several seeds from the demo cache: mean ± sd per task and over tasks (SEEDS=0,1,2).
+SEEDS ?= 0,1,2
+demo-seeds: teacher-cache
+	$(PY) benchmarks/demo_seeds.py --config $(CONFIG) --cache $(RUNS)/cache --seeds $(SEEDS) --out $(RUNS)/seeds
 
 # Everything, as CI runs it. The real-teacher test needs the GGUF file: without PyPI it skips (and says why).
 test: models

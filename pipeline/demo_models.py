@@ -2,15 +2,32 @@
 
 Built deterministically from the demo tasks (no download): the teacher gets a SentencePiece-style Unigram
 tokenizer and the student a byte-level BPE one with a different vocabulary size, the real cross-tokenizer
-situation in miniature. The teacher is briefly fine-tuned on the demo train split so that its cached
-distributions carry signal; the student starts from random weights. Both load with
+situation in miniature. The student starts from random weights. Both load with
 ``AutoModel…/AutoTokenizer.from_pretrained(dir)`` like real checkpoints.
+
+The teacher is what a teacher is in a real run: stronger than the students, because it learned from far more
+data than the distillation mixture. It is trained on examples drawn from the same task generators with other
+seeds, none of them in the mixture the demo cache holds (``cache_mixture``), with the text contract of
+:mod:`pipeline.text`, so it sees exactly the ids teacher-cache and eval give it.
+
+Its architecture is FLAN-T5's, T5 v1.1: gated-GELU feed-forward, no dropout, and an output projection of its
+own (not tied to the input embeddings) applied without the d_model^-0.5 rescale of T5 v1.0. Transformers 5
+always builds a T5 with tied embeddings (``T5Config`` forces ``tie_word_embeddings=True`` and only reads a False
+as "do not rescale"); a checkpoint unties when it holds an ``lm_head.weight`` that differs from the embeddings,
+as FLAN-T5's do. So the builder gives the head its own weights before training, and every load logs
+transformers' warning that it will not tie them, exactly as FLAN-T5 does.
+
+Reproducible: the build runs with a fixed torch thread count (``DEMO_THREADS``; float sums depend on how work is
+split over threads) and deterministic algorithms, from fixed seeds, so it writes the same weights on any machine
+with the same CPU kernels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -28,15 +45,37 @@ from transformers import (
 )
 
 from pipeline.config import DEMO_MIXTURE
+from pipeline.losses import IGNORE_INDEX
 from pipeline.tasks import build_mixture
+from pipeline.text import TextEncoder, TextSpec
 
 log = logging.getLogger(__name__)
 
 TEACHER_DIR = "tiny-t5-teacher"
 STUDENT_DIR = "tiny-gpt2-student"
-BUILD_VERSION = 1  # bump when the recipe changes: existing models/ are then rebuilt
+BUILD_VERSION = 2  # bump when the recipe changes: existing models/ are then rebuilt
 STAMP = "kdpipe-demo-model.json"
-TEACHER_STEPS = 300  # about a minute on 2 cores, well inside the 3-minute budget
+DEMO_THREADS = 1  # torch threads of the build: float sums depend on the count, so it is fixed (and 1 stays fast
+# on a busy shared machine, where a thread waiting for a descheduled partner stalls every op)
+CACHE_SEED = 0  # the seed of the demo cache's mixture (configs/demo.yaml): the teacher never trains on it
+TEACHER_STEPS = 600
+TEACHER_BATCH = 32
+TEACHER_LR = 2e-3
+TEACHER_EXAMPLES = 4000  # per task, from generator seeds other than the cache's: 25x the 160 the students see
+TEACHER_SPEC = TextSpec("seq2seq", max_prompt_tokens=256, max_answer_tokens=48)
+
+
+@contextlib.contextmanager
+def deterministic(threads: int = DEMO_THREADS):
+    """Fixed thread count and deterministic algorithms inside; the previous settings are restored after."""
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
 
 
 def _corpus(seed: int) -> list[str]:
@@ -81,21 +120,51 @@ def _student_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
     )
 
 
+def cache_mixture():
+    """The mixture the demo cache holds (configs/demo.yaml: DEMO_MIXTURE, train split, seed ``CACHE_SEED``)."""
+    return build_mixture(DEMO_MIXTURE, split="train", data_dir=None, seed=CACHE_SEED)
+
+
+def teacher_examples(seed: int, per_task: int = TEACHER_EXAMPLES) -> list[tuple[str, str]]:
+    """The teacher's own training set: ``per_task`` examples of every demo task, none of them in the cache.
+
+    Drawn from the train-split generators with seed ``seed + 1`` (the cache uses ``CACHE_SEED``), so they are
+    other examples of the same tasks; the few that happen to equal a cache example are left out.
+    """
+    held = {e.key for e in cache_mixture().examples}
+    mixture = build_mixture({k: per_task for k in DEMO_MIXTURE}, split="train", data_dir=None, seed=seed + 1)
+    return [(e.prompt, e.answer) for e in mixture.examples if e.key not in held]
+
+
+def _lr(step: int, steps: int, peak: float) -> float:
+    """Linear warm-up over the first 5% of the steps, then a cosine down to zero."""
+    warmup = max(1, steps // 20)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
 def _finetune_teacher(model: T5ForConditionalGeneration, tok: PreTrainedTokenizerFast, seed: int, steps: int) -> dict:
-    """Teacher-forced CE on the demo train split for a fixed number of steps (so the build is deterministic)."""
-    mixture = build_mixture({k: 4 * v for k, v in DEMO_MIXTURE.items()}, split="train", data_dir=None, seed=seed + 1)
-    pairs = [(e.prompt, e.answer) for e in mixture.examples]
+    """Teacher-forced CE on the teacher's own examples for a fixed number of steps (so the build is deterministic)."""
+    text = TextEncoder(tok, TEACHER_SPEC)
+    pairs = teacher_examples(seed)
+    encoded = [e for e in (text.encode(p, a) for p, a in pairs) if e is not None]
     rng = random.Random(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=TEACHER_LR, weight_decay=0.01)
     model.train()
     start, losses = time.monotonic(), []
-    bar = tqdm(range(steps), desc="fine-tune demo teacher", unit="step", mininterval=1.0)
-    for _ in bar:
-        batch = rng.sample(pairs, 32)
-        enc = tok([p for p, _ in batch], return_tensors="pt", padding=True)
-        labels = tok([a for _, a in batch], return_tensors="pt", padding=True).input_ids
-        labels[labels == tok.pad_token_id] = -100
-        loss = model(**enc, labels=labels).loss
+    bar = tqdm(range(steps), desc="train demo teacher", unit="step", mininterval=1.0)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, steps, TEACHER_LR)
+        batch = rng.sample(encoded, TEACHER_BATCH)
+        width, label_width = max(len(e.prompt_ids) for e in batch), max(len(e.answer_ids) for e in batch)
+        input_ids = torch.tensor([e.prompt_ids + [text.pad] * (width - len(e.prompt_ids)) for e in batch])  # [B, S]
+        mask = torch.tensor([[1] * len(e.prompt_ids) + [0] * (width - len(e.prompt_ids)) for e in batch])  # [B, S]
+        labels = torch.tensor(
+            [e.answer_ids + [IGNORE_INDEX] * (label_width - len(e.answer_ids)) for e in batch]
+        )  # [B, L]
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -105,9 +174,42 @@ def _finetune_teacher(model: T5ForConditionalGeneration, tok: PreTrainedTokenize
     model.eval()
     return {
         "steps": steps,
+        "examples": len(encoded),
+        "examples_seen": steps * TEACHER_BATCH,
         "seconds": round(time.monotonic() - start, 1),
         "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
     }
+
+
+def teacher_config(tok: PreTrainedTokenizerFast) -> T5Config:
+    """T5 v1.1 (FLAN-T5's architecture) in miniature: gated-GELU, no dropout, untied head without rescale."""
+    return T5Config(
+        vocab_size=len(tok),
+        d_model=96,
+        d_ff=192,
+        d_kv=24,
+        num_heads=4,
+        num_layers=2,
+        num_decoder_layers=2,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,  # read by transformers 5 as "no d_model^-0.5 rescale" (v1.1); see untie_head
+    )
+
+
+def untie_head(model: T5ForConditionalGeneration) -> None:
+    """Give the output projection its own weights (T5 v1.1), drawn as transformers draws an untied T5 head.
+
+    Transformers 5 ties it to the input embeddings whatever the config says; once untied here, the saved
+    checkpoint holds both matrices, and loading it keeps them apart (as it does for FLAN-T5).
+    """
+    head = torch.empty_like(model.lm_head.weight)
+    torch.nn.init.normal_(head, mean=0.0, std=model.config.initializer_factor * 1.0)
+    model.lm_head.weight = torch.nn.Parameter(head)
+    model.all_tied_weights_keys.pop("lm_head.weight", None)
 
 
 def build(out: Path, *, seed: int = 0, force: bool = False, steps: int = TEACHER_STEPS) -> dict:
@@ -117,46 +219,33 @@ def build(out: Path, *, seed: int = 0, force: bool = False, steps: int = TEACHER
     if not force and all(_stamp_matches(d, stamp) for d in (teacher_dir, student_dir)):
         log.info("demo models in %s are up to date", out)
         return {"teacher": str(teacher_dir), "student": str(student_dir), "built": False}
-    torch.manual_seed(seed)
-    corpus = _corpus(seed)
-    t_tok, s_tok = _teacher_tokenizer(corpus), _student_tokenizer(corpus)
+    with deterministic():
+        torch.manual_seed(seed)
+        corpus = _corpus(seed)
+        t_tok, s_tok = _teacher_tokenizer(corpus), _student_tokenizer(corpus)
+        teacher = T5ForConditionalGeneration(teacher_config(t_tok))
+        untie_head(teacher)
+        training = _finetune_teacher(teacher, t_tok, seed, steps)
+        teacher.generation_config = GenerationConfig(
+            decoder_start_token_id=t_tok.pad_token_id, eos_token_id=t_tok.eos_token_id, pad_token_id=t_tok.pad_token_id
+        )
+        _save(teacher, t_tok, teacher_dir, {**stamp, "training": training})
 
-    t_cfg = T5Config(
-        vocab_size=len(t_tok),
-        d_model=96,
-        d_ff=192,
-        d_kv=24,
-        num_heads=4,
-        num_layers=2,
-        num_decoder_layers=2,
-        dropout_rate=0.0,
-        pad_token_id=t_tok.pad_token_id,
-        eos_token_id=t_tok.eos_token_id,
-        decoder_start_token_id=t_tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    teacher = T5ForConditionalGeneration(t_cfg)
-    training = _finetune_teacher(teacher, t_tok, seed, steps)
-    teacher.generation_config = GenerationConfig(
-        decoder_start_token_id=t_tok.pad_token_id, eos_token_id=t_tok.eos_token_id, pad_token_id=t_tok.pad_token_id
-    )
-    _save(teacher, t_tok, teacher_dir, {**stamp, "training": training})
-
-    torch.manual_seed(seed + 1)
-    s_cfg = GPT2Config(
-        vocab_size=len(s_tok),
-        n_embd=96,
-        n_layer=2,
-        n_head=4,
-        n_positions=512,
-        bos_token_id=s_tok.eos_token_id,
-        eos_token_id=s_tok.eos_token_id,
-    )
-    student = GPT2LMHeadModel(s_cfg)
-    student.generation_config = GenerationConfig(
-        bos_token_id=s_tok.eos_token_id, eos_token_id=s_tok.eos_token_id, pad_token_id=s_tok.eos_token_id
-    )
-    _save(student, s_tok, student_dir, stamp)
+        torch.manual_seed(seed + 1)
+        s_cfg = GPT2Config(
+            vocab_size=len(s_tok),
+            n_embd=96,
+            n_layer=2,
+            n_head=4,
+            n_positions=512,
+            bos_token_id=s_tok.eos_token_id,
+            eos_token_id=s_tok.eos_token_id,
+        )
+        student = GPT2LMHeadModel(s_cfg)
+        student.generation_config = GenerationConfig(
+            bos_token_id=s_tok.eos_token_id, eos_token_id=s_tok.eos_token_id, pad_token_id=s_tok.eos_token_id
+        )
+        _save(student, s_tok, student_dir, stamp)
     return {"teacher": str(teacher_dir), "student": str(student_dir), "built": True, "teacher_training": training}
 
 

@@ -13,6 +13,18 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 log = logging.getLogger(__name__)
 
 
+class _UntiedHeadFilter(logging.Filter):
+    """Drop transformers' "will NOT tie" warning: T5 v1.1-style checkpoints (the demo teacher, FLAN-T5) keep an
+    output head of their own while T5Config asks for tied embeddings; transformers then keeps both, which is what
+    these checkpoints need, and would say so on every load, in front of kdpipe's own one-line messages."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "so we will NOT tie" not in record.getMessage()
+
+
+logging.getLogger("transformers.modeling_utils").addFilter(_UntiedHeadFilter())
+
+
 class ModelError(RuntimeError):
     """A model that cannot be loaded as asked; the message names it and says what to do."""
 

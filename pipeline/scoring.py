@@ -132,11 +132,17 @@ class EvalModel:
     # ---- greedy generation -------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, desc: str = "generate") -> list[str]:
-        """Greedy completion of every prompt, up to ``max_new_tokens`` tokens or EOS."""
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int, desc: str = "generate", with_eos: bool = False
+    ) -> list[str] | tuple[list[str], list[bool]]:
+        """Greedy completion of every prompt, up to ``max_new_tokens`` tokens or EOS.
+
+        ``with_eos``: also return, per prompt, whether the model ended it with EOS (False: cut at the budget).
+        """
         prompt_ids = self.prompt_ids(prompts, reserve=max_new_tokens)
         order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
         outputs: list[str] = [""] * len(prompt_ids)
+        ended = [False] * len(prompt_ids)
         config = self._generation_config(max_new_tokens)
         bar = tqdm(total=len(order), desc=desc, unit="ex", mininterval=1.0, leave=False, disable=len(order) < 2)
         start, new_tokens = time.monotonic(), 0
@@ -151,13 +157,14 @@ class EvalModel:
             out = self.model.generate(**batch, generation_config=config)  # [B, (T +) N]
             generated = out[:, 1:] if self.seq2seq else out[:, batch["input_ids"].shape[1] :]  # drop start / prompt
             for i, ids in zip(index, generated.tolist(), strict=True):
-                ids = ids[: ids.index(self.eos)] if self.eos in ids else ids
+                ended[i] = self.eos in ids
+                ids = ids[: ids.index(self.eos)] if ended[i] else ids
                 new_tokens += len(ids)
                 outputs[i] = self.text.decode_answer(ids)
             bar.update(len(index))
             bar.set_postfix(new_tok_s=f"{new_tokens / max(time.monotonic() - start, 1e-9):.0f}")
         bar.close()
-        return outputs
+        return (outputs, ended) if with_eos else outputs
 
     def _generation_config(self, max_new_tokens: int) -> GenerationConfig:
         # Greedy whatever the checkpoint's own generation defaults say (sampling, beams, length penalties).

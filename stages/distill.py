@@ -35,6 +35,7 @@ from pipeline.alignment import token_bytes, vocab_map
 from pipeline.atomic import write_atomic
 from pipeline.cache_reader import AlignOptions, BatchStream, StudentEncoder
 from pipeline.config import ConfigError, DistillConfig, operational_fields, to_dict
+from pipeline.diagnostics import answer_health
 from pipeline.distributed import World
 from pipeline.losses import answer_tokens, causal_lm_ce, hybrid_loss, uld_aligned_loss, uld_loss, uld_pairs
 from pipeline.models import context_limit
@@ -388,7 +389,7 @@ def _train(
         sums = torch.zeros(2, dtype=torch.float64, device=world.device)  # Σ CE, Σ ULD of this rank
         for i, batch in enumerate(micro):
             with distributed.gradient_sync(model, enabled=i == len(micro) - 1):
-                ce, uld = _losses(model, batch, cfg, autocast, matched)
+                ce, uld, health = _losses(model, batch, cfg, autocast, matched)
                 loss = (
                     ce / max(tokens, 1) + cfg.uld_weight * uld / max(pairs, 1)
                     if cfg.uld_weight > 0
@@ -414,6 +415,9 @@ def _train(
             "tokens_s": round(all_tokens / seconds, 1),
             "data_wait": round(all_wait / world.size / seconds, 4),
             "step_s": round(seconds, 4),
+            # a student that stops ending answers, or answers everything alike (pipeline.diagnostics; the step's
+            # last micro-batch on this process)
+            **{k: round(v, 4) if math.isfinite(v) else None for k, v in health.items()},
         }
         if not math.isfinite(row["loss"]):
             raise ConfigError(f"--lr: the loss became {row['loss']} at step {step + 1}; try a lower --lr")
@@ -441,8 +445,11 @@ def _paired_examples(batch, cfg: DistillConfig) -> int:
     return int((uld_pairs(batch.labels, batch.teacher_lengths, skip_student_eos=cfg.skip_student_eos) > 0).sum())
 
 
-def _losses(model, batch, cfg: DistillConfig, autocast, matched=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ CE over the micro-batch's answer tokens and Σ distance (``--loss``) over its examples (``reduction="sum"``).
+def _losses(
+    model, batch, cfg: DistillConfig, autocast, matched=None
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Σ CE over the micro-batch's answer tokens, Σ distance (``--loss``) over its examples (``reduction="sum"``),
+    and the answer health (``pipeline.diagnostics``).
 
     ``matched``: (student ids spelled like a teacher token [Vs] bool, their weight), for ``--loss hybrid``.
     """
@@ -473,4 +480,4 @@ def _losses(model, batch, cfg: DistillConfig, autocast, matched=None) -> tuple[t
             skip_student_eos=cfg.skip_student_eos,
             reduction="sum",
         )
-    return ce, uld
+    return ce, uld, answer_health(logits, batch.labels)

@@ -277,14 +277,19 @@ def _rank_classify(lm: EvalModel, data: _TaskData, desc: str) -> tuple[metrics.S
 
 def _generate(lm: EvalModel, data: _TaskData, cfg: EvalConfig, desc: str) -> tuple[metrics.Scores, list[dict]]:
     records = data.records
-    predictions = lm.generate(data.prompts, data.max_new_tokens, desc=desc)
+    predictions, ended = lm.generate(data.prompts, data.max_new_tokens, desc=desc, with_eos=True)
     references = [list(r.targets) for r in records]
     names = (*data.task.metrics, "bertscore") if cfg.bertscore_model else data.task.metrics
     concepts = [list(r.concepts) for r in records] if "coverage" in names else None
     result = metrics.score(names, predictions, references, concepts=concepts, bertscore_model=cfg.bertscore_model)
+    # A degenerate model runs on to the token budget: the share of generations that never emitted EOS shows it.
+    no_eos = [0.0 if e else 100.0 for e in ended]
+    result.values["no_eos"] = metrics._mean(no_eos) if no_eos else 0.0
+    result.stderr["no_eos"] = metrics.mean_stderr(no_eos)
+    result.per_example["no_eos"] = no_eos
     rows = [
-        {"prediction": p, "references": ref, "prompt": prompt}
-        for p, ref, prompt in zip(predictions, references, data.prompts, strict=True)
+        {"prediction": p, "references": ref, "prompt": prompt, "eos": e}
+        for p, ref, prompt, e in zip(predictions, references, data.prompts, ended, strict=True)
     ]
     if concepts:  # CommonGen: what coverage is measured against
         for row, c in zip(rows, concepts, strict=True):

@@ -61,3 +61,47 @@ def test_every_demo_template_renders_and_option_answers_are_options():
             assert prompt and answer
             if task.kind == "options":
                 assert answer in record.options and "OPTIONS:" in prompt
+
+
+def test_demo_teacher_is_t5_v1_1_with_its_own_output_head(demo_models):
+    teacher = AutoModelForSeq2SeqLM.from_pretrained(demo_models["teacher"])
+    cfg = teacher.config
+    assert cfg.feed_forward_proj == "gated-gelu" and cfg.is_gated_act and cfg.dropout_rate == 0.0
+    assert cfg.scale_decoder_outputs is False  # v1.1: no d_model^-0.5 rescale before the head
+    # untied: the head is its own matrix after a save/load round trip (transformers 5 ties a fresh T5 regardless)
+    assert teacher.lm_head.weight.data_ptr() != teacher.shared.weight.data_ptr()
+    assert not torch.equal(teacher.lm_head.weight, teacher.shared.weight)
+
+
+def test_demo_teacher_never_trains_on_an_example_of_the_cache():
+    held = {(e.prompt, e.answer) for e in builder.cache_mixture().examples}
+    own = builder.teacher_examples(0, per_task=400)
+    assert len(own) > 0.9 * 400 * len(DEMO_TASKS) and not held & set(own)
+
+
+def test_demo_teacher_copies_its_4_way_answer_from_the_story_not_from_a_prior(demo_models):
+    """Its answer is one of the story's two foods, and when the story's foods change, the answer changes with them."""
+    from pipeline.scoring import EvalModel
+    from pipeline.tasks.demo import FOODS
+
+    tok = AutoTokenizer.from_pretrained(demo_models["teacher"])
+    model = AutoModelForSeq2SeqLM.from_pretrained(demo_models["teacher"]).eval()
+    lm = EvalModel(model, tok, max_prompt_tokens=256, batch_size=32)
+    task = get_task("demo_mc4")
+    records = task.load("validation", None, 40, 0).records
+    prompts, changed, story, new = [], [], [], []
+    for r in records:
+        prompt = render(task, r, 0)[0]
+        foods = [f for f in FOODS if f"bought {f} " in prompt]
+        others = [f for f in FOODS if f not in foods][:2]
+        edited = prompt
+        for old, replacement in zip(foods, others, strict=True):
+            edited = edited.replace(f"bought {old} ", f"bought {replacement} ")
+        prompts.append(prompt)
+        changed.append(edited)
+        story.append(set(foods))
+        new.append(set(others))
+    answers, answers_changed = lm.generate(prompts, 6), lm.generate(changed, 6)
+    # a prior over the 8 foods lands on one of the story's 2 about a quarter of the time
+    assert sum(a in s for a, s in zip(answers, story, strict=True)) >= 0.75 * len(records), answers
+    assert sum(a in s for a, s in zip(answers_changed, new, strict=True)) >= 0.75 * len(records), answers_changed

@@ -83,7 +83,8 @@ def test_distill_writes_metrics_checkpoint_config_curve_and_a_loadable_student(k
     rows = step_metrics(out)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1)) and result.steps == STEPS
     for r in rows:
-        assert set(r) >= {"step", "loss", "ce", "uld", "lr", "tokens_s", "data_wait", "grad_norm", "epoch"}
+        assert set(r) >= {"step", "loss", "ce", "uld", "lr", "tokens_s", "data_wait", "grad_norm", "epoch", "eos_p"}
+        assert 0 < r["eos_p"] < 1 and 0 < r["first_top_share"] <= 1
         assert math.isfinite(r["loss"]) and r["uld"] > 0 and 0 <= r["data_wait"] <= 1 and r["tokens_s"] > 0
         assert r["loss"] == pytest.approx(r["ce"] + 1.5 * r["uld"], abs=1e-5)
         assert r["lr"] == pytest.approx(training.lr_at(r["step"] - 1, STEPS, cfg))

@@ -42,19 +42,33 @@ def _yesno(r: random.Random) -> Record:
 
 
 def _nli(r: random.Random) -> Record:
+    # The label depends on the premise's relation AND on the order of the names in both sentences, so it cannot be
+    # read off the hypothesis alone (in an earlier version "shorter" always meant yes, "taller" always no).
     a, b = r.sample(NAMES, 2)
-    premise = f"{a} is taller than {b}, and {b} likes {r.choice(FOODS)}."
+    relation = r.choice(["taller", "shorter"])
+    opposite = {"taller": "shorter", "shorter": "taller"}[relation]
+    premise = f"{a} is {relation} than {b}, and {b} likes {r.choice(FOODS)}."
     label = r.randrange(3)
-    hypothesis = [f"{b} is shorter than {a}.", f"{a} is older than {b}.", f"{b} is taller than {a}."][label]
+    swap = r.random() < 0.5  # the hypothesis names the pair in the premise's order or the other way round
+    x, y = (b, a) if swap else (a, b)
+    if label == 0:  # entailed: the same fact, said either way round
+        hypothesis = f"{x} is {opposite if swap else relation} than {y}."
+    elif label == 1:  # neutral: a relation the premise says nothing about
+        hypothesis = f"{x} is {r.choice(['older', 'younger', 'faster'])} than {y}."
+    else:  # contradicted
+        hypothesis = f"{x} is {relation if swap else opposite} than {y}."
     options = ("Yes", "It's impossible to say", "No")
     return Record({"premise": premise, "hypothesis": hypothesis}, (options[label],), options=options, label=label)
 
 
 def _mc4(r: random.Random) -> Record:
-    name, food, day = r.choice(NAMES), r.choice(FOODS), r.choice(DAYS)
-    context = f"On {day}, {name} went to the market and bought {food} for dinner."
-    wrong = r.sample([f for f in FOODS if f != food], 3)
-    options = [food, *wrong]
+    # Two people buy two foods: the answer is the food bound to the asked name, and the other one is among the
+    # options (in an earlier version the right option was the only food of the story, found without reading).
+    (name, other), (food, other_food) = r.sample(NAMES, 2), r.sample(FOODS, 2)
+    first, second = ((name, food), (other, other_food)) if r.random() < 0.5 else ((other, other_food), (name, food))
+    day = r.choice(DAYS)
+    context = f"On {day}, {first[0]} bought {first[1]} and {second[0]} bought {second[1]} at the market."
+    options = [food, other_food, *r.sample([f for f in FOODS if f not in (food, other_food)], 2)]
     r.shuffle(options)
     return Record(
         {"context": context, "question": f"What did {name} buy?"},
