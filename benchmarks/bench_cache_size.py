@@ -139,11 +139,18 @@ def token_layout(args) -> None:
     top_max = ids[:n].max(axis=1)
     outside = np.where(top_max + 1 < args.vocab, top_max + 1, ids[:n].min(axis=1) - 1)  # an id not in the top-k
     token_ids = np.where(rank >= 0, ids[np.arange(n), np.maximum(rank, 0)], outside)
+    answers = ["x" * int(ends[i * 16 + 15]) for i in range(n // rows_per_example)]
     records = [
-        {"key": str(i), "task": "synthetic", "template_id": 0, "prompt": "", "answer": "x" * int(ends[i * 16 + 15]),
-         "n_rows": rows_per_example}
-        for i in range(n // rows_per_example)
-    ]  # fmt: skip
+        {
+            "key": cs.example_key("synthetic", 0, "", a),
+            "task": "synthetic",
+            "template_id": 0,
+            "prompt": "",
+            "answer": a,
+            "n_rows": rows_per_example,
+        }
+        for a in answers
+    ]  # fmt: skip  (real keys: verify recomputes them from the text)
     vocab = [f"t{i}".encode() for i in range(args.vocab)]
     identity = cs.identity_attrs(
         teacher={"id": "synthetic"}, tokenizer_fingerprint="-", top_k=args.k, temperature=1.0, answers="gold",

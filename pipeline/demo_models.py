@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 TEACHER_DIR = "tiny-t5-teacher"
 STUDENT_DIR = "tiny-gpt2-student"
-BUILD_VERSION = 2  # bump when the recipe changes: existing models/ are then rebuilt
+BUILD_VERSION = 3  # bump when the recipe changes: existing models/ are then rebuilt
 STAMP = "kdpipe-demo-model.json"
 DEMO_THREADS = 1  # torch threads of the build: float sums depend on the count, so it is fixed (and 1 stays fast
 # on a busy shared machine, where a thread waiting for a descheduled partner stalls every op)
@@ -93,12 +93,37 @@ def _teacher_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
         corpus,
         trainers.UnigramTrainer(vocab_size=700, special_tokens=specials, unk_token="<unk>", show_progress=False),
     )
+    tok = _stable_unigram_ids(tok, len(specials))
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
     )
+
+
+def _stable_unigram_ids(tok: Tokenizer, n_special: int) -> Tokenizer:
+    """The trained Unigram made the same in every process. The trainer's scores differ in their last bits from
+    run to run (parallel float sums), and it appends the rare single characters with scores 1e-4 apart in
+    hash-map order, so ids would differ too. Pieces whose scores follow each other within 1e-3 form a group;
+    each group is put in piece order and given its own scores, rounded to 1e-6, in descending order."""
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]  # [[piece, score], ...]
+    unk = vocab[spec["model"]["unk_id"]][0]
+    ranked = sorted(vocab[n_special:], key=lambda entry: -entry[1])
+    groups: list[list] = []
+    for entry in ranked:
+        if groups and groups[-1][-1][1] - entry[1] < 1e-3:
+            groups[-1].append(entry)
+        else:
+            groups.append([entry])
+    stable = []
+    for group in groups:
+        scores = [round(score, 6) for _, score in group]
+        stable += [[piece, score] for (piece, _), score in zip(sorted(group), scores, strict=True)]
+    vocab[n_special:] = stable
+    spec["model"]["unk_id"] = [piece for piece, _ in vocab].index(unk)
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 def _student_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:

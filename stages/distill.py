@@ -460,8 +460,7 @@ def _losses(
     with torch.set_grad_enabled(cfg.uld_weight > 0):
         if cfg.loss == "uld-aligned":
             uld = uld_aligned_loss(logits, batch.aligned, student_temperature=cfg.student_temperature, reduction="sum")
-            return ce, uld
-        if cfg.loss == "hybrid":
+        elif cfg.loss == "hybrid":
             uld = hybrid_loss(
                 logits,
                 batch.aligned,
@@ -470,14 +469,14 @@ def _losses(
                 student_temperature=cfg.student_temperature,
                 reduction="sum",
             )
-            return ce, uld
-        uld = uld_loss(
-            logits,
-            batch.labels,
-            batch.teacher_probs,
-            batch.teacher_lengths,
-            student_temperature=cfg.student_temperature,
-            skip_student_eos=cfg.skip_student_eos,
-            reduction="sum",
-        )
+        else:
+            uld = uld_loss(
+                logits,
+                batch.labels,
+                batch.teacher_probs,
+                batch.teacher_lengths,
+                student_temperature=cfg.student_temperature,
+                skip_student_eos=cfg.skip_student_eos,
+                reduction="sum",
+            )
     return ce, uld, answer_health(logits, batch.labels)
