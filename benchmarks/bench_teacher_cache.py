@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline import teacher_rows
 from pipeline.config import TeacherCacheConfig
 from pipeline.models import load_model, pick_device
 from pipeline.tasks import build_mixture
+from pipeline.teacher import rows as teacher_rows
 from stages import teacher_cache
 from stages.teacher_cache import _plan_batches, _teacher_text, _tokenize
 
@@ -68,7 +68,7 @@ def stage(cfg: TeacherCacheConfig, repeats: int) -> tuple[float, int]:
     best, rows = float("inf"), 0
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
-            result = teacher_cache.run(cfg, Path(tmp) / "cache")
+            result = teacher_cache.run(replace(cfg, out=str(Path(tmp) / "cache")))
             best, rows = min(best, result.prepare_seconds + result.seconds), result.rows
     return best, rows
 

@@ -136,7 +136,7 @@ def main(config_file: str, cache_path: str, seeds: str, out: str) -> None:
         for name, weight in (("student-kd", base.uld_weight), ("student-ft", 0.0)):
             cfg = replace(base, seed=seed, uld_weight=weight)
             click.echo(f"seed {seed}: {name} (uld_weight {weight})", err=True)
-            paths[name] = distill.run(cfg, cache_path, folder / name, resume=True).path
+            paths[name] = distill.run(replace(cfg, cache=str(cache_path), out=str(folder / name), resume=True)).path
         models = (teacher, *paths.values()) if not teacher_values else tuple(paths.values())
         names = ("teacher", *paths) if not teacher_values else tuple(paths)
         result = evaluate.run(replace(ecfg, models=models, names=names, out=str(folder / "eval")))

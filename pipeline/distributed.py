@@ -4,7 +4,7 @@ torchrun, ``accelerate launch`` and SLURM ``srun`` around torchrun start one pro
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; with WORLD_SIZE > 1, ``launch`` starts the process group
 from them (NCCL on GPUs, gloo on the CPU) and gives each process its GPU ``cuda:LOCAL_RANK``. Nothing here
 schedules work: the launcher starts the processes, the data order decides who reads what
-(``pipeline.cache_reader``).
+(``pipeline.student.cache_stream``).
 
 Rank 0 alone reads and writes the output directory. What the other ranks need from it (the resume decision,
 the checkpoint's weights and optimizer state) is broadcast, and a checkpoint holds the full, unsharded model

@@ -144,7 +144,7 @@ def uld_loss(
 
 
 # ---------------------------------------------------------------------------------------------- token-aware losses
-# Both read the groups that ``pipeline.alignment.align_batch`` formed on the reader thread (student and teacher
+# Both read the groups that ``pipeline.student.alignment.align_batch`` formed on the reader thread (student and teacher
 # tokens covering the same answer bytes, the teacher side already merged); see that module for the semantics.
 
 
@@ -203,7 +203,7 @@ def uld_aligned_loss(
     """ULD on token groups paired by byte spans (TRL GOLD's extended ULD, https://huggingface.co/docs/trl/gold_trainer).
 
     For each group g (student rows and teacher rows that cover the same answer bytes, see
-    ``pipeline.alignment``), with s_g = c_g · softmax(z_first / τ) the merged student vector and t_g the merged
+    ``pipeline.student.alignment``), with s_g = c_g · softmax(z_first / τ) the merged student vector and t_g the merged
     cached teacher top-k (zero beyond k):
 
         D_g = Σ_i |sort↓(s_g)_i − sort↓(t_g)_i|,   loss_b = mean over b's groups,   loss = mean over b with groups.
@@ -214,7 +214,7 @@ def uld_aligned_loss(
 
     Args:
         student_logits: [B, T, Vs].
-        aligned: ``pipeline.alignment.Aligned`` of the batch (G groups).
+        aligned: ``pipeline.student.alignment.Aligned`` of the batch (G groups).
         student_temperature: τ.
         reduction: ``"mean"`` as above, or ``"sum"`` over examples (a batch split into parts then divides by its
             examples with ``aligned.groups > 0``).
@@ -256,7 +256,7 @@ def hybrid_loss(
 
     Args:
         student_logits: [B, T, Vs].
-        aligned: ``pipeline.alignment.Aligned`` with ``teacher_student_ids`` (G groups).
+        aligned: ``pipeline.student.alignment.Aligned`` with ``teacher_student_ids`` (G groups).
         student_matched: [Vs] bool, the student ids in M.
         matched_weight: w.
         student_temperature: τ.

@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,15 +29,16 @@ import torch
 from tqdm import tqdm
 
 import cache_schema
-from pipeline import __version__, distributed, output_lock, training
-from pipeline.alignment import token_bytes, vocab_map
+from pipeline import __version__, distributed, output_lock
 from pipeline.atomic import write_atomic
-from pipeline.cache_reader import AlignOptions, BatchStream, StudentEncoder
 from pipeline.config import ConfigError, DistillConfig, operational_fields, to_dict
-from pipeline.diagnostics import answer_health
 from pipeline.distributed import World
 from pipeline.losses import answer_tokens, causal_lm_ce, hybrid_loss, uld_aligned_loss, uld_loss, uld_pairs
 from pipeline.models import context_limit
+from pipeline.student import training
+from pipeline.student.alignment import token_bytes, vocab_map
+from pipeline.student.cache_stream import AlignOptions, BatchStream, StudentEncoder
+from pipeline.student.diagnostics import answer_health
 from pipeline.text import PROMPT_POLICY, TextEncoder, TextSpec, save_spec
 
 log = logging.getLogger(__name__)
@@ -73,35 +73,31 @@ class DistillResult:
     rank: int = 0  # of the process that returns it (torchrun, accelerate: only rank 0 reports)
 
 
-def run(
-    cfg: DistillConfig,
-    cache: str | os.PathLike,
-    out: str | os.PathLike,
-    resume: bool = False,
-    expected_mixture: str | None = None,
-) -> DistillResult:
-    """Train the student of ``cfg`` from the cache at ``cache`` into ``out`` (continuing it with ``resume``).
+def run(cfg: DistillConfig) -> DistillResult:
+    """Train the student of ``cfg`` from the cache at ``cfg.cache`` into ``cfg.out`` (continuing it when
+    ``cfg.resume``).
 
-    Under torchrun or ``accelerate launch`` every process calls this; rank 0 alone touches ``out``.
-    ``expected_mixture``: fingerprint of the mixture the config asks for; a cache of another mixture is refused
-    unless ``cfg.accept_cache``.
+    Under torchrun or ``accelerate launch`` every process calls this; rank 0 alone touches ``cfg.out``. A cache
+    whose mixture is not ``cfg.expected_mixture`` (when set) is refused unless ``cfg.accept_cache``.
     """
-    out = Path(out)
+    if not cfg.cache:
+        raise ConfigError("--cache: required, the teacher cache to train from")
+    if not cfg.out:
+        raise ConfigError("--out: required, the folder for the student")
+    out = Path(cfg.out)
     # rank 0 alone writes ``out``, so it alone holds the lock that stops a second run on the same --out at once
     with (
         distributed.launch(cfg.device) as world,
         output_lock.hold(str(out)) if world.main else contextlib.nullcontext(),
     ):
-        return _run(cfg, cache, out, resume, expected_mixture, world)
+        return _run(cfg, out, world)
 
 
-def _run(
-    cfg: DistillConfig, cache: str | os.PathLike, out: Path, resume: bool, expected_mixture: str | None, world: World
-) -> DistillResult:
+def _run(cfg: DistillConfig, out: Path, world: World) -> DistillResult:
     _check_world(cfg, world)
     bf16 = _use_bf16(cfg.precision, world.device)
-    teacher_cache = cache_schema.open_cache(cache, checksums=cfg.cache_checksums)
-    cache_schema.check_provenance(teacher_cache, expected_mixture, accept=cfg.accept_cache)
+    teacher_cache = cache_schema.open_cache(cfg.cache, checksums=cfg.cache_checksums)
+    cache_schema.check_provenance(teacher_cache, cfg.expected_mixture, accept=cfg.accept_cache)
     _check_token_cache(cfg, teacher_cache)
     if len(teacher_cache) == 0:
         raise cache_schema.CacheError(f"{teacher_cache.path}: the cache holds no examples")
@@ -113,7 +109,7 @@ def _run(
         "cache": _provenance(teacher_cache),
         "tool_version": __version__,
     }
-    previous, checkpoint = distributed.on_main(world, lambda: _resume_point(out, record, resume))
+    previous, checkpoint = distributed.on_main(world, lambda: _resume_point(out, record, cfg.resume))
     if previous is not None and previous.get("complete"):
         return DistillResult(str(out), previous["steps"], previous["steps"], 0.0, previous["final"], True, world.rank)
 
@@ -415,8 +411,8 @@ def _train(
             "tokens_s": round(all_tokens / seconds, 1),
             "data_wait": round(all_wait / world.size / seconds, 4),
             "step_s": round(seconds, 4),
-            # a student that stops ending answers, or answers everything alike (pipeline.diagnostics; the step's
-            # last micro-batch on this process)
+            # a student that stops ending answers, or answers everything alike (pipeline.student.diagnostics; the
+            # step's last micro-batch on this process)
             **{k: round(v, 4) if math.isfinite(v) else None for k, v in health.items()},
         }
         if not math.isfinite(row["loss"]):
@@ -449,7 +445,7 @@ def _losses(
     model, batch, cfg: DistillConfig, autocast, matched=None
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Σ CE over the micro-batch's answer tokens, Σ distance (``--loss``) over its examples (``reduction="sum"``),
-    and the answer health (``pipeline.diagnostics``).
+    and the answer health (``pipeline.student.diagnostics``).
 
     ``matched``: (student ids spelled like a teacher token [Vs] bool, their weight), for ``--loss hybrid``.
     """

@@ -2,14 +2,14 @@
 
 validate → load every task's records (template 0) and check every model can be found, before any model
 runs → per model: load it once, then per task rank-classify the options (option tasks) or generate greedily
-(the others), score with :func:`pipeline.metrics.score` and write ``predictions/<model>/<task>.jsonl`` →
-write ``results.json``, ``results.md`` and ``results.png`` (:mod:`pipeline.report`).
+(the others), score with :func:`pipeline.evaluation.metrics.score` and write ``predictions/<model>/<task>.jsonl`` →
+write ``results.json``, ``results.md`` and ``results.png`` (:mod:`pipeline.evaluation.report`).
 
 Option tasks report lm-eval's two accuracies under lm-eval's names: ``acc`` (argmax of the summed
 log-likelihood of the option) and ``acc_norm`` (argmax of that sum divided by the option's length in characters,
 its leading space included, as lm-eval's ``acc_norm``). Every value has its standard error
-(:mod:`pipeline.metrics`), and ``results.json`` holds, for every pair of models, the paired difference on the
-same examples with its standard error. A prediction row carries the example's source id (SQuAD qid, SAMSum id,
+(:mod:`pipeline.evaluation.metrics`), and ``results.json`` holds, for every pair of models, the paired difference on
+the same examples with its standard error. A prediction row carries the example's source id (SQuAD qid, SAMSum id,
 ...), its position and whether its prompt was cut.
 
 A finished (model, task) leaves a small ``<task>.json`` beside its predictions recording the settings and model
@@ -34,11 +34,13 @@ from pathlib import Path
 
 import torch
 
-from pipeline import __version__, metrics, model_card, report
+from pipeline import __version__
 from pipeline.atomic import write_atomic
-from pipeline.config import EvalConfig, to_dict
+from pipeline.config import ConfigError, EvalConfig, to_dict
+from pipeline.evaluation import metrics, report
+from pipeline.evaluation.inference import EvalModel
 from pipeline.models import ModelError, load_model, pick_device, source_kwargs
-from pipeline.scoring import EvalModel
+from pipeline.student import model_card
 from pipeline.tasks import Record, Task, TaskError, get_task, render
 from pipeline.text import chat_template_for
 
@@ -68,6 +70,7 @@ class EvalResult:
 
 def run(cfg: EvalConfig) -> EvalResult:
     """Evaluate every model of ``cfg`` on every task and write the results under ``cfg.out``."""
+    _check_inputs(cfg)
     device = pick_device(cfg.device)
     names = model_names(cfg.models, cfg.names)
     tasks = [_load_task(name, cfg) for name in cfg.tasks]
@@ -114,6 +117,19 @@ def model_names(paths: tuple[str, ...], names: tuple[str, ...] = ()) -> list[str
 
 
 # ---- inputs ---------------------------------------------------------------------------------------------------
+
+
+def _check_inputs(cfg: EvalConfig) -> None:
+    """What the config names exists: its tasks in the registry, its folders on disk."""
+    for name in cfg.tasks:
+        try:
+            get_task(name)
+        except ValueError as e:
+            raise ConfigError(f"--tasks: {e}") from None
+    if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
+        raise ConfigError(f"--data-dir: no such folder {cfg.data_dir}")
+    if cfg.bertscore_model is not None and not Path(cfg.bertscore_model).is_dir():
+        raise ConfigError(f"--bertscore-model: no such folder {cfg.bertscore_model}")
 
 
 def _load_task(name: str, cfg: EvalConfig) -> _TaskData:

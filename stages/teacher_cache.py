@@ -30,11 +30,11 @@ from tqdm import tqdm
 
 import cache_schema
 from pipeline import output_lock
-from pipeline.alignment import generated_spans, token_bytes
-from pipeline.config import ConfigError, TeacherCacheConfig, to_dict
+from pipeline.config import ConfigError, TeacherCacheConfig, operational_fields, to_dict
 from pipeline.models import context_limit, load_config_and_tokenizer, load_model, pick_device, tokenizer_fingerprint
+from pipeline.student.alignment import generated_spans, token_bytes
 from pipeline.tasks import MixtureExample, TaskError, build_mixture
-from pipeline.teacher_rows import Rows, teacher_rows
+from pipeline.teacher.rows import Rows, teacher_rows
 from pipeline.text import Encoded, TextEncoder, layout_for
 
 log = logging.getLogger(__name__)
@@ -66,19 +66,21 @@ class TeacherCacheResult:
     truncated: dict = field(default_factory=dict)
 
 
-def run(cfg: TeacherCacheConfig, out: str | Path) -> TeacherCacheResult:
-    """Write (or resume, or confirm) the cache for ``cfg`` at ``out``.
+def run(cfg: TeacherCacheConfig) -> TeacherCacheResult:
+    """Write (or resume, or confirm) the cache for ``cfg`` at ``cfg.out``.
 
     Under torchrun or ``accelerate launch`` (no --worker flags), each rank writes its part, then rank 0 waits
-    for all of them and merges them into ``cache_schema.merged_path(out)``; a rank that dies leaves its part
+    for all of them and merges them into ``cache_schema.merged_path(cfg.out)``; a rank that dies leaves its part
     resumable, and rerunning the same launch resumes every part and then merges.
     """
+    if not cfg.out:
+        raise ConfigError("--out: give the cache directory to write (or resume)")
     worker, workers = _worker_slot(cfg)
-    target = cache_schema.worker_part(str(out), worker, workers) if workers > 1 else str(out)
+    target = cache_schema.worker_part(cfg.out, worker, workers) if workers > 1 else cfg.out
     with output_lock.hold(target):  # one writer per cache: a second run on it stops here, naming the first
-        result = _run(cfg, str(out))
+        result = _run(cfg, cfg.out)
     if result.workers > 1 and cfg.num_workers is None and "MASTER_ADDR" in os.environ:
-        result.merged = _merge_on_rank0(str(out))
+        result.merged = _merge_on_rank0(cfg.out)
     return result
 
 
@@ -204,8 +206,9 @@ def _worker_slot(cfg: TeacherCacheConfig) -> tuple[int, int]:
 
 
 def _config_attr(cfg: TeacherCacheConfig) -> dict:
-    """The config a cache records: without the worker slot, so all parts and a one-worker run record the same."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in ("worker", "num_workers")}
+    """The config a cache records: without where and how it ran (its path, the worker slot), so all parts, a
+    one-worker run and a copy elsewhere record the same."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in operational_fields(TeacherCacheConfig)}
 
 
 def _teacher_text(cfg: TeacherCacheConfig, model, tokenizer) -> TextEncoder:

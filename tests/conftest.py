@@ -23,7 +23,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def demo_models() -> dict[str, Path]:
     """The embedded tiny teacher and student, built once into the repo's models/ (a no-op when up to date)."""
-    from pipeline import demo_models as builder
+    from pipeline.devtools import demo_models as builder
 
     built = builder.build(REPO / "models")
     return {"teacher": Path(built["teacher"]), "student": Path(built["student"])}

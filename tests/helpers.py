@@ -5,6 +5,7 @@ A test module imports from here (or from ``tests.conftest``), never from another
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -13,8 +14,8 @@ import numpy as np
 import zarr
 
 import cache_schema as cs
-from pipeline import training
 from pipeline.config import DistillConfig, TeacherCacheConfig, to_dict
+from pipeline.student import training
 
 # ---------------------------------------------------------------------------------------------- configs
 
@@ -39,7 +40,10 @@ def small_teacher_cache_config(teacher: Path, **overrides) -> TeacherCacheConfig
 def cli_flags(cfg: DistillConfig) -> list[str]:
     """The command-line flags that give ``cfg`` (every field, so the CLI run is the same run)."""
     out = []
+    on_cli = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("cli", True)}
     for key, value in to_dict(cfg).items():
+        if key not in on_cli:
+            continue
         name = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             out.append(name if value else "--no-" + key.replace("_", "-"))

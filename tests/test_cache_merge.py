@@ -22,13 +22,13 @@ def runs(demo_models, tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("merge")
     # 7 batches: 4 + 3
     cfg = small_teacher_cache_config(demo_models["teacher"], batch_size=7, chunk_rows=16, shard_rows=32)
-    teacher_cache.run(cfg, base / "single")
-    result = teacher_cache.run(replace(cfg, worker=0, num_workers=2), base / "parts")
+    teacher_cache.run(replace(cfg, out=str(base / "single")))
+    result = teacher_cache.run(replace(cfg, worker=0, num_workers=2, out=str(base / "parts")))
     assert result.workers == 2 and result.path == str(base / "parts" / "worker-0-of-2")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RANK", "1")
         mp.setenv("WORLD_SIZE", "2")
-        teacher_cache.run(cfg, base / "parts")
+        teacher_cache.run(replace(cfg, out=str(base / "parts")))
     return {"single": base / "single", "parts": base / "parts", "base": base}
 
 
@@ -105,7 +105,9 @@ def test_worker_flags_are_checked(demo_models, monkeypatch, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "5")
     with pytest.raises(ConfigError, match="RANK='5' WORLD_SIZE='2': not a worker slot"):
-        teacher_cache.run(small_teacher_cache_config(demo_models["teacher"], tasks={"demo_qa": 4}), tmp_path / "c")
+        teacher_cache.run(
+            replace(small_teacher_cache_config(demo_models["teacher"], tasks={"demo_qa": 4}), out=str(tmp_path / "c"))
+        )
 
 
 def test_cli_help_names_the_worker_flags():

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer
 
 import cache_schema as cs
-from pipeline.cache_reader import IGNORE_INDEX, BatchStream, StudentEncoder, chunk_groups, epoch_order
+from pipeline.student.cache_stream import IGNORE_INDEX, BatchStream, StudentEncoder, chunk_groups, epoch_order
 from pipeline.text import TextEncoder, TextSpec
 from tests.helpers import TEXT_CACHE_CHUNK_ROWS as CHUNK_ROWS
 from tests.helpers import TEXT_CACHE_K as K

@@ -9,6 +9,7 @@ import re
 import socket
 import threading
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import fsspec
@@ -103,10 +104,10 @@ def test_teacher_cache_writes_straight_to_s3(s3, demo_models, tmp_path):
 
     cfg = small_teacher_cache_config(demo_models["teacher"], tasks={"demo_qa": 10, "demo_yesno": 6})
     url = f"s3://{BUCKET}/stage"
-    teacher_cache.run(cfg, url)
-    teacher_cache.run(cfg, tmp_path / "local")
+    teacher_cache.run(replace(cfg, out=str(url)))
+    teacher_cache.run(replace(cfg, out=str(tmp_path / "local")))
     assert_same_cache(url, tmp_path / "local")
-    assert teacher_cache.run(cfg, url).already_complete
+    assert teacher_cache.run(replace(cfg, out=str(url))).already_complete
     info = invoke("cache", "info", url)
     assert info.exit_code == 0 and "examples     16" in info.output, info.output
 
@@ -289,23 +290,24 @@ def test_storage_failures_are_one_line_errors(s3, local_cache):
 
 def test_one_side_writes_packs_and_pushes_the_other_pulls_verifies_and_trains(s3, demo_models, tmp_path):
     """The whole team story: a real teacher cache goes through a zip and the loopback S3 server into training."""
-    from dataclasses import replace
 
     from pipeline.config import DistillConfig, TeacherCacheConfig
     from stages import distill, teacher_cache
 
     written = tmp_path / "writer" / "cache"
     teacher_cache.run(
-        TeacherCacheConfig(
-            teacher=str(demo_models["teacher"]),
-            tasks={"demo_qa": 8, "demo_yesno": 8},
-            top_k=16,
-            batch_size=8,
-            device="cpu",
-            chunk_rows=32,
-            shard_rows=64,
-        ),
-        written,
+        replace(
+            TeacherCacheConfig(
+                teacher=str(demo_models["teacher"]),
+                tasks={"demo_qa": 8, "demo_yesno": 8},
+                top_k=16,
+                batch_size=8,
+                device="cpu",
+                chunk_rows=32,
+                shard_rows=64,
+            ),
+            out=str(written),
+        )
     )
     assert invoke("cache", "pack", str(written), str(tmp_path / "writer" / "cache.zip")).exit_code == 0
     url = f"s3://{BUCKET}/team/demo"
@@ -318,7 +320,7 @@ def test_one_side_writes_packs_and_pushes_the_other_pulls_verifies_and_trains(s3
     cfg = DistillConfig(student=str(demo_models["student"]), steps=3, batch_size=4, lanes=2, device="cpu", lr=1e-3)
     finals = []
     for source, out in ((str(pulled), "from-pulled"), (url, "from-s3")):
-        result = distill.run(replace(cfg, checkpoint_every=0), source, tmp_path / "reader" / out)
+        result = distill.run(replace(cfg, checkpoint_every=0, cache=str(source), out=str(tmp_path / "reader" / out)))
         assert result.steps == 3 and (tmp_path / "reader" / out / "model.safetensors").exists()
         finals.append({k: result.final[k] for k in ("loss", "ce", "uld")})
     assert finals[0] == finals[1]  # the same rows whichever copy the student reads

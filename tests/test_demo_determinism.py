@@ -23,7 +23,7 @@ SHORT_DEMO = textwrap.dedent(
     from dataclasses import replace
     from pathlib import Path
 
-    from pipeline import demo_models
+    from pipeline.devtools import demo_models
     from pipeline.config import DistillConfig, EvalConfig, TeacherCacheConfig
     from stages import distill, eval as evaluate, teacher_cache
 
@@ -32,13 +32,14 @@ SHORT_DEMO = textwrap.dedent(
     tasks = {"demo_yesno": 8, "demo_mc4": 8, "demo_qa": 8, "demo_summary": 8}
     cache = out / "cache"
     teacher_cache.run(
-        TeacherCacheConfig(teacher=built["teacher"], tasks=tasks, top_k=8, batch_size=8, device="cpu"), cache
+        TeacherCacheConfig(teacher=built["teacher"], tasks=tasks, top_k=8, batch_size=8, device="cpu", out=str(cache))
     )
     base = DistillConfig(
-        student=built["student"], epochs=2, batch_size=8, lr=2e-3, device="cpu", checkpoint_every=0, seed=0
+        student=built["student"], epochs=2, batch_size=8, lr=2e-3, device="cpu", checkpoint_every=0, seed=0,
+        cache=str(cache),
     )
-    kd = distill.run(base, cache, out / "kd").path
-    ft = distill.run(replace(base, uld_weight=0.0), cache, out / "ft").path
+    kd = distill.run(replace(base, out=str(out / "kd"))).path
+    ft = distill.run(replace(base, uld_weight=0.0, out=str(out / "ft"))).path
     evaluate.run(
         EvalConfig(
             models=(built["teacher"], kd, ft),

@@ -3,7 +3,7 @@ import json
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from pipeline import demo_models as builder
+from pipeline.devtools import demo_models as builder
 from pipeline.tasks import build_mixture, get_task, render
 from pipeline.tasks.demo import DEMO_TASKS
 
@@ -81,7 +81,7 @@ def test_demo_teacher_never_trains_on_an_example_of_the_cache():
 
 def test_demo_teacher_copies_its_4_way_answer_from_the_story_not_from_a_prior(demo_models):
     """Its answer is one of the story's two foods, and when the story's foods change, the answer changes with them."""
-    from pipeline.scoring import EvalModel
+    from pipeline.evaluation.inference import EvalModel
     from pipeline.tasks.demo import FOODS
 
     tok = AutoTokenizer.from_pretrained(demo_models["teacher"])

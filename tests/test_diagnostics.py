@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from pipeline.diagnostics import answer_health
+from pipeline.student.diagnostics import answer_health
 
 
 def _batch(first_pred: list[int], eos_logit: float):

@@ -16,9 +16,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, Lla
 from transformers import pipeline as hf_pipeline
 
 import cache_schema as cs
-from pipeline import training
 from pipeline.cli import main
 from pipeline.config import ConfigError, DistillConfig, TeacherCacheConfig, to_dict
+from pipeline.student import training
 from stages import distill, teacher_cache
 from tests.conftest import REPO
 from tests.helpers import cli_flags, one_line_error, step_metrics, write_known_rows_cache, write_text_cache
@@ -49,33 +49,35 @@ def small_config(student: Path, **overrides) -> DistillConfig:
 def cache(demo_models, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("distill") / "cache"
     teacher_cache.run(
-        TeacherCacheConfig(
-            teacher=str(demo_models["teacher"]),
-            tasks={"demo_yesno": 12, "demo_qa": 12, "demo_summary": 12, "demo_concepts": 12},
-            batch_size=16,
-            top_k=16,
-            max_answer_tokens=32,
-            device="cpu",
-            chunk_rows=64,
-            shard_rows=128,
-        ),
-        out,
+        replace(
+            TeacherCacheConfig(
+                teacher=str(demo_models["teacher"]),
+                tasks={"demo_yesno": 12, "demo_qa": 12, "demo_summary": 12, "demo_concepts": 12},
+                batch_size=16,
+                top_k=16,
+                max_answer_tokens=32,
+                device="cpu",
+                chunk_rows=64,
+                shard_rows=128,
+            ),
+            out=str(out),
+        )
     )
     return out
 
 
 @pytest.fixture(scope="module")
 def kd_run(cache, demo_models, tmp_path_factory) -> tuple[DistillConfig, Path, distill.DistillResult]:
-    cfg = small_config(demo_models["student"])
     out = tmp_path_factory.mktemp("kd") / "student"
-    return cfg, out, distill.run(cfg, cache, out)
+    cfg = small_config(demo_models["student"], cache=str(cache), out=str(out))
+    return cfg, out, distill.run(cfg)
 
 
 @pytest.fixture(scope="module")
 def ft_run(cache, demo_models, tmp_path_factory) -> tuple[DistillConfig, Path, distill.DistillResult]:
-    cfg = small_config(demo_models["student"], uld_weight=0.0, keep_checkpoint=False)
     out = tmp_path_factory.mktemp("ft") / "student"
-    return cfg, out, distill.run(cfg, cache, out)
+    cfg = small_config(demo_models["student"], uld_weight=0.0, keep_checkpoint=False, cache=str(cache), out=str(out))
+    return cfg, out, distill.run(cfg)
 
 
 def test_distill_writes_metrics_checkpoint_config_curve_and_a_loadable_student(kd_run, cache):
@@ -111,8 +113,8 @@ def test_distill_writes_metrics_checkpoint_config_curve_and_a_loadable_student(k
 
 
 def test_saved_student_pads_with_eos_batches_in_a_pipeline_and_has_a_model_card(kd_run, cache, demo_models, tmp_path):
-    from pipeline import model_card
     from pipeline.config import EvalConfig
+    from pipeline.student import model_card
     from stages import eval as eval_stage
 
     cfg, out, _ = kd_run
@@ -200,7 +202,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(kd_run, cache, tm
     killed_at = len(step_metrics(out))
     assert killed_at < STEPS
 
-    result = distill.run(cfg, cache, out, resume=True)
+    result = distill.run(replace(cfg, cache=str(cache), out=str(out), resume=True))
     assert 0 < result.resumed_from_step <= killed_at
     resumed, uninterrupted = step_metrics(out), step_metrics(reference)
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
@@ -214,10 +216,10 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(kd_run, cache, tm
 def test_out_dir_of_another_run_is_refused_and_a_finished_run_is_not_redone(kd_run, cache):
     cfg, out, _ = kd_run
     with pytest.raises(ConfigError, match="--resume"):
-        distill.run(cfg, cache, out)
+        distill.run(replace(cfg, cache=str(cache), out=str(out)))
     with pytest.raises(ConfigError, match="--lr"):
-        distill.run(replace(cfg, lr=1e-3), cache, out, resume=True)
-    again = distill.run(replace(cfg, checkpoint_every=7), cache, out, resume=True)
+        distill.run(replace(cfg, lr=1e-3, cache=str(cache), out=str(out), resume=True))
+    again = distill.run(replace(cfg, checkpoint_every=7, cache=str(cache), out=str(out), resume=True))
     assert again.already_complete and again.steps == STEPS
 
 
@@ -247,7 +249,7 @@ def test_pythia_and_smollm_architectures_distill(arch, cache, demo_models, tmp_p
         keep_checkpoint=False,
         max_prompt_tokens=200,
     )
-    result = distill.run(cfg, cache, tmp_path / "out")
+    result = distill.run(replace(cfg, cache=str(cache), out=str(tmp_path / "out")))
     rows = step_metrics(tmp_path / "out")
     assert result.steps == 3 and len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
@@ -340,7 +342,7 @@ def test_a_cache_of_another_mixture_is_refused_unless_accepted(cache, demo_model
 @pytest.mark.parametrize("loss", ["uld-aligned", "hybrid"])
 def test_token_aware_losses_train_from_a_v1_1_cache(loss, cache, demo_models, tmp_path):
     cfg = small_config(demo_models["student"], loss=loss, steps=6, checkpoint_every=0, keep_checkpoint=False)
-    result = distill.run(cfg, cache, tmp_path / "student")
+    result = distill.run(replace(cfg, cache=str(cache), out=str(tmp_path / "student")))
     rows = step_metrics(tmp_path / "student")
     assert len(rows) == 6 and all(math.isfinite(r["loss"]) and r["uld"] > 0 for r in rows)
     assert result.final["loss"] == pytest.approx(result.final["ce"] + cfg.uld_weight * result.final["uld"], abs=1e-5)

@@ -21,9 +21,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline import training
 from pipeline.config import ConfigError, DistillConfig
 from pipeline.distributed import World
+from pipeline.student import training
 from stages import distill
 from tests.conftest import REPO
 from tests.helpers import cli_flags, step_metrics, write_text_cache
@@ -57,7 +57,7 @@ def setup(demo_models, tmp_path_factory) -> tuple[DistillConfig, Path, Path]:
         max_answer_tokens=16,
         checkpoint_every=0,
     )
-    distill.run(cfg, cache, root / "one")
+    distill.run(replace(cfg, cache=str(cache), out=str(root / "one")))
     return cfg, cache, root / "one"
 
 
@@ -118,7 +118,9 @@ def test_a_fsdp_run_killed_at_rank_1_resumes_on_one_process_as_if_never_stopped(
     killed_at = len(step_metrics(out))
     assert killed_at < STEPS
 
-    result = distill.run(cfg, cache, out, resume=True)  # one process, DDP-less, from a 2-process FSDP checkpoint
+    result = distill.run(
+        replace(cfg, cache=str(cache), out=str(out), resume=True)
+    )  # one process, DDP-less, from a 2-process FSDP checkpoint
     assert 2 <= result.resumed_from_step <= killed_at
     assert_same_run(out, one)
 

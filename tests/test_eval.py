@@ -9,11 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline import metrics
 from pipeline.cli import main
-from pipeline.config import ConfigError, EvalConfig
+from pipeline.config import ConfigError, EvalConfig, load
+from pipeline.evaluation import metrics
+from pipeline.evaluation.inference import EvalModel
 from pipeline.models import load_model
-from pipeline.scoring import EvalModel
 from pipeline.tasks import get_task, render
 from stages import eval as stage
 from tests.conftest import run_kdpipe
@@ -434,7 +434,7 @@ def test_generate_prints_the_greedy_completion(demo_models, loaded):
 
 
 def test_config_tasks_lists_names_and_shipped_sections():
-    cfg = EvalConfig(models=("m",), tasks=("demo_qa,demo_nli", "demo_qa", " squad "))
+    cfg = load(EvalConfig, None, "eval", {"models": ("m",), "tasks": ("demo_qa,demo_nli", "demo_qa", " squad ")})
     assert cfg.tasks == ("demo_qa", "demo_nli", "squad")
     with pytest.raises(ConfigError, match="--task-splits"):
         EvalConfig(models=("m",), tasks=("squad",), task_splits={"xsum": "test"})

@@ -19,8 +19,8 @@ pytestmark = [
 
 def test_nf4_teacher_cache_stays_close_to_bf16_and_trains_a_bf16_student(demo_models, tmp_path):
     cfg = small_teacher_cache_config(demo_models["teacher"], device="cuda")
-    teacher_cache.run(replace(cfg, quantize="nf4"), tmp_path / "nf4")
-    teacher_cache.run(cfg, tmp_path / "bf16")
+    teacher_cache.run(replace(cfg, quantize="nf4", out=str(tmp_path / "nf4")))
+    teacher_cache.run(replace(cfg, out=str(tmp_path / "bf16")))
     nf4, bf16 = cs.open_cache(tmp_path / "nf4"), cs.open_cache(tmp_path / "bf16")
     assert nf4.meta[cs.ATTR_TEACHER]["quantization"] == "nf4" and nf4.keys == bf16.keys
     a, b = nf4.read_rows(0, nf4.total_rows)[0], bf16.read_rows(0, bf16.total_rows)[0]
@@ -35,5 +35,5 @@ def test_nf4_teacher_cache_stays_close_to_bf16_and_trains_a_bf16_student(demo_mo
         precision="bf16",
         checkpoint_every=0,
     )
-    result = distill.run(student, tmp_path / "nf4", tmp_path / "student")
+    result = distill.run(replace(student, cache=str(tmp_path / "nf4"), out=str(tmp_path / "student")))
     assert result.steps == 5 and np.isfinite(result.final["loss"])

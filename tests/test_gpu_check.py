@@ -6,9 +6,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline import gpu_check
 from pipeline.cli import main
-from pipeline.gpu_check import GpuCheckConfig
+from pipeline.devtools import gpu_check
+from pipeline.devtools.gpu_check import GpuCheckConfig
 from tests.helpers import one_line_error, write_known_rows_cache
 
 
@@ -52,7 +52,7 @@ def test_the_same_measurements_run_on_the_cpu_and_give_one_json_summary(demo_mod
 def test_the_benchmarks_gpu_check_runs_ship_inside_the_package():
     """An installed kdpipe (a wheel, no source checkout) has every module gpu-check imports."""
     import pipeline
-    from pipeline.benchmarks import data_path, step, uld
+    from pipeline.devtools.benchmarks import data_path, step, uld
 
     package = Path(pipeline.__file__).resolve().parent
     for module in (data_path, step, uld):

@@ -303,7 +303,8 @@ def test_disk_full_in_teacher_cache_says_so_with_path_and_free_space(demo_models
 def test_disk_full_in_distill_is_named_not_an_unexpected_pos(valid, demo_models, tmp_path, monkeypatch):
     import shutil as shutil_module
 
-    from pipeline import cli, training
+    from pipeline import cli
+    from pipeline.student import training
 
     def full(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 8448 vs 8336")

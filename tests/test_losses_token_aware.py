@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.alignment import TeacherRows, align_batch, vocab_map
 from pipeline.losses import hybrid_loss, uld_aligned_loss
+from pipeline.student.alignment import TeacherRows, align_batch, vocab_map
 
 ANSWER = b"the cat sat"  # 11 bytes; EOS rows have the zero-width span (11, 11)
 EOS = (11, 11)

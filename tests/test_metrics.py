@@ -5,8 +5,8 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from pipeline import metrics
-from pipeline.metrics import MetricError
+from pipeline.evaluation import metrics
+from pipeline.evaluation.metrics import MetricError
 
 # --- accuracy ---
 

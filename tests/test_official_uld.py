@@ -1,15 +1,17 @@
 """End to end against the official ULD: the loss distill computes from the cache equals the llm-recipes
 ``DistillationLoss`` fed a LIVE teacher on the same texts, within the cache's quantisation plus its top-k tail."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 import cache_schema as cs
-from pipeline.cache_reader import BatchStream, StudentEncoder
 from pipeline.config import TeacherCacheConfig
 from pipeline.losses import uld_loss
+from pipeline.student.cache_stream import BatchStream, StudentEncoder
 from pipeline.text import TextEncoder, TextSpec
 from stages import teacher_cache
 
@@ -48,7 +50,7 @@ def test_cached_uld_equals_the_official_loss_with_a_live_teacher(top_k, demo_mod
         device="cpu",
         max_answer_tokens=64,
     )
-    teacher_cache.run(cfg, tmp_path / "cache")
+    teacher_cache.run(replace(cfg, out=str(tmp_path / "cache")))
     cache = cs.open_cache(tmp_path / "cache")
     s_tok = AutoTokenizer.from_pretrained(demo_models["student"])
     student = AutoModelForCausalLM.from_pretrained(demo_models["student"]).eval()

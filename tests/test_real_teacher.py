@@ -1,5 +1,7 @@
 """A real pretrained 4-bit teacher (SmolLM2-135M-Instruct, GGUF) caches real task files under the text contract."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import cache_schema as cs
 from pipeline.config import TeacherCacheConfig
 from pipeline.models import ModelError, load_config_and_tokenizer
-from pipeline.real_teacher import GGUF_SHA256
+from pipeline.teacher.smollm2 import GGUF_SHA256
 from stages import eval as eval_stage
 from stages import teacher_cache
 
@@ -61,7 +63,7 @@ def test_real_teacher_rows_equal_a_live_forward_under_the_contract(chat, smollm2
         device="cpu",
         chat_template=chat,
     )
-    teacher_cache.run(cfg, tmp_path / "cache")
+    teacher_cache.run(replace(cfg, out=str(tmp_path / "cache")))
     cache = cs.open_cache(tmp_path / "cache")
     assert cs.text_spec(cache.meta)["layout"] == ("chat" if chat else "causal")
     assert cache.meta[cs.ATTR_TEACHER]["revision"] == GGUF_SHA256  # a GGUF file records its own sha256

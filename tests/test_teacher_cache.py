@@ -23,7 +23,7 @@ from tests.helpers import SMALL_MIXTURE, small_teacher_cache_config
 @pytest.fixture(scope="module")
 def gold_cache(demo_models, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tc") / "cache"
-    teacher_cache.run(small_teacher_cache_config(demo_models["teacher"]), out)
+    teacher_cache.run(replace(small_teacher_cache_config(demo_models["teacher"]), out=str(out)))
     return out
 
 
@@ -54,21 +54,21 @@ def test_cache_holds_the_teachers_softmax_top_k_for_every_answer_token(gold_cach
 
 def test_rerun_of_a_complete_cache_does_nothing(gold_cache, demo_models):
     before = (gold_cache / "zarr.json").read_bytes()
-    result = teacher_cache.run(small_teacher_cache_config(demo_models["teacher"]), gold_cache)
+    result = teacher_cache.run(replace(small_teacher_cache_config(demo_models["teacher"]), out=str(gold_cache)))
     assert result.already_complete and result.examples == 48
     assert (gold_cache / "zarr.json").read_bytes() == before
 
 
 def test_refuses_to_write_into_a_different_cache(gold_cache, demo_models):
     with pytest.raises(cs.CacheError, match="different top_k: 16 there, 8 asked"):
-        teacher_cache.run(small_teacher_cache_config(demo_models["teacher"], top_k=8), gold_cache)
+        teacher_cache.run(replace(small_teacher_cache_config(demo_models["teacher"], top_k=8), out=str(gold_cache)))
 
 
 def test_teacher_answers_are_generated_then_cached(demo_models, tmp_path):
     cfg = small_teacher_cache_config(
         demo_models["teacher"], answers="teacher", answer_overflow="cut", tasks={"demo_qa": 8}, max_answer_tokens=12
     )
-    teacher_cache.run(cfg, tmp_path / "c")
+    teacher_cache.run(replace(cfg, out=str(tmp_path / "c")))
     cache = cs.open_cache(tmp_path / "c")
     tok = AutoTokenizer.from_pretrained(demo_models["teacher"])
     model = AutoModelForSeq2SeqLM.from_pretrained(demo_models["teacher"]).eval()
@@ -83,7 +83,7 @@ def test_teacher_answers_are_generated_then_cached(demo_models, tmp_path):
 
 def test_causal_lm_teacher_rows_match_a_direct_forward(demo_models, tmp_path):
     cfg = small_teacher_cache_config(demo_models["student"], tasks={"demo_yesno": 6}, top_k=8)
-    teacher_cache.run(cfg, tmp_path / "c")
+    teacher_cache.run(replace(cfg, out=str(tmp_path / "c")))
     cache = cs.open_cache(tmp_path / "c")
     tok = AutoTokenizer.from_pretrained(demo_models["student"])
     model = AutoModelForCausalLM.from_pretrained(demo_models["student"]).eval()
@@ -106,13 +106,13 @@ def test_truncations_and_skips_are_recorded(demo_models, tmp_path):
         max_prompt_tokens=20,
         prompt_overflow="skip",
     )
-    result = teacher_cache.run(cfg, tmp_path / "c")
+    result = teacher_cache.run(replace(cfg, out=str(tmp_path / "c")))
     counts = cs.open_cache(tmp_path / "c").meta[cs.ATTR_COUNTS]
     assert counts["skipped"]["prompt_over_limit"] == result.skipped["prompt_over_limit"] > 0
     assert counts["skipped"]["answer_over_limit"] == result.skipped["answer_over_limit"] > 0  # the official choice
     assert counts["examples"] == 16 - result.skipped["prompt_over_limit"] - result.skipped["answer_over_limit"]
     cfg = replace(cfg, prompt_overflow="truncate", answer_overflow="cut")
-    teacher_cache.run(cfg, tmp_path / "t")
+    teacher_cache.run(replace(cfg, out=str(tmp_path / "t")))
     cache = cs.open_cache(tmp_path / "t")
     assert cache.meta[cs.ATTR_COUNTS]["truncated"]["prompt"] == 16
     assert cache.meta[cs.ATTR_COUNTS]["truncated"]["answer"] > 0
@@ -126,7 +126,9 @@ def test_4bit_without_cuda_is_a_clear_error(demo_models, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ModelError, match="needs a CUDA GPU"):
-        teacher_cache.run(small_teacher_cache_config(demo_models["teacher"], quantize="nf4"), tmp_path / "c")
+        teacher_cache.run(
+            replace(small_teacher_cache_config(demo_models["teacher"], quantize="nf4"), out=str(tmp_path / "c"))
+        )
 
 
 def test_config_validation_names_the_flag():

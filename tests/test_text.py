@@ -16,10 +16,10 @@ from transformers import (
 )
 
 import cache_schema as cs
-from pipeline.cache_reader import StudentEncoder
 from pipeline.config import DistillConfig
+from pipeline.evaluation.inference import EvalModel
 from pipeline.losses import IGNORE_INDEX
-from pipeline.scoring import EvalModel
+from pipeline.student.cache_stream import StudentEncoder
 from pipeline.text import (
     TEXT_FILE,
     TextEncoder,

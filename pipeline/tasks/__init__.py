@@ -57,7 +57,7 @@ class Task:
     name: str
     kind: Literal["options", "generate"]
     templates: tuple[Template, ...]
-    metrics: tuple[str, ...]  # metric names understood by pipeline.metrics
+    metrics: tuple[str, ...]  # metric names understood by pipeline.evaluation.metrics
     max_new_tokens: int  # generation budget at evaluation
     load: Loader = field(repr=False)
     description: str = ""

@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from pipeline.metrics import coverage
+from pipeline.evaluation.metrics import coverage
 
 
 class Coverage(evaluate.Metric):

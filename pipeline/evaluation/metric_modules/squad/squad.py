@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from pipeline.metrics import squad
+from pipeline.evaluation.metrics import squad
 
 
 class Squad(evaluate.Metric):

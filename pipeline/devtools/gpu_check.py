@@ -9,9 +9,9 @@ On any CUDA machine, offline, in a few minutes:
    its output head is left in bf16 by transformers, as for FLAN-T5-XXL;
 2. a short bf16 distill of the embedded student from the NF4 cache: tokens/s, peak GPU memory, and the
    fraction of step time spent waiting for data;
-3. ``pipeline.benchmarks.uld``: the top-k ULD against a full vocabulary sort (forward + backward);
-4. ``pipeline.benchmarks.step``: the ULD share of a GPT-2-medium training step (CE alone vs CE + top-k ULD);
-5. ``pipeline.benchmarks.data_path``: decode and delivery rates of a synthetic cache.
+3. ``pipeline.devtools.benchmarks.uld``: the top-k ULD against a full vocabulary sort (forward + backward);
+4. ``pipeline.devtools.benchmarks.step``: the ULD share of a GPT-2-medium training step (CE alone vs CE + top-k ULD);
+5. ``pipeline.devtools.benchmarks.data_path``: decode and delivery rates of a synthetic cache.
 
 The benchmarks ship in the package (``benchmarks/bench_*.py`` are their command-line wrappers), so an installed
 kdpipe runs this too. Without a CUDA device the command stops at once with a one-line error.
@@ -25,6 +25,7 @@ import logging
 import shutil
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,7 +76,7 @@ def measure(cfg: GpuCheckConfig, device: torch.device, *, quantize: str, precisi
     """All figures on ``device``; ``run`` uses CUDA, NF4 and bf16 (tests use the CPU, none and fp32)."""
     import torch
 
-    from pipeline.benchmarks import data_path, step, uld
+    from pipeline.devtools.benchmarks import data_path, step, uld
 
     benches = {"bench_uld": uld, "bench_step": step, "bench_data_path": data_path}
     out = Path(cfg.out)
@@ -134,8 +135,10 @@ def _teacher(cfg: GpuCheckConfig, out: Path, device: torch.device, quantize: str
         chunk_rows=1024,
         shard_rows=4096,
     )
-    quantized = teacher_cache.run(base, out / "cache-quantized")
-    reference = teacher_cache.run(dataclasses.replace(base, quantize="none"), out / "cache-reference")
+    quantized = teacher_cache.run(replace(base, out=str(out / "cache-quantized")))
+    reference = teacher_cache.run(
+        replace(dataclasses.replace(base, quantize="none"), out=str(out / "cache-reference"))
+    )
     l1, top1 = _compare_caches(out / "cache-quantized", out / "cache-reference")
     return {
         "quantization": quantize,
@@ -166,7 +169,7 @@ def _compare_caches(a: Path, b: Path) -> tuple[float, float]:
 
 
 def _distill(cfg: GpuCheckConfig, out: Path, device: torch.device, precision: str, bench_data_path) -> dict:
-    from pipeline import training
+    from pipeline.student import training
     from stages import distill
 
     config = DistillConfig(
@@ -180,7 +183,7 @@ def _distill(cfg: GpuCheckConfig, out: Path, device: torch.device, precision: st
         max_answer_tokens=64,
         checkpoint_every=0,
     )
-    result = distill.run(config, out / "cache-quantized", out / "student")
+    result = distill.run(replace(config, cache=str(out / "cache-quantized"), out=str(out / "student")))
     rows = training.read_metrics(out / "student" / distill.METRICS_FILE)
     steady = rows[1:] or rows  # the first step also loads the reader's first groups and warms up kernels
     wait = bench_data_path.data_wait(out / "student" / distill.METRICS_FILE)

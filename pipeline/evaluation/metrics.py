@@ -24,7 +24,7 @@ task metric    keys                                     semantics
 =============  =======================================  ==================================================
 
 The ``rouge_l``, ``squad`` and ``coverage`` metrics also exist as local ``evaluate`` modules
-(``pipeline/metric_modules``) that :func:`load_metric` loads from their path, which needs no hub.
+(``pipeline/evaluation/metric_modules``) that :func:`load_metric` loads from their path, which needs no hub.
 """
 
 from __future__ import annotations

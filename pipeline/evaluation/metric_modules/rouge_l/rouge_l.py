@@ -1,9 +1,12 @@
-"""ROUGE-L F-measure (stemmed, best reference) as a local ``evaluate`` module; the math is pipeline.metrics."""
+"""ROUGE-L F-measure (stemmed, best reference) as a local ``evaluate`` module.
+
+The math is in pipeline.evaluation.metrics.
+"""
 
 import datasets
 import evaluate
 
-from pipeline.metrics import rouge_l
+from pipeline.evaluation.metrics import rouge_l
 
 
 class RougeL(evaluate.Metric):

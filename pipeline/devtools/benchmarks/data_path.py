@@ -4,7 +4,7 @@ Writes a synthetic cache of ``--rows`` rows (default 1M, k = 64, realistic peake
 default chunk and shard sizes) with ``cache_schema.CacheWriter`` into a temporary directory, then measures
 
 * raw decode: ``Cache.read_rows`` over every chunk, rows/s;
-* delivered: one epoch through ``pipeline.cache_reader.BatchStream`` exactly as distill uses it (student
+* delivered: one epoch through ``pipeline.student.cache_stream.BatchStream`` exactly as distill uses it (student
   tokenization, collation, teacher rows padded into [B, Tt, k]), rows/s and examples/s, with the process RSS
   sampled every 10 % of the epoch (it must stay flat: memory does not grow with the rows read);
 * the fraction of step time the demo distill run spent waiting for data, from its metrics.jsonl.
@@ -26,7 +26,7 @@ import psutil
 from transformers import AutoTokenizer
 
 import cache_schema as cs
-from pipeline.cache_reader import BatchStream, StudentEncoder
+from pipeline.student.cache_stream import BatchStream, StudentEncoder
 from pipeline.text import TextEncoder, TextSpec
 
 WORDS = [

@@ -1,6 +1,6 @@
 """Pairing student and teacher tokens of the same answer text, for the token-aware losses (``pipeline.losses``).
 
-Everything here runs on the CPU reader thread (``pipeline.cache_reader``), never in the training step: the
+Everything here runs on the CPU reader thread (``pipeline.student.cache_stream``), never in the training step: the
 student answer rows and the cached teacher rows of each example are grouped by their UTF-8 byte spans in the
 answer string, the teacher side of every group is formed from the cache at once, and the teacher top-k ids
 are mapped to student ids through the two vocabularies' byte strings (a map computed once per run).

@@ -1,0 +1,1 @@
+"""Developer tools: the demo models, the GPU check and the benchmark code it runs."""

@@ -1,0 +1,1 @@
+"""The eval stage's pieces: model inference (option log-likelihoods, generation), metrics, reports."""

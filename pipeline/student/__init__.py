@@ -1,0 +1,2 @@
+"""The student's side of distill: the streaming cache reader, token alignment, training pieces, health signs
+and the model card."""
