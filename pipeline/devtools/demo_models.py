@@ -53,12 +53,12 @@ log = logging.getLogger(__name__)
 
 TEACHER_DIR = "tiny-t5-teacher"
 STUDENT_DIR = "tiny-gpt2-student"
-BUILD_VERSION = 3  # bump when the recipe changes: existing models/ are then rebuilt
+BUILD_VERSION = 4  # bump when the recipe changes: existing models/ are then rebuilt
 STAMP = "kdpipe-demo-model.json"
 DEMO_THREADS = 1  # torch threads of the build: float sums depend on the count, so it is fixed (and 1 stays fast
 # on a busy shared machine, where a thread waiting for a descheduled partner stalls every op)
 CACHE_SEED = 0  # the seed of the demo cache's mixture (configs/demo.yaml): the teacher never trains on it
-TEACHER_STEPS = 600
+TEACHER_STEPS = 1000
 TEACHER_BATCH = 32
 TEACHER_LR = 2e-3
 TEACHER_EXAMPLES = 4000  # per task, from generator seeds other than the cache's: 25x the 160 the students see
