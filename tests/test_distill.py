@@ -179,11 +179,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(kd_run, cache, tm
         "-m",
         "pipeline.cli",
         "distill",
-        "--cache",
-        str(cache),
-        "--out",
-        str(out),
-        *cli_flags(replace(cfg, checkpoint_every=2)),
+        *cli_flags(replace(cfg, checkpoint_every=2, out=str(out))),  # the kd_run config's cache, another --out
     ]
     proc = subprocess.Popen(
         command,

@@ -73,7 +73,7 @@ def torchrun(cfg: DistillConfig, cache: Path, out: Path, launcher: str = "torchr
         command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2"]
         command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
         command += ["--main_process_port", str(port)]
-    command += ["-m", "pipeline.cli", "distill", "--cache", str(cache), "--out", str(out), *cli_flags(cfg)]
+    command += ["-m", "pipeline.cli", "distill", *cli_flags(replace(cfg, cache=str(cache), out=str(out)))]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
