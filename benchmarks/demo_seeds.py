@@ -122,8 +122,9 @@ def main(config_file: str, cache_path: str, seeds: str, out: str) -> None:
         raise click.UsageError("--seeds: give at least two different seeds (an sd needs two)")
     try:
         base = load(DistillConfig, config_file, "distill")
-        ecfg = load(EvalConfig, config_file, "eval")
         teacher = load(TeacherCacheConfig, config_file, "teacher_cache").teacher
+        # the models are set per seed below; an eval config needs one to be built
+        ecfg = load(EvalConfig, config_file, "eval", {"models": (teacher,)})
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     root = Path(out)
