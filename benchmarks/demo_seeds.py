@@ -30,8 +30,8 @@ import cache_schema  # noqa: E402
 from pipeline.config import ConfigError, DistillConfig, EvalConfig, TeacherCacheConfig, load  # noqa: E402
 from pipeline.tasks import get_task  # noqa: E402
 
-# The metric a task is read by (the table): accuracy, SQuAD F1, ROUGE-L.
-HEADLINE = {"accuracy": "accuracy", "squad": "f1", "rouge_l": "rouge_l"}
+# The value a task is read by (the table): acc (lm-eval's: summed log-likelihood), SQuAD F1, ROUGE-L.
+HEADLINE = {"accuracy": "acc", "squad": "f1", "rouge_l": "rouge_l"}
 
 
 def headline(task: str) -> str:
