@@ -106,7 +106,7 @@ def test_worker_flags_are_checked(demo_models, monkeypatch, tmp_path):
     monkeypatch.setenv("RANK", "5")
     with pytest.raises(ConfigError, match="RANK='5' WORLD_SIZE='2': not a worker slot"):
         teacher_cache.run(
-            replace(small_teacher_cache_config(demo_models["teacher"], tasks={"demo_qa": 4}), out=str(tmp_path / "c"))
+            small_teacher_cache_config(demo_models["teacher"], tasks={"demo_qa": 4}, out=str(tmp_path / "c"))
         )
 
 

@@ -296,16 +296,14 @@ def test_one_side_writes_packs_and_pushes_the_other_pulls_verifies_and_trains(s3
 
     written = tmp_path / "writer" / "cache"
     teacher_cache.run(
-        replace(
-            TeacherCacheConfig(
-                teacher=str(demo_models["teacher"]),
-                tasks={"demo_qa": 8, "demo_yesno": 8},
-                top_k=16,
-                batch_size=8,
-                device="cpu",
-                chunk_rows=32,
-                shard_rows=64,
-            ),
+        TeacherCacheConfig(
+            teacher=str(demo_models["teacher"]),
+            tasks={"demo_qa": 8, "demo_yesno": 8},
+            top_k=16,
+            batch_size=8,
+            device="cpu",
+            chunk_rows=32,
+            shard_rows=64,
             out=str(written),
         )
     )

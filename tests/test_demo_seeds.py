@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 
 import pytest
 import yaml
@@ -19,7 +18,7 @@ TASKS = {"demo_yesno": 8, "demo_qa": 8}
 @pytest.mark.slow
 def test_demo_seeds_trains_ft_and_kd_per_seed_and_prints_mean_and_sd(demo_models, tmp_path):
     cache = tmp_path / "cache"
-    teacher_cache.run(replace(small_teacher_cache_config(demo_models["teacher"], tasks=TASKS), out=str(cache)))
+    teacher_cache.run(small_teacher_cache_config(demo_models["teacher"], tasks=TASKS, out=str(cache)))
     config = tmp_path / "seeds.yaml"
     config.write_text(
         yaml.safe_dump(

@@ -49,17 +49,15 @@ def small_config(student: Path, **overrides) -> DistillConfig:
 def cache(demo_models, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("distill") / "cache"
     teacher_cache.run(
-        replace(
-            TeacherCacheConfig(
-                teacher=str(demo_models["teacher"]),
-                tasks={"demo_yesno": 12, "demo_qa": 12, "demo_summary": 12, "demo_concepts": 12},
-                batch_size=16,
-                top_k=16,
-                max_answer_tokens=32,
-                device="cpu",
-                chunk_rows=64,
-                shard_rows=128,
-            ),
+        TeacherCacheConfig(
+            teacher=str(demo_models["teacher"]),
+            tasks={"demo_yesno": 12, "demo_qa": 12, "demo_summary": 12, "demo_concepts": 12},
+            batch_size=16,
+            top_k=16,
+            max_answer_tokens=32,
+            device="cpu",
+            chunk_rows=64,
+            shard_rows=128,
             out=str(out),
         )
     )

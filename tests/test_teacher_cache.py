@@ -23,7 +23,7 @@ from tests.helpers import SMALL_MIXTURE, small_teacher_cache_config
 @pytest.fixture(scope="module")
 def gold_cache(demo_models, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tc") / "cache"
-    teacher_cache.run(replace(small_teacher_cache_config(demo_models["teacher"]), out=str(out)))
+    teacher_cache.run(small_teacher_cache_config(demo_models["teacher"], out=str(out)))
     return out
 
 
@@ -54,14 +54,14 @@ def test_cache_holds_the_teachers_softmax_top_k_for_every_answer_token(gold_cach
 
 def test_rerun_of_a_complete_cache_does_nothing(gold_cache, demo_models):
     before = (gold_cache / "zarr.json").read_bytes()
-    result = teacher_cache.run(replace(small_teacher_cache_config(demo_models["teacher"]), out=str(gold_cache)))
+    result = teacher_cache.run(small_teacher_cache_config(demo_models["teacher"], out=str(gold_cache)))
     assert result.already_complete and result.examples == 48
     assert (gold_cache / "zarr.json").read_bytes() == before
 
 
 def test_refuses_to_write_into_a_different_cache(gold_cache, demo_models):
     with pytest.raises(cs.CacheError, match="different top_k: 16 there, 8 asked"):
-        teacher_cache.run(replace(small_teacher_cache_config(demo_models["teacher"], top_k=8), out=str(gold_cache)))
+        teacher_cache.run(small_teacher_cache_config(demo_models["teacher"], top_k=8, out=str(gold_cache)))
 
 
 def test_teacher_answers_are_generated_then_cached(demo_models, tmp_path):
@@ -126,9 +126,7 @@ def test_4bit_without_cuda_is_a_clear_error(demo_models, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ModelError, match="needs a CUDA GPU"):
-        teacher_cache.run(
-            replace(small_teacher_cache_config(demo_models["teacher"], quantize="nf4"), out=str(tmp_path / "c"))
-        )
+        teacher_cache.run(small_teacher_cache_config(demo_models["teacher"], quantize="nf4", out=str(tmp_path / "c")))
 
 
 def test_config_validation_names_the_flag():
