@@ -135,9 +135,11 @@ def main(config_file: str, cache_path: str, seeds: str, out: str) -> None:
         folder = root / f"seed{seed}"
         paths = {}
         for name, weight in (("student-kd", base.uld_weight), ("student-ft", 0.0)):
-            cfg = replace(base, seed=seed, uld_weight=weight)
+            cfg = replace(
+                base, seed=seed, uld_weight=weight, cache=str(cache_path), out=str(folder / name), resume=True
+            )
             click.echo(f"seed {seed}: {name} (uld_weight {weight})", err=True)
-            paths[name] = distill.run(replace(cfg, cache=str(cache_path), out=str(folder / name), resume=True)).path
+            paths[name] = distill.run(cfg).path
         models = (teacher, *paths.values()) if not teacher_values else tuple(paths.values())
         names = ("teacher", *paths) if not teacher_values else tuple(paths)
         result = evaluate.run(replace(ecfg, models=models, names=names, out=str(folder / "eval")))

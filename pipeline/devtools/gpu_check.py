@@ -25,7 +25,6 @@ import logging
 import shutil
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -135,10 +134,8 @@ def _teacher(cfg: GpuCheckConfig, out: Path, device: torch.device, quantize: str
         chunk_rows=1024,
         shard_rows=4096,
     )
-    quantized = teacher_cache.run(replace(base, out=str(out / "cache-quantized")))
-    reference = teacher_cache.run(
-        replace(dataclasses.replace(base, quantize="none"), out=str(out / "cache-reference"))
-    )
+    quantized = teacher_cache.run(dataclasses.replace(base, out=str(out / "cache-quantized")))
+    reference = teacher_cache.run(dataclasses.replace(base, quantize="none", out=str(out / "cache-reference")))
     l1, top1 = _compare_caches(out / "cache-quantized", out / "cache-reference")
     return {
         "quantization": quantize,
@@ -182,8 +179,10 @@ def _distill(cfg: GpuCheckConfig, out: Path, device: torch.device, precision: st
         max_prompt_tokens=256,
         max_answer_tokens=64,
         checkpoint_every=0,
+        cache=str(out / "cache-quantized"),
+        out=str(out / "student"),
     )
-    result = distill.run(replace(config, cache=str(out / "cache-quantized"), out=str(out / "student")))
+    result = distill.run(config)
     rows = training.read_metrics(out / "student" / distill.METRICS_FILE)
     steady = rows[1:] or rows  # the first step also loads the reader's first groups and warms up kernels
     wait = bench_data_path.data_wait(out / "student" / distill.METRICS_FILE)
