@@ -1,4 +1,4 @@
-"""Teacher-logit cache, schema v1.1: the single source of truth for the on-disk format.
+"""Teacher-logit cache, schema v1.2: the single source of truth for the on-disk format.
 
 A cache is a directory (or a zip of one, or an fsspec URL) that is at once a Zarr v3 group and the home
 of a Parquet table::
@@ -9,7 +9,8 @@ of a Parquet table::
       probs/               uint16  [rows, k]  chunks (chunk_rows, k)  shards (shard_rows, k)  blosc zstd shuffle
       tail/                float32 [rows]     chunks (chunk_rows,)    shards (shard_rows,)
       token_ids/           int32   [rows]     chunks (chunk_rows,)    shards (shard_rows,)
-      topk_ids/            int32   [rows, k]  optional (--store-ids): the teacher vocabulary id of each prob
+      topk_ids/            int32   [rows, j]  optional (--store-ids): the teacher vocabulary id of each of the first
+                                              j = layout.ids_k probs (v1.2, --ids-k; absent: j = k)
       spans/               int32   [rows, 2]  v1.1, token layout: UTF-8 byte [start, end) of the row's token in answer
       label_probs/         float16 [rows]     v1.1, token layout: teacher probability of the row's own token
       vocab_bytes/         uint8   [B]        v1.1, token layout: every teacher token's byte string, concatenated
@@ -42,7 +43,12 @@ descending), which compress far better than the values. Decode with plain numpy:
 The decoded row is within ``k / (2 · 65535)`` L1 of the float32 values (≤ 4.9e-4 at k = 64).
 
 Top-k ids (``topk_ids``): an entry whose stored probability is 0 carries no mass, and its id is stored as 0
-(``mask_zero_ids``), which leaves nothing to the loss and compresses far better than a random id.
+(``mask_zero_ids``), which leaves nothing to the loss and compresses far better than a random id. A cache may
+keep the ids of only the first ``layout.ids_k`` entries of each row (v1.2): readers return ``UNKNOWN_ID`` for
+the others, whose mass the token-aware losses then treat as unidentified. Ids are what costs most on a large
+vocabulary (1.7 bytes each on real SmolLM2 rows, 49k tokens; the ids' own frequencies at each rank leave even an
+ideal coder about 9 bits per id, so 64 ids alone outweigh the probabilities), while the last entries of a row
+carry little mass: on those rows at k = 64 the first 32 hold 99.8 % of the top-k mass for half the id bytes.
 
 Versions. v1 caches hold probs, tail, token_ids and optionally topk_ids. v1.1 adds the token layout
 (``layout.token_spans`` true), what token-aware cross-tokenizer losses need to pair a student token with the
@@ -52,7 +58,9 @@ token (``label_probs``, so the probability of a run of tokens is a product of st
 token fell outside the top-k), and once per cache the teacher's vocabulary as byte strings (``vocab_bytes`` and
 ``vocab_offsets``; special tokens are empty), so a student maps teacher ids to its own by exact byte string
 without the teacher's tokenizer. The token layout rides on v1.1 caches written by teacher-cache; a v1.1 cache
-without it (``layout.token_spans`` false or absent) is read like a v1 cache, and v1 caches still open.
+without it (``layout.token_spans`` false or absent) is read like a v1 cache, and v1 caches still open. v1.2 is
+v1.1 with ids for fewer than k entries (``layout.ids_k`` < k); a writer labels a cache with the lowest version
+that describes it, so a cache with every id stays v1.1 and older readers keep opening it.
 
 A cache is untrusted data: nothing in it is executed or unpickled, dtypes and shapes are checked against
 this schema before anything is read (no pickle, no object dtype, only the codecs in ALLOWED_CODECS, sizes
@@ -74,8 +82,9 @@ import numpy as np
 import pyarrow as pa
 
 SCHEMA_NAME = "kdpipe-teacher-cache"
-SCHEMA_VERSION = "1.1"  # what this kdpipe writes
-READABLE_VERSIONS = (1, "1.1")  # what it reads: v1 caches have no token layout
+SCHEMA_VERSION = "1.2"  # the newest this kdpipe writes (see schema_version: full-id caches are written as v1.1)
+READABLE_VERSIONS = (1, "1.1", "1.2")  # what it reads: v1 caches have no token layout
+UNKNOWN_ID = -1  # what a reader returns for a top-k entry whose id the cache did not keep (v1.2)
 PROB_SCALE = 65535
 EXAMPLES_FILE = "examples.parquet"
 GROUP_META_FILE = "zarr.json"  # holds the attributes, so it is covered by ATTR_DIGEST, not by a checksum
@@ -139,7 +148,8 @@ ATTR_MIXTURE = "mixture"  # the mixture spec: tasks and counts, split, seed, cap
 ATTR_MIXTURE_FP = "mixture_fingerprint"  # sha256 of ATTR_MIXTURE
 ATTR_COUNTS = "counts"  # {"examples", "rows", "per_task": {task: {"examples", "rows"}}, "skipped", "truncated"}
 ATTR_CONFIG = "config"  # the teacher-cache config that produced the cache
-ATTR_LAYOUT = "layout"  # {"chunk_rows", "shard_rows", "store_ids", "token_spans" (v1.1; absent: false)}
+# {"chunk_rows", "shard_rows", "store_ids", "token_spans" (v1.1; absent: false), "ids_k" (v1.2; absent: top-k)}
+ATTR_LAYOUT = "layout"
 ATTR_VOCAB = "teacher_vocab"  # v1.1 token layout: {"size": V, "bytes": B}, the shapes of the vocab arrays
 ATTR_CHECKSUMS = "checksums"  # {relative file path: sha256}, every file but GROUP_META_FILE; set at finalize
 ATTR_COMPLETE = "complete"  # true only after a finished run; readers refuse a cache without it
@@ -192,7 +202,7 @@ class CachedExample:
     probs: np.ndarray  # float32 [n_rows, k], sorted descending
     tail: np.ndarray  # float32 [n_rows]
     token_ids: np.ndarray  # int32 [n_rows]
-    topk_ids: np.ndarray | None = None  # int32 [n_rows, k] when the cache stores them
+    topk_ids: np.ndarray | None = None  # int32 [n_rows, k] when the cache stores them (UNKNOWN_ID past ids_k)
     spans: np.ndarray | None = None  # int32 [n_rows, 2] byte [start, end) in the answer (v1.1 token layout)
     label_probs: np.ndarray | None = None  # float32 [n_rows] teacher probability of each row's token (idem)
 
@@ -221,6 +231,23 @@ def mask_zero_ids(stored_probs: np.ndarray, topk_ids: np.ndarray) -> np.ndarray:
     q = stored_probs.astype(np.int64)
     zero = (q[:, :1] - np.concatenate([np.zeros_like(q[:, :1]), np.cumsum(q[:, 1:], axis=1)], axis=1)) == 0
     return np.where(zero, 0, topk_ids).astype(np.int32)
+
+
+def schema_version(top_k: int, ids_k: int) -> str:
+    """The lowest version that describes a cache: v1.2 only where ids are kept for fewer than k entries."""
+    return "1.2" if ids_k < top_k else "1.1"
+
+
+def ids_width(meta: dict) -> int:
+    """How many leading entries of a row have their id stored (``layout.ids_k``, else every one of the k)."""
+    return int((meta.get(ATTR_LAYOUT) or {}).get("ids_k", meta[ATTR_TOP_K]))
+
+
+def pad_ids(stored: np.ndarray, top_k: int) -> np.ndarray:
+    """int32 [n, j] stored ids -> int32 [n, k], ``UNKNOWN_ID`` for the entries past the j stored."""
+    if stored.shape[1] == top_k:
+        return stored
+    return np.pad(stored, ((0, 0), (0, top_k - stored.shape[1])), constant_values=UNKNOWN_ID).astype(np.int32)
 
 
 def encode_spans(spans: np.ndarray) -> np.ndarray:

@@ -165,7 +165,8 @@ class _TokenCheck:
             )
         if topk_ids is None:
             return
-        if ((topk_ids < 0) | (topk_ids >= self.vocab_size)).any():
+        stored = topk_ids[:, : self.cache.ids_k]  # [n, ids_k] the rest read as UNKNOWN_ID
+        if ((stored < 0) | (stored >= self.vocab_size)).any():
             raise CacheError(f"{path}/{TOPK_IDS}: rows [{start}, {stop}) hold ids beyond the {self.vocab_size} tokens")
         hit = (topk_ids == token_ids[:, None]) & (probs > 0)  # [n, k] the row's own token among its top-k
         rows, cols = hit.nonzero()
@@ -248,6 +249,13 @@ def _creation_cut_short(path: str) -> bool:
     return bool(names & set(ARRAY_DTYPES)) and names <= {GROUP_META_FILE, PARTS_DIR, *ARRAY_DTYPES}
 
 
+def _ids_line(cache: Cache, bytes_per_row: float) -> str:
+    if not cache.has_topk_ids:
+        return "no"
+    which = "" if cache.ids_k == cache.top_k else f" for the first {cache.ids_k} of the {cache.top_k} entries"
+    return f"stored{which}, {bytes_per_row:.1f} bytes/row"
+
+
 def describe(cache: Cache) -> str:
     """A human summary of a complete cache."""
     p, counts = provenance(cache), cache.meta[ATTR_COUNTS]
@@ -270,7 +278,7 @@ def describe(cache: Cache) -> str:
         f"seed {_get(cache.meta, ATTR_MIXTURE, 'seed')}",
         f"examples     {p['examples']}   rows {p['rows']}",
         f"size         {sum(sizes.values())} bytes; probs + tail {stored / max(p['rows'], 1):.1f} bytes/row",
-        f"top-k ids    {'stored, ' + format(per_row[TOPK_IDS], '.1f') + ' bytes/row' if cache.has_topk_ids else 'no'}",
+        f"top-k ids    {_ids_line(cache, per_row[TOPK_IDS])}",
         "token layout "
         + (
             f"yes (schema v1.1): spans {per_row[SPANS]:.1f} + label probs {per_row[LABEL_PROBS]:.1f} bytes/row, "

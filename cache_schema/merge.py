@@ -71,6 +71,7 @@ def merge_parts(paths: list[str], out: str | os.PathLike, *, progress: bool = Tr
             {key: first.meta[key] for key in IDENTITY_ATTRS if key in first.meta},  # ATTR_TEXT: not in old caches
             max_rows=sum(p.total_rows for p in parts),
             store_ids=layout["store_ids"],
+            ids_k=first.ids_k or None,
             chunk_rows=layout["chunk_rows"],
             shard_rows=layout["shard_rows"],
             vocab=first.teacher_vocab() if first.has_token_spans else None,

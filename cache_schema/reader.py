@@ -67,6 +67,8 @@ from cache_schema import (
     decode_probs,
     decode_spans,
     decode_vocab,
+    ids_width,
+    pad_ids,
 )
 from cache_schema.bounded import (
     check_data_files,
@@ -109,6 +111,7 @@ class Cache:
         self.total_rows = int(meta[ATTR_COUNTS]["rows"])
         self.chunk_rows = int(meta[ATTR_LAYOUT]["chunk_rows"])
         self.has_topk_ids = bool(meta[ATTR_LAYOUT]["store_ids"])
+        self.ids_k = ids_width(meta) if self.has_topk_ids else 0  # leading entries of a row whose id is stored
         self.has_token_spans = has_token_spans(meta)  # v1.1 token layout: spans, label probs, teacher vocab
         self.keys: list[str] = examples.column("key").to_pylist()
         self.tasks: list[str] = examples.column("task").to_pylist()
@@ -131,11 +134,13 @@ class Cache:
         return CachedExample(self.keys[i], probs, tail, token_ids, topk_ids, spans, label_probs)
 
     def read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """Decoded rows ``[start, stop)``: probs float32 [n, k], tail float32 [n], token_ids int32 [n], topk_ids."""
+        """Decoded rows ``[start, stop)``: probs float32 [n, k], tail float32 [n], token_ids int32 [n], topk_ids
+        int32 [n, k] (``UNKNOWN_ID`` past the stored ``ids_k``) or None."""
         stored = self.read_stored(start, stop)
         probs = decode_probs(stored[PROBS])
         check_rows(self.path, start, stop, probs, stored[TAIL], self.top_k)
-        return probs, stored[TAIL], stored[TOKEN_IDS], stored.get(TOPK_IDS)
+        ids = stored.get(TOPK_IDS)
+        return probs, stored[TAIL], stored[TOKEN_IDS], None if ids is None else pad_ids(ids, self.top_k)
 
     def read_token_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Token layout rows ``[start, stop)``: spans int32 [n, 2] byte [start, end), label_probs float32 [n]."""
@@ -222,7 +227,7 @@ def open_cache(path: str | os.PathLike, *, checksums: str = "none") -> Cache:
     names = array_names(meta)
     needed, shard_rows = {}, {}
     for name in names:
-        width = {PROBS: (meta[ATTR_TOP_K],), TOPK_IDS: (meta[ATTR_TOP_K],), SPANS: (2,)}.get(name, ())
+        width = {PROBS: (meta[ATTR_TOP_K],), TOPK_IDS: (ids_width(meta),), SPANS: (2,)}.get(name, ())
         array_meta, bound = _check_array_meta(path, fs, root, name, (rows, *width))
         shard_rows[name] = array_meta["chunk_grid"]["configuration"]["chunk_shape"][0]
         needed.update({rel: bound for rel in shard_files(name, array_meta, f"{path}/{name}")})
@@ -332,6 +337,12 @@ def _check_meta(path: str, meta: dict) -> None:
     layout = meta.get(ATTR_LAYOUT)
     if not isinstance(layout, dict) or not all(_is_int(layout.get(n)) for n in ("chunk_rows", "shard_rows")):
         raise CacheError(f"{path}/{GROUP_META_FILE}: layout {layout!r} lacks integer chunk_rows and shard_rows")
+    if "ids_k" in layout:
+        ids_k = layout["ids_k"]
+        if meta.get(ATTR_VERSION) != "1.2" or not _is_int(ids_k) or not 1 <= ids_k < k:
+            raise CacheError(
+                f"{path}/{GROUP_META_FILE}: layout ids_k {ids_k!r} is not an integer in [1, {k}) of a v1.2 cache"
+            )
 
 
 def _is_int(value: object) -> bool:

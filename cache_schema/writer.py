@@ -49,7 +49,6 @@ from cache_schema import (
     PARTS_DIR,
     PROBS,
     SCHEMA_NAME,
-    SCHEMA_VERSION,
     SPANS,
     TAIL,
     TOKEN_ARRAYS,
@@ -62,7 +61,9 @@ from cache_schema import (
     encode_probs,
     encode_spans,
     encode_vocab,
+    ids_width,
     mask_zero_ids,
+    schema_version,
 )
 from cache_schema.reader import read_json
 from cache_schema.store import can_list, filesystem, is_zip, join, list_files, put_atomic, sha256, zarr_store
@@ -91,6 +92,7 @@ class CacheWriter:
         *,
         max_rows: int,
         store_ids: bool,
+        ids_k: int | None = None,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         shard_rows: int = DEFAULT_SHARD_ROWS,
         vocab: list[bytes] | None = None,
@@ -104,6 +106,10 @@ class CacheWriter:
         self.identity = identity
         self.k = int(identity[ATTR_TOP_K])
         self.store_ids = store_ids
+        self.ids_k = self.k if ids_k is None else int(ids_k)  # leading entries of a row whose id is kept
+        if not 1 <= self.ids_k <= self.k:
+            raise CacheError(f"ids_k {self.ids_k} is not in [1, {self.k}] (the top-k)")
+        self.version = schema_version(self.k, self.ids_k if store_ids else self.k)
         self.vocab = vocab
         self.token_spans = vocab is not None
         self._store = zarr_store(self.fs, self.root, read_only=False)
@@ -139,7 +145,7 @@ class CacheWriter:
         compressor = BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.shuffle)
         arrays = {}
         for name in self._names():
-            width = {PROBS: (self.k,), TOPK_IDS: (self.k,), SPANS: (2,)}.get(name, ())
+            width = {PROBS: (self.k,), TOPK_IDS: (self.ids_k,), SPANS: (2,)}.get(name, ())
             arrays[name] = zarr.create_array(
                 self._store,
                 name=name,
@@ -152,7 +158,9 @@ class CacheWriter:
                 overwrite=True,
             )
         layout = {"chunk_rows": chunk_rows, "shard_rows": shard_rows, "store_ids": self.store_ids}
-        attrs = {ATTR_SCHEMA: SCHEMA_NAME, ATTR_VERSION: SCHEMA_VERSION, ATTR_COMPLETE: False, ATTR_LAYOUT: layout}
+        if self.store_ids and self.ids_k < self.k:
+            layout["ids_k"] = self.ids_k
+        attrs = {ATTR_SCHEMA: SCHEMA_NAME, ATTR_VERSION: self.version, ATTR_COMPLETE: False, ATTR_LAYOUT: layout}
         if self.token_spans:
             layout["token_spans"] = True
             attrs[ATTR_VOCAB] = self._create_vocab(compressor)
@@ -177,10 +185,9 @@ class CacheWriter:
         return {"size": len(self.vocab), "bytes": int(len(data))}
 
     def _check_existing(self, meta: dict) -> None:
-        if meta.get(ATTR_SCHEMA) != SCHEMA_NAME or meta.get(ATTR_VERSION) != SCHEMA_VERSION:
+        if meta.get(ATTR_SCHEMA) != SCHEMA_NAME:
             raise CacheError(
-                f"{self.path}: holds {meta.get(ATTR_SCHEMA)!r} v{meta.get(ATTR_VERSION)!r}, "
-                f"not a {SCHEMA_NAME} v{SCHEMA_VERSION} cache; choose another --out"
+                f"{self.path}: holds {meta.get(ATTR_SCHEMA)!r}, not a {SCHEMA_NAME} cache; choose another --out"
             )
         for key, value in self.identity.items():
             if meta.get(key) != value:
@@ -188,6 +195,16 @@ class CacheWriter:
                     f"{self.path}: an existing cache with a different {key}: "
                     f"{meta.get(key)!r} there, {value!r} asked; choose another --out"
                 )
+        layout = meta.get(ATTR_LAYOUT) or {}
+        if bool(layout.get("store_ids")) != self.store_ids or (self.store_ids and ids_width(meta) != self.ids_k):
+            raise CacheError(
+                f"{self.path}: an existing cache that stores other top-k ids (store_ids {layout.get('store_ids')!r}, "
+                f"ids_k {layout.get('ids_k', meta.get(ATTR_TOP_K))!r}); choose another --out"
+            )
+        if meta.get(ATTR_VERSION) != self.version:
+            raise CacheError(
+                f"{self.path}: holds a v{meta.get(ATTR_VERSION)!r} cache, not v{self.version}; choose another --out"
+            )
         if bool((meta.get(ATTR_LAYOUT) or {}).get("token_spans")) != self.token_spans:
             raise CacheError(
                 f"{self.path}: an existing cache {'with' if not self.token_spans else 'without'} the token layout "
@@ -293,7 +310,7 @@ class CacheWriter:
         self._arrays[TAIL][start : start + n] = tail.astype(np.float32)
         self._arrays[TOKEN_IDS][start : start + n] = token_ids.astype(np.int32)
         if self.store_ids:
-            self._arrays[TOPK_IDS][start : start + n] = topk_ids.astype(np.int32)
+            self._arrays[TOPK_IDS][start : start + n] = topk_ids[:, : self.ids_k].astype(np.int32)
         if self.token_spans:
             self._arrays[SPANS][start : start + n] = spans.astype(np.int32)
             self._arrays[LABEL_PROBS][start : start + n] = label_probs.astype(np.float16)

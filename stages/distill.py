@@ -261,6 +261,13 @@ def _token_alignment(cfg: DistillConfig, cache, tokenizer, hf_model, device: tor
             vocab.teacher_size,
             vocab.matched_share,
         )
+        if cache.ids_k < cache.top_k:
+            log.info(
+                "hybrid: the cache keeps the ids of the first %d of %d entries per row; the rest of the teacher's "
+                "top-k goes to the sorted (unmatched) part",
+                cache.ids_k,
+                cache.top_k,
+            )
         matched = (torch.from_numpy(vocab.student_matched).to(device), vocab.matched_share)
     return AlignOptions(skip_student_eos=cfg.skip_student_eos, vocab=vocab), matched
 

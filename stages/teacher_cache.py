@@ -150,6 +150,7 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
             identity,
             max_rows=max_rows,
             store_ids=cfg.store_ids,
+            ids_k=cfg.ids_k,
             chunk_rows=cfg.chunk_rows,
             shard_rows=cfg.shard_rows,
             vocab=token_bytes(text.tokenizer, size=model.get_output_embeddings().weight.shape[0]),

@@ -108,6 +108,7 @@ def write_known_rows_cache(
     seed: int = 0,
     commit_every: int = 2,
     token_layout: bool = False,
+    ids_k: int | None = None,
 ) -> dict:
     """A small finished cache with placeholder text; returns the rows written (probs, tail, ids, topk, keys...).
 
@@ -120,6 +121,7 @@ def write_known_rows_cache(
         cache_identity(k),
         max_rows=sum(lengths) + 10,
         store_ids=store_ids,
+        ids_k=ids_k,
         chunk_rows=4,
         shard_rows=8,
         vocab=TEACHER_VOCAB if token_layout else None,

@@ -18,10 +18,11 @@ from tests.helpers import small_teacher_cache_config
 
 @pytest.fixture(scope="module")
 def runs(demo_models, tmp_path_factory) -> dict[str, Path]:
-    """One worker, and the same config as two workers: worker 0 by flags, worker 1 by torchrun's environment."""
+    """One worker, and the same config as two workers: worker 0 by flags, worker 1 by torchrun's environment.
+    The ids of the first 5 of the 16 entries only (schema v1.2): the narrower id array merges like the rest."""
     base = tmp_path_factory.mktemp("merge")
     # 7 batches: 4 + 3
-    cfg = small_teacher_cache_config(demo_models["teacher"], batch_size=7, chunk_rows=16, shard_rows=32)
+    cfg = small_teacher_cache_config(demo_models["teacher"], batch_size=7, chunk_rows=16, shard_rows=32, ids_k=5)
     teacher_cache.run(replace(cfg, out=str(base / "single")))
     result = teacher_cache.run(replace(cfg, worker=0, num_workers=2, out=str(base / "parts")))
     assert result.workers == 2 and result.path == str(base / "parts" / "worker-0-of-2")
@@ -34,8 +35,15 @@ def runs(demo_models, tmp_path_factory) -> dict[str, Path]:
 
 def _rows(path) -> dict:
     cache = cs.open_cache(path)
-    probs, tail, ids, _ = cache.read_rows(0, cache.total_rows)
-    return {"examples": cache.examples.to_pylist(), "probs": probs, "tail": tail, "ids": ids, "meta": cache.meta}
+    probs, tail, ids, topk_ids = cache.read_rows(0, cache.total_rows)
+    return {
+        "examples": cache.examples.to_pylist(),
+        "probs": probs,
+        "tail": tail,
+        "ids": ids,
+        "topk_ids": topk_ids,
+        "meta": cache.meta,
+    }
 
 
 def test_workers_write_disjoint_parts_of_the_one_plan(runs):
@@ -56,8 +64,9 @@ def test_merged_parts_equal_the_one_worker_cache(runs):
     assert result.exit_code == 0 and "2 parts, 48 examples" in result.output, result.output
     merged, single = _rows(out), _rows(runs["single"])
     assert merged["examples"] == single["examples"]  # same examples in the same order, same row offsets
-    for key in ("probs", "tail", "ids"):
+    for key in ("probs", "tail", "ids", "topk_ids"):
         np.testing.assert_array_equal(merged[key], single[key])
+    assert merged["meta"][cs.ATTR_VERSION] == "1.2" and (merged["topk_ids"][:, 5:] == cs.UNKNOWN_ID).all()
     assert merged["meta"][cs.ATTR_CHECKSUMS] == single["meta"][cs.ATTR_CHECKSUMS]  # byte-identical files
     assert merged["meta"][cs.ATTR_COUNTS] == single["meta"][cs.ATTR_COUNTS]
     assert merged["meta"][cs.ATTR_MERGED]["parts"] == 2 and cs.ATTR_WORKER not in merged["meta"]
@@ -124,11 +133,11 @@ def test_torchrun_writes_one_part_per_rank_and_rank0_merges(runs, demo_models):
     from tests.conftest import REPO
 
     out = runs["base"] / "launched"
-    cfg = small_teacher_cache_config(demo_models["teacher"], batch_size=7, chunk_rows=16, shard_rows=32)
+    cfg = small_teacher_cache_config(demo_models["teacher"], batch_size=7, chunk_rows=16, shard_rows=32, ids_k=5)
     tasks = ",".join(f"{k}={v}" for k, v in cfg.tasks.items())
     command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2"]
     command += ["-m", "pipeline.cli", "teacher-cache", "--out", str(out), "--teacher", cfg.teacher, "--tasks", tasks]
-    for flag in ("batch_size", "top_k", "max_answer_tokens", "device", "chunk_rows", "shard_rows"):
+    for flag in ("batch_size", "top_k", "ids_k", "max_answer_tokens", "device", "chunk_rows", "shard_rows"):
         command += ["--" + flag.replace("_", "-"), str(getattr(cfg, flag))]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -136,6 +145,7 @@ def test_torchrun_writes_one_part_per_rank_and_rank0_merges(runs, demo_models):
     assert f"merged cache (all 2 parts): {cs.merged_path(str(out))}" in proc.stdout
     merged, single = _rows(cs.merged_path(str(out))), _rows(runs["single"])
     assert merged["examples"] == single["examples"]
-    for key in ("probs", "tail", "ids"):
+    for key in ("probs", "tail", "ids", "topk_ids"):
         np.testing.assert_array_equal(merged[key], single[key])
+    assert merged["meta"][cs.ATTR_VERSION] == "1.2" and (merged["topk_ids"][:, 5:] == cs.UNKNOWN_ID).all()
     assert cs.verify_cache(cs.merged_path(str(out)))["examples"] == 48

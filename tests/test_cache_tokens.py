@@ -19,7 +19,7 @@ from tests.helpers import (
 def test_token_layout_reads_back(tmp_path):
     written = write_known_rows_cache(tmp_path / "c", store_ids=True, token_layout=True)
     cache = cs.open_cache(tmp_path / "c")
-    assert cache.meta[cs.ATTR_VERSION] == cs.SCHEMA_VERSION == "1.1"
+    assert cache.meta[cs.ATTR_VERSION] == "1.1"  # every id stored: the version older readers open
     assert cache.has_token_spans and cache.has_topk_ids
     assert cache.teacher_vocab() == TEACHER_VOCAB
     start = 0
@@ -57,6 +57,49 @@ def test_ids_of_entries_stored_as_zero_are_stored_as_zero(tmp_path):
     writer.commit(0, 1, [record], probs, np.zeros(2, np.float32), np.array([5, 9]), ids)
     writer.finalize(cs.counts_attrs(1, 2, {}, {}, {}))
     np.testing.assert_array_equal(cs.open_cache(tmp_path / "c")[0].topk_ids, [[5, 6, 0, 0], [9, 0, 0, 0]])
+
+
+def test_ids_of_the_first_entries_only_make_a_v1_2_cache(tmp_path):
+    written = write_known_rows_cache(tmp_path / "c", store_ids=True, token_layout=True, ids_k=3)
+    cache = cs.open_cache(tmp_path / "c")
+    assert cache.meta[cs.ATTR_VERSION] == cs.SCHEMA_VERSION == "1.2"
+    assert cache.meta[cs.ATTR_LAYOUT]["ids_k"] == 3 and cache.ids_k == 3
+    _, _, _, topk = cache.read_rows(0, cache.total_rows)
+    full = cs.mask_zero_ids(cs.encode_probs(written["probs"]), written["topk"])
+    np.testing.assert_array_equal(topk[:, :3], full[:, :3])
+    assert topk.shape == full.shape and (topk[:, 3:] == cs.UNKNOWN_ID).all()
+    assert cs.verify_cache(tmp_path / "c")["token_layout"]
+    assert "top-k ids    stored for the first 3 of the 8 entries" in cs.describe(cache)
+    with pytest.raises(cs.CacheError, match="stores other top-k ids"):
+        cs.CacheWriter(
+            tmp_path / "c",
+            cache_identity(),
+            max_rows=5,
+            store_ids=True,
+            chunk_rows=4,
+            shard_rows=8,
+            vocab=TEACHER_VOCAB,
+        )
+
+
+@pytest.mark.parametrize(
+    "layout, version",
+    [({"ids_k": 0}, "1.2"), ({"ids_k": 8}, "1.2"), ({"ids_k": "3"}, "1.2"), ({"ids_k": 3}, "1.1")],
+)
+def test_a_forged_ids_k_is_refused(tmp_path, layout, version):
+    write_known_rows_cache(tmp_path / "c", store_ids=True, token_layout=True, ids_k=3)
+    meta = cs.open_cache(tmp_path / "c").meta
+    forge_attrs(tmp_path / "c", **{cs.ATTR_LAYOUT: {**meta[cs.ATTR_LAYOUT], **layout}, cs.ATTR_VERSION: version})
+    with pytest.raises(cs.CacheError, match="ids_k"):
+        cs.open_cache(tmp_path / "c")
+
+
+def test_an_ids_k_that_disagrees_with_the_array_is_refused(tmp_path):
+    write_known_rows_cache(tmp_path / "c", store_ids=True, token_layout=True, ids_k=3)
+    meta = cs.open_cache(tmp_path / "c").meta
+    forge_attrs(tmp_path / "c", **{cs.ATTR_LAYOUT: {**meta[cs.ATTR_LAYOUT], "ids_k": 2}})
+    with pytest.raises(cs.CacheError, match=cs.TOPK_IDS):
+        cs.open_cache(tmp_path / "c")
 
 
 def test_a_token_layout_commit_without_spans_is_refused(tmp_path):

@@ -48,20 +48,23 @@ def small_config(student: Path, **overrides) -> DistillConfig:
 @pytest.fixture(scope="module")
 def cache(demo_models, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("distill") / "cache"
-    teacher_cache.run(
-        TeacherCacheConfig(
-            teacher=str(demo_models["teacher"]),
-            tasks={"demo_yesno": 12, "demo_qa": 12, "demo_summary": 12, "demo_concepts": 12},
-            batch_size=16,
-            top_k=16,
-            max_answer_tokens=32,
-            device="cpu",
-            chunk_rows=64,
-            shard_rows=128,
-            out=str(out),
-        )
-    )
+    teacher_cache.run(_cache_config(demo_models["teacher"], out))
     return out
+
+
+def _cache_config(teacher: Path, out: Path, **overrides) -> TeacherCacheConfig:
+    return TeacherCacheConfig(
+        teacher=str(teacher),
+        tasks={"demo_yesno": 12, "demo_qa": 12, "demo_summary": 12, "demo_concepts": 12},
+        batch_size=16,
+        top_k=16,
+        max_answer_tokens=32,
+        device="cpu",
+        chunk_rows=64,
+        shard_rows=128,
+        out=str(out),
+        **overrides,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -342,6 +345,21 @@ def test_token_aware_losses_train_from_a_v1_1_cache(loss, cache, demo_models, tm
     assert result.final["loss"] == pytest.approx(result.final["ce"] + cfg.uld_weight * result.final["uld"], abs=1e-5)
     record = json.loads((tmp_path / "student" / distill.RUN_FILE).read_text())
     assert record["config"]["loss"] == loss and record["align_seconds"] > 0
+
+
+def test_hybrid_trains_from_the_ids_of_the_first_entries_only(cache, demo_models, tmp_path):
+    """A v1.2 cache (--ids-k 4 of the 16): the entries without an id join the unmatched part, so the first
+    step's loss moves but stays finite, and everything else of the run is the same."""
+    narrow = tmp_path / "narrow"
+    teacher_cache.run(_cache_config(demo_models["teacher"], narrow, ids_k=4))
+    assert cs.open_cache(narrow).ids_k == 4
+    cfg = small_config(demo_models["student"], loss="hybrid", steps=2, checkpoint_every=0, keep_checkpoint=False)
+    first = {}
+    for name, path in (("full", cache), ("narrow", narrow)):
+        distill.run(replace(cfg, cache=str(path), out=str(tmp_path / f"student-{name}")))
+        first[name] = step_metrics(tmp_path / f"student-{name}")[0]
+    assert math.isfinite(first["narrow"]["uld"]) and first["narrow"]["ce"] == first["full"]["ce"]
+    assert first["narrow"]["uld"] != pytest.approx(first["full"]["uld"], abs=1e-6)
 
 
 def test_a_cache_without_the_token_layout_is_refused_in_one_line(demo_models, tmp_path):

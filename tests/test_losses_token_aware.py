@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from cache_schema import UNKNOWN_ID
 from pipeline.losses import hybrid_loss, uld_aligned_loss
 from pipeline.student.alignment import TeacherRows, align_batch, vocab_map
 
@@ -48,18 +49,22 @@ def _make_batch(cases: list[str], seed: int, with_eos: bool = True):
     return logits, examples
 
 
-def _cached(dense: torch.Tensor, t_tokens: np.ndarray, t_spans: np.ndarray) -> TeacherRows:
+def _cached(dense: torch.Tensor, t_tokens: np.ndarray, t_spans: np.ndarray, ids_k: int = K) -> TeacherRows:
+    """The rows as a cache returns them; one keeping the ids of the first ``ids_k`` entries only (v1.2) returns
+    UNKNOWN_ID for the others."""
     top = dense.float().topk(K, dim=-1)
     label = dense[np.arange(len(t_tokens)), t_tokens].float().numpy()
-    return TeacherRows(top.values.numpy(), top.indices.int().numpy(), t_spans.astype(np.int32), label)
+    ids = top.indices.int().numpy()
+    ids[:, ids_k:] = UNKNOWN_ID
+    return TeacherRows(top.values.numpy(), ids, t_spans.astype(np.int32), label)
 
 
-def _aligned(examples, skip_student_eos=True, vocab=None):
+def _aligned(examples, skip_student_eos=True, vocab=None, ids_k=K):
     return align_batch(
         [p - 1 for p, *_ in examples],
         [a for _, a, *_ in examples],
         [s for _, _, s, *_ in examples],
-        [_cached(d, tok, t) for *_, t, d, tok in examples],
+        [_cached(d, tok, t, ids_k) for *_, t, d, tok in examples],
         skip_student_eos=skip_student_eos,
         vocab=vocab,
     )
@@ -93,17 +98,19 @@ def _reference_vectors(logits_b, prompt, answer, dense, t_tokens, s_rows, t_rows
     top = first.topk(K).indices
     kept[top] = first[top]
     scale = np.prod([float(dense[j, t_tokens[j]]) for j in t_rows[1:]])
-    return student, kept * scale
+    return student, kept * scale, top
 
 
-def _reference(logits, examples, kind: str, tau=1.0, skip_eos=True):
+def _reference(logits, examples, kind: str, tau=1.0, skip_eos=True, ids_k=K):
+    """The mean over examples of the mean group distance. With ``ids_k`` < K the teacher entries past the first
+    ``ids_k`` have no identity: zero on every vocabulary entry, their values joining the unmatched ones."""
     teacher_vocab, student_vocab = _vocabularies()
     per_example = []
     for b, (prompt, answer, s_spans, t_spans, dense, t_tokens) in enumerate(examples):
         s_list, t_list = [tuple(x) for x in s_spans.tolist()], [tuple(x) for x in t_spans.tolist()]
         distances = []
         for s_rows, t_rows in _reference_groups(s_list, t_list, skip_eos):
-            s, t = _reference_vectors(logits[b], prompt, answer, dense, t_tokens, s_rows, t_rows, tau)
+            s, t, top = _reference_vectors(logits[b], prompt, answer, dense, t_tokens, s_rows, t_rows, tau)
             if kind == "uld-aligned":
                 width = max(VS, VT)
                 s_sorted = torch.nn.functional.pad(s.sort(descending=True).values, (0, width - VS))
@@ -116,9 +123,13 @@ def _reference(logits, examples, kind: str, tau=1.0, skip_eos=True):
                     if tb and tb == sb and sid not in pairs.values() and tid not in pairs:
                         pairs[tid] = sid
             w = len(pairs) / VT
+            anonymous = t[top[ids_k:]]  # values whose token the cache forgot
+            t = t.clone()
+            t[top[ids_k:]] = 0.0
             matched = sum((s[sid] - t[tid]).abs() for tid, sid in pairs.items())
             s_rest = torch.stack([s[i] for i in range(VS) if i not in pairs.values()]).sort(descending=True).values
-            t_rest = torch.stack([t[i] for i in range(VT) if i not in pairs]).sort(descending=True).values
+            t_rest = torch.cat([torch.stack([t[i] for i in range(VT) if i not in pairs]), anonymous])
+            t_rest = t_rest.sort(descending=True).values
             width = max(len(s_rest), len(t_rest))
             rest = (
                 torch.nn.functional.pad(s_rest, (0, width - len(s_rest)))
@@ -156,6 +167,23 @@ def test_value_and_gradient_match_the_float64_reference(kind, case, tau):
     ref.backward()
     assert mine.item() == pytest.approx(ref.item(), abs=2e-6)
     torch.testing.assert_close(mine_logits.grad.double(), ref_logits.grad, atol=2e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ids_k", [1, 3])
+def test_hybrid_on_ids_of_the_first_entries_only_matches_the_reference(ids_k):
+    logits, examples = _make_batch(list(TOKENIZATIONS), seed=11 + ids_k)
+    vmap = vocab_map(*_vocabularies())
+    aligned = _aligned(examples, vocab=vmap, ids_k=ids_k)
+    mine_logits = logits.float().requires_grad_(True)
+    ref_logits = logits.clone().requires_grad_(True)
+    mine = _loss("hybrid", mine_logits, aligned, vmap)
+    ref = _reference(ref_logits, examples, "hybrid", ids_k=ids_k)
+    mine.backward()
+    ref.backward()
+    assert mine.item() == pytest.approx(ref.item(), abs=2e-6)
+    torch.testing.assert_close(mine_logits.grad.double(), ref_logits.grad, atol=2e-6, rtol=1e-4)
+    full = _loss("hybrid", logits.float(), _aligned(examples, vocab=vmap), vmap)
+    assert abs(full.item() - mine.item()) > 1e-4  # forgetting identities changes the loss
 
 
 @pytest.mark.parametrize("kind", ["uld-aligned", "hybrid"])
