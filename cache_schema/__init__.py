@@ -48,7 +48,7 @@ keep the ids of only the first ``layout.ids_k`` entries of each row (v1.2): read
 the others, whose mass the token-aware losses then treat as unidentified. Ids are what costs most on a large
 vocabulary (1.7 bytes each on real SmolLM2 rows, 49k tokens; the ids' own frequencies at each rank leave even an
 ideal coder about 9 bits per id, so 64 ids alone outweigh the probabilities), while the last entries of a row
-carry little mass: on those rows at k = 64 the first 32 hold 99.8 % of the top-k mass for half the id bytes.
+carry less mass: on those rows at k = 64 the first 32 hold 96.7 % of the top-k mass for half the id bytes.
 
 Versions. v1 caches hold probs, tail, token_ids and optionally topk_ids. v1.1 adds the token layout
 (``layout.token_spans`` true), what token-aware cross-tokenizer losses need to pair a student token with the
