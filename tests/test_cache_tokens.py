@@ -16,6 +16,12 @@ from tests.helpers import (
 )
 
 
+def _token_writer(path, **overrides) -> cs.CacheWriter:
+    """A writer of a small v1.1 cache with every id and the token layout (or ``overrides``)."""
+    options = {"max_rows": 5, "store_ids": True, "chunk_rows": 4, "shard_rows": 8, "vocab": TEACHER_VOCAB}
+    return cs.CacheWriter(path, cache_identity(), **{**options, **overrides})
+
+
 def test_token_layout_reads_back(tmp_path):
     written = write_known_rows_cache(tmp_path / "c", store_ids=True, token_layout=True)
     cache = cs.open_cache(tmp_path / "c")
@@ -71,15 +77,7 @@ def test_ids_of_the_first_entries_only_make_a_v1_2_cache(tmp_path):
     assert cs.verify_cache(tmp_path / "c")["token_layout"]
     assert "top-k ids    stored for the first 3 of the 8 entries" in cs.describe(cache)
     with pytest.raises(cs.CacheError, match="stores other top-k ids"):
-        cs.CacheWriter(
-            tmp_path / "c",
-            cache_identity(),
-            max_rows=5,
-            store_ids=True,
-            chunk_rows=4,
-            shard_rows=8,
-            vocab=TEACHER_VOCAB,
-        )
+        _token_writer(tmp_path / "c")
 
 
 @pytest.mark.parametrize(
@@ -103,9 +101,7 @@ def test_an_ids_k_that_disagrees_with_the_array_is_refused(tmp_path):
 
 
 def test_a_token_layout_commit_without_spans_is_refused(tmp_path):
-    writer = cs.CacheWriter(
-        tmp_path / "c", cache_identity(), max_rows=5, store_ids=True, chunk_rows=4, shard_rows=8, vocab=TEACHER_VOCAB
-    )
+    writer = _token_writer(tmp_path / "c")
     probs, tail = peaked_rows(np.random.default_rng(0), 2, 8)
     record = {"key": "a", "task": "t", "template_id": 0, "prompt": "p", "answer": "ab", "n_rows": 2}
     with pytest.raises(cs.CacheError, match="needs a span and a label probability per row"):
@@ -115,17 +111,9 @@ def test_a_token_layout_commit_without_spans_is_refused(tmp_path):
 
 
 def test_resuming_with_or_without_the_token_layout_is_refused(tmp_path):
-    cs.CacheWriter(tmp_path / "c", cache_identity(), max_rows=5, store_ids=True, chunk_rows=4, shard_rows=8)
+    _token_writer(tmp_path / "c", vocab=None)
     with pytest.raises(cs.CacheError, match="without the token layout"):
-        cs.CacheWriter(
-            tmp_path / "c",
-            cache_identity(),
-            max_rows=5,
-            store_ids=True,
-            chunk_rows=4,
-            shard_rows=8,
-            vocab=TEACHER_VOCAB,
-        )
+        _token_writer(tmp_path / "c")
 
 
 def _write_with(path, spans=None, label=None) -> None:

@@ -21,7 +21,14 @@ from pipeline.config import ConfigError, DistillConfig, TeacherCacheConfig, to_d
 from pipeline.student import training
 from stages import distill, teacher_cache
 from tests.conftest import REPO
-from tests.helpers import cli_flags, one_line_error, step_metrics, write_known_rows_cache, write_text_cache
+from tests.helpers import (
+    cli_flags,
+    one_line_error,
+    small_teacher_cache_config,
+    step_metrics,
+    write_known_rows_cache,
+    write_text_cache,
+)
 
 STEPS = 16
 COMPARED = ("step", "loss", "ce", "uld", "lr", "grad_norm")  # the columns a resumed run must reproduce
@@ -53,17 +60,9 @@ def cache(demo_models, tmp_path_factory) -> Path:
 
 
 def _cache_config(teacher: Path, out: Path, **overrides) -> TeacherCacheConfig:
-    return TeacherCacheConfig(
-        teacher=str(teacher),
-        tasks={"demo_yesno": 12, "demo_qa": 12, "demo_summary": 12, "demo_concepts": 12},
-        batch_size=16,
-        top_k=16,
-        max_answer_tokens=32,
-        device="cpu",
-        chunk_rows=64,
-        shard_rows=128,
-        out=str(out),
-        **overrides,
+    tasks = {"demo_yesno": 12, "demo_qa": 12, "demo_summary": 12, "demo_concepts": 12}
+    return small_teacher_cache_config(
+        teacher, tasks=tasks, batch_size=16, max_answer_tokens=32, out=str(out), **overrides
     )
 
 
