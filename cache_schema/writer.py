@@ -61,7 +61,6 @@ from cache_schema import (
     encode_probs,
     encode_spans,
     encode_vocab,
-    ids_width,
     mask_zero_ids,
     schema_version,
 )
@@ -196,7 +195,8 @@ class CacheWriter:
                     f"{meta.get(key)!r} there, {value!r} asked; choose another --out"
                 )
         layout = meta.get(ATTR_LAYOUT) or {}
-        if bool(layout.get("store_ids")) != self.store_ids or (self.store_ids and ids_width(meta) != self.ids_k):
+        narrower = self.ids_k if self.store_ids and self.ids_k < self.k else None  # layout.ids_k as written
+        if bool(layout.get("store_ids")) != self.store_ids or layout.get("ids_k") != narrower:
             raise CacheError(
                 f"{self.path}: an existing cache that stores other top-k ids (store_ids {layout.get('store_ids')!r}, "
                 f"ids_k {layout.get('ids_k', meta.get(ATTR_TOP_K))!r}); choose another --out"
