@@ -108,7 +108,9 @@ class CacheWriter:
         self.ids_k = self.k if ids_k is None else int(ids_k)  # leading entries of a row whose id is kept
         if not 1 <= self.ids_k <= self.k:
             raise CacheError(f"ids_k {self.ids_k} is not in [1, {self.k}] (the top-k)")
-        self.version = schema_version(self.k, self.ids_k if store_ids else self.k)
+        # layout.ids_k as written: only where ids are kept for fewer than k entries (then the cache is v1.2)
+        self.layout_ids_k = self.ids_k if store_ids and self.ids_k < self.k else None
+        self.version = schema_version(self.k, self.layout_ids_k or self.k)
         self.vocab = vocab
         self.token_spans = vocab is not None
         self._store = zarr_store(self.fs, self.root, read_only=False)
@@ -157,8 +159,8 @@ class CacheWriter:
                 overwrite=True,
             )
         layout = {"chunk_rows": chunk_rows, "shard_rows": shard_rows, "store_ids": self.store_ids}
-        if self.store_ids and self.ids_k < self.k:
-            layout["ids_k"] = self.ids_k
+        if self.layout_ids_k is not None:
+            layout["ids_k"] = self.layout_ids_k
         attrs = {ATTR_SCHEMA: SCHEMA_NAME, ATTR_VERSION: self.version, ATTR_COMPLETE: False, ATTR_LAYOUT: layout}
         if self.token_spans:
             layout["token_spans"] = True
@@ -195,8 +197,7 @@ class CacheWriter:
                     f"{meta.get(key)!r} there, {value!r} asked; choose another --out"
                 )
         layout = meta.get(ATTR_LAYOUT) or {}
-        narrower = self.ids_k if self.store_ids and self.ids_k < self.k else None  # layout.ids_k as written
-        if bool(layout.get("store_ids")) != self.store_ids or layout.get("ids_k") != narrower:
+        if bool(layout.get("store_ids")) != self.store_ids or layout.get("ids_k") != self.layout_ids_k:
             raise CacheError(
                 f"{self.path}: an existing cache that stores other top-k ids (store_ids {layout.get('store_ids')!r}, "
                 f"ids_k {layout.get('ids_k', meta.get(ATTR_TOP_K))!r}); choose another --out"
