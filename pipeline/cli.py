@@ -37,7 +37,7 @@ def _user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from cache_schema import CacheError
-        from pipeline.models import ModelError
+        from pipeline.errors import ModelError
         from pipeline.tasks import TaskError
         from pipeline.text import TextError
 

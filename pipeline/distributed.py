@@ -33,7 +33,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cache_schema import CacheError
 from pipeline.config import ConfigError
-from pipeline.models import ModelError, pick_device
+from pipeline.errors import ModelError
+from pipeline.models import pick_device
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

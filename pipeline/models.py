@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from pipeline.errors import ModelError
+
 log = logging.getLogger(__name__)
 
 
@@ -23,10 +25,6 @@ class _UntiedHeadFilter(logging.Filter):
 
 
 logging.getLogger("transformers.modeling_utils").addFilter(_UntiedHeadFilter())
-
-
-class ModelError(RuntimeError):
-    """A model that cannot be loaded as asked; the message names it and says what to do."""
 
 
 def pick_device(device: str) -> torch.device:

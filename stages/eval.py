@@ -37,9 +37,10 @@ import torch
 from pipeline import __version__
 from pipeline.atomic import write_atomic
 from pipeline.config import ConfigError, EvalConfig, to_dict
+from pipeline.errors import ModelError
 from pipeline.evaluation import metrics, report
 from pipeline.evaluation.inference import EvalModel
-from pipeline.models import ModelError, load_model, pick_device, source_kwargs
+from pipeline.models import load_model, pick_device, source_kwargs
 from pipeline.student import model_card
 from pipeline.tasks import Record, Task, TaskError, get_task, render
 from pipeline.text import chat_template_for

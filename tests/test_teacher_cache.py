@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 import cache_schema as cs
 from pipeline.config import ConfigError, TeacherCacheConfig
-from pipeline.models import ModelError
+from pipeline.errors import ModelError
 from stages import teacher_cache
 from tests.conftest import REPO, run_kdpipe
 from tests.helpers import SMALL_MIXTURE, small_teacher_cache_config

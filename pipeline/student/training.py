@@ -22,7 +22,8 @@ from pipeline import distributed
 from pipeline.atomic import write_atomic
 from pipeline.config import ConfigError, DistillConfig
 from pipeline.distributed import World
-from pipeline.models import ModelError, load_config_and_tokenizer
+from pipeline.errors import ModelError
+from pipeline.models import load_config_and_tokenizer
 from pipeline.student import model_card
 
 log = logging.getLogger(__name__)

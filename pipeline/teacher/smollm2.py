@@ -19,7 +19,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from pipeline.models import ModelError, file_sha256
+from pipeline.errors import ModelError
+from pipeline.models import file_sha256
 
 log = logging.getLogger(__name__)
 
