@@ -42,23 +42,20 @@ def _yesno(r: random.Random) -> Record:
 
 
 def _nli(r: random.Random) -> Record:
-    # The label depends on the premise's relation AND on the order of the names in both sentences, so it cannot be
-    # read off the hypothesis alone (in an earlier version "shorter" always meant yes, "taller" always no).
+    # The label is how the hypothesis's relation stands to the premise's, and the premise's is drawn too, so it
+    # cannot be read off the hypothesis alone (in an earlier version "shorter" always meant yes, "taller" always
+    # no). The hypothesis keeps the premise's order of names: read either way round, the label became an XOR of
+    # the relation and the order that no demo model learned (the teacher stayed below the FT student's 70 %).
     a, b = r.sample(NAMES, 2)
     relation = r.choice(["taller", "shorter"])
     opposite = {"taller": "shorter", "shorter": "taller"}[relation]
     premise = f"{a} is {relation} than {b}, and {b} likes {r.choice(FOODS)}."
     label = r.randrange(3)
-    swap = r.random() < 0.5  # the hypothesis names the pair in the premise's order or the other way round
-    x, y = (b, a) if swap else (a, b)
-    if label == 0:  # entailed: the same fact, said either way round
-        hypothesis = f"{x} is {opposite if swap else relation} than {y}."
-    elif label == 1:  # neutral: a relation the premise says nothing about
-        hypothesis = f"{x} is {r.choice(['older', 'younger', 'faster'])} than {y}."
-    else:  # contradicted
-        hypothesis = f"{x} is {relation if swap else opposite} than {y}."
+    said = {0: relation, 1: r.choice(["older", "younger", "faster"]), 2: opposite}[label]  # entailed, neutral, no
     options = ("Yes", "It's impossible to say", "No")
-    return Record({"premise": premise, "hypothesis": hypothesis}, (options[label],), options=options, label=label)
+    return Record(
+        {"premise": premise, "hypothesis": f"{a} is {said} than {b}."}, (options[label],), options=options, label=label
+    )
 
 
 def _mc4(r: random.Random) -> Record:
