@@ -106,3 +106,15 @@ def test_demo_teacher_copies_its_4_way_answer_from_the_story_not_from_a_prior(de
     # a prior over the 8 foods lands on one of the story's 2 about a quarter of the time
     assert sum(a in s for a, s in zip(answers, story, strict=True)) >= 0.75 * len(records), answers
     assert sum(a in s for a, s in zip(answers_changed, new, strict=True)) >= 0.75 * len(records), answers_changed
+
+
+def test_demo_nli_label_is_the_hypothesis_against_the_premise_not_the_hypothesis_alone():
+    records = get_task("demo_nli").load("train", None, 300, 0).records
+    labels_by_relation: dict[str, set[int]] = {}
+    for r in records:
+        said = r.fields["hypothesis"].split(" is ")[1].split(" than ")[0]
+        stated = r.fields["premise"].split(" is ")[1].split(" than ")[0]
+        labels_by_relation.setdefault(said, set()).add(r.label)
+        expected = 0 if said == stated else 2 if said in ("taller", "shorter") else 1
+        assert r.label == expected, (r.fields, r.label)
+    assert labels_by_relation["taller"] == labels_by_relation["shorter"] == {0, 2}
