@@ -127,7 +127,9 @@ def main(verbose: bool) -> None:
     show_default=True,
     help="Folder for the tiny teacher and student.",
 )
-@click.option("--force", is_flag=True, help="Rebuild even when an up-to-date build is there.")
+@click.option(
+    "--force", is_flag=True, help="Build anew, even when an up-to-date build is there or kept on this machine."
+)
 @_user_errors
 def build_demo_models(out: str, force: bool) -> None:
     """Build the embedded default: tiny T5 teacher and tiny GPT-2 student with their own tokenizers."""

@@ -118,3 +118,25 @@ def test_demo_nli_label_is_the_hypothesis_against_the_premise_not_the_hypothesis
         expected = 0 if said == stated else 2 if said in ("taller", "shorter") else 1
         assert r.label == expected, (r.fields, r.label)
     assert labels_by_relation["taller"] == labels_by_relation["shorter"] == {0, 2}
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_build_is_kept_for_other_clones_and_copied_only_when_whole(tmp_path, monkeypatch):
+    monkeypatch.setenv(builder.KEEP_ENV, str(tmp_path / "kept"))
+    assert builder.build(tmp_path / "a", steps=2)["built"] is True
+    (kept,) = (tmp_path / "kept").iterdir()
+    copied = builder.build(tmp_path / "b", steps=2)
+    assert copied["built"] is False and copied["kept"] == str(kept)
+    assert _files(tmp_path / "b") == _files(tmp_path / "a")
+
+    (kept / builder.TEACHER_DIR / builder.STAMP).unlink()  # a kept build without its stamp is not whole
+    assert builder.build(tmp_path / "c", steps=2)["built"] is True
+    weights = [f"{name}/model.safetensors" for name in (builder.TEACHER_DIR, builder.STUDENT_DIR)]
+    assert all((kept / w).read_bytes() == (tmp_path / "a" / w).read_bytes() for w in weights)  # rebuilt in place
+    assert (kept / builder.TEACHER_DIR / builder.STAMP).is_file()
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == [kept.name]  # no partial copy left behind
+    monkeypatch.setenv(builder.KEEP_ENV, "off")
+    assert builder.kept_builds() is None

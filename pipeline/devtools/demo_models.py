@@ -19,16 +19,19 @@ transformers' warning that it will not tie them, exactly as FLAN-T5 does.
 
 Reproducible: the build runs with a fixed torch thread count (``DEMO_THREADS``; float sums depend on how work is
 split over threads) and deterministic algorithms, from fixed seeds, so it writes the same weights on any machine
-with the same CPU kernels.
+with the same CPU kernels. A finished build is also kept for the machine's other clones (``kept_builds``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -55,6 +58,7 @@ TEACHER_DIR = "tiny-t5-teacher"
 STUDENT_DIR = "tiny-gpt2-student"
 BUILD_VERSION = 5  # bump when the recipe changes: existing models/ are then rebuilt
 STAMP = "kdpipe-demo-model.json"
+KEEP_ENV = "KDPIPE_DEMO_MODELS"  # where builds are kept for other clones (see kept_builds)
 DEMO_THREADS = 2  # torch threads of the build: float sums depend on the count, so it is fixed; 2 (the smallest
 # machine we target) builds the teacher 1.5x faster than 1
 CACHE_SEED = 0  # the seed of the demo cache's mixture (configs/demo.yaml): the teacher never trains on it
@@ -252,12 +256,85 @@ def untie_head(model: T5ForConditionalGeneration) -> None:
 
 
 def build(out: Path, *, seed: int = 0, force: bool = False, steps: int = TEACHER_STEPS) -> dict:
-    """Build both demo models under ``out``; returns what was built. Skips when an up-to-date build is there."""
+    """Build both demo models under ``out``; returns what was built. Skips when an up-to-date build is there, and
+    copies the one this machine kept (``kept_builds``) when there is one; ``force`` builds anew either way."""
     teacher_dir, student_dir = out / TEACHER_DIR, out / STUDENT_DIR
     stamp = {"build_version": BUILD_VERSION, "seed": seed, "teacher_steps": steps}
+    result = {"teacher": str(teacher_dir), "student": str(student_dir), "built": False}
     if not force and all(_stamp_matches(d, stamp) for d in (teacher_dir, student_dir)):
         log.info("demo models in %s are up to date", out)
-        return {"teacher": str(teacher_dir), "student": str(student_dir), "built": False}
+        return result
+    kept = _kept_path(stamp)
+    if not force and kept is not None and _whole(kept, stamp):
+        for name in (TEACHER_DIR, STUDENT_DIR):
+            _copy_whole(kept / name, out / name)
+        log.info("demo models: copied the build kept in %s (set %s=off to build anew)", kept, KEEP_ENV)
+        return {**result, "kept": str(kept)}
+    built = _build(teacher_dir, student_dir, stamp, seed, steps)
+    if kept is not None:
+        _keep(out, kept, stamp)
+    return {**result, **built}
+
+
+def kept_builds() -> Path | None:
+    """Where finished builds are kept for every clone on this machine: ``$KDPIPE_DEMO_MODELS``, by default
+    ``~/.cache/kdpipe/demo-models``; ``off`` keeps none. A fresh clone then copies the models instead of spending
+    minutes retraining the teacher to the same bytes."""
+    where = os.environ.get(KEEP_ENV, "").strip()
+    if where.lower() == "off":
+        return None
+    return Path(where).expanduser() if where else Path.home() / ".cache" / "kdpipe" / "demo-models"
+
+
+def _kept_path(stamp: dict) -> Path | None:
+    """The kept build of ``stamp`` for this software and these CPU kernels: each changes the bytes a build writes."""
+    root = kept_builds()
+    if root is None:
+        return None
+    import tokenizers
+    import transformers
+
+    key = {
+        **stamp,
+        "threads": DEMO_THREADS,
+        "versions": [torch.__version__, transformers.__version__, tokenizers.__version__],
+        "kernels": [os.environ.get(k, "") for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR")],
+    }
+    return root / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _copy_whole(source: Path, target: Path) -> None:
+    """``target`` becomes a copy of ``source`` in one rename: a copy cut short never carries the stamp."""
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+
+
+def _whole(folder: Path, stamp: dict) -> bool:
+    return all(_stamp_matches(folder / name, stamp) for name in (TEACHER_DIR, STUDENT_DIR))
+
+
+def _keep(out: Path, kept: Path, stamp: dict) -> None:
+    """Copy a finished build to ``kept``, whole or not at all (a copy, then one rename), in place of a kept build
+    that is not whole; a failure costs only the reuse, never the build."""
+    partial = kept.with_name(f"{kept.name}.partial-{os.getpid()}")
+    try:
+        if kept.is_dir() and not _whole(kept, stamp):
+            shutil.rmtree(kept)
+        shutil.rmtree(partial, ignore_errors=True)
+        for name in (TEACHER_DIR, STUDENT_DIR):
+            shutil.copytree(out / name, partial / name)
+        partial.rename(kept)
+        log.info("demo models kept in %s for other clones on this machine", kept)
+    except OSError as e:  # another process kept the same build first, or the disk is full or read-only
+        shutil.rmtree(partial, ignore_errors=True)
+        if not kept.is_dir():
+            log.warning("demo models not kept in %s: %s", kept, e)
+
+
+def _build(teacher_dir: Path, student_dir: Path, stamp: dict, seed: int, steps: int) -> dict:
     with deterministic():
         torch.manual_seed(seed)
         corpus = _corpus(seed)
@@ -285,7 +362,7 @@ def build(out: Path, *, seed: int = 0, force: bool = False, steps: int = TEACHER
             bos_token_id=s_tok.eos_token_id, eos_token_id=s_tok.eos_token_id, pad_token_id=s_tok.eos_token_id
         )
         _save(student, s_tok, student_dir, stamp)
-    return {"teacher": str(teacher_dir), "student": str(student_dir), "built": True, "teacher_training": training}
+    return {"built": True, "teacher_training": training}
 
 
 def _save(model, tokenizer, path: Path, stamp: dict) -> None:
