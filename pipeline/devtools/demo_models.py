@@ -35,7 +35,9 @@ import shutil
 import time
 from pathlib import Path
 
+import tokenizers
 import torch
+import transformers
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 from transformers import (
@@ -272,7 +274,7 @@ def build(out: Path, *, seed: int = 0, force: bool = False, steps: int = TEACHER
         return {**result, "kept": str(kept)}
     built = _build(teacher_dir, student_dir, stamp, seed, steps)
     if kept is not None:
-        _keep(out, kept, stamp)
+        _keep(out, kept)
     return {**result, **built}
 
 
@@ -291,9 +293,6 @@ def _kept_path(stamp: dict) -> Path | None:
     root = kept_builds()
     if root is None:
         return None
-    import tokenizers
-    import transformers
-
     key = {
         **stamp,
         "threads": DEMO_THREADS,
@@ -304,7 +303,8 @@ def _kept_path(stamp: dict) -> Path | None:
 
 
 def _copy_whole(source: Path, target: Path) -> None:
-    """``target`` becomes a copy of ``source`` in one rename: a copy cut short never carries the stamp."""
+    """``target`` becomes a copy of ``source`` in one rename: a copy cut short never carries the stamp, so it is
+    never taken for a whole build (``_whole`` reads the stamps of both models)."""
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(source, partial)
@@ -316,22 +316,14 @@ def _whole(folder: Path, stamp: dict) -> bool:
     return all(_stamp_matches(folder / name, stamp) for name in (TEACHER_DIR, STUDENT_DIR))
 
 
-def _keep(out: Path, kept: Path, stamp: dict) -> None:
-    """Copy a finished build to ``kept``, whole or not at all (a copy, then one rename), in place of a kept build
-    that is not whole; a failure costs only the reuse, never the build."""
-    partial = kept.with_name(f"{kept.name}.partial-{os.getpid()}")
+def _keep(out: Path, kept: Path) -> None:
+    """Copy a finished build to ``kept``, in place of whatever is there; a failure costs only the reuse."""
     try:
-        if kept.is_dir() and not _whole(kept, stamp):
-            shutil.rmtree(kept)
-        shutil.rmtree(partial, ignore_errors=True)
         for name in (TEACHER_DIR, STUDENT_DIR):
-            shutil.copytree(out / name, partial / name)
-        partial.rename(kept)
+            _copy_whole(out / name, kept / name)
         log.info("demo models kept in %s for other clones on this machine", kept)
-    except OSError as e:  # another process kept the same build first, or the disk is full or read-only
-        shutil.rmtree(partial, ignore_errors=True)
-        if not kept.is_dir():
-            log.warning("demo models not kept in %s: %s", kept, e)
+    except OSError as e:  # the disk is full or read-only, or another clone is keeping the same build
+        log.warning("demo models not kept in %s: %s", kept, e)
 
 
 def _build(teacher_dir: Path, student_dir: Path, stamp: dict, seed: int, steps: int) -> dict:
