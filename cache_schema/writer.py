@@ -206,7 +206,7 @@ class CacheWriter:
             raise CacheError(
                 f"{self.path}: holds a v{meta.get(ATTR_VERSION)!r} cache, not v{self.version}; choose another --out"
             )
-        if bool((meta.get(ATTR_LAYOUT) or {}).get("token_spans")) != self.token_spans:
+        if bool(layout.get("token_spans")) != self.token_spans:
             raise CacheError(
                 f"{self.path}: an existing cache {'with' if not self.token_spans else 'without'} the token layout "
                 "(spans, label probabilities, vocabulary); choose another --out"
