@@ -20,7 +20,7 @@ STAGE_PREREQ := setup
 endif
 # The demo prints the same table on any x86-64 machine: float results depend on the torch thread count and on
 # the CPU kernels (AVX-512 or AVX2, in torch and in MKL), so the demo targets pin both.
-DEMO_TARGETS := models teacher-cache distill finetune eval demo demo-kd demo-ft demo-seeds
+DEMO_TARGETS := models teacher-cache distill finetune eval demo demo-seeds
 $(DEMO_TARGETS): export OMP_NUM_THREADS := 1
 $(DEMO_TARGETS): export MKL_NUM_THREADS := 1
 $(DEMO_TARGETS): export ATEN_CPU_CAPABILITY := avx2
@@ -29,7 +29,7 @@ $(DEMO_TARGETS): export MKL_CBWR := AVX2
 REAL_TEACHER := models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 REAL_RUNS ?= runs/real-teacher
 
-.PHONY: setup setup-core models demo demo-kd demo-ft demo-seeds teacher-cache distill finetune eval test test-fast lint gpu-check real-teacher clean
+.PHONY: setup setup-core models demo demo-seeds teacher-cache distill finetune eval test test-fast lint gpu-check real-teacher clean
 
 # What the demo runs on: kdpipe and its core dependencies.
 $(VENV)/.installed-core: pyproject.toml
@@ -56,11 +56,12 @@ models: setup-core
 teacher-cache: $(STAGE_PREREQ)
 	$(KDPIPE) teacher-cache --config $(CONFIG) --out $(RUNS)/cache
 
+# DISTILL_FLAGS: extra distill flags (make demo passes --resume).
 distill: $(STAGE_PREREQ)
-	$(KDPIPE) distill --config $(CONFIG) --cache $(RUNS)/cache --out $(RUNS)/student-kd
+	$(KDPIPE) distill --config $(CONFIG) --cache $(RUNS)/cache --out $(RUNS)/student-kd $(DISTILL_FLAGS)
 
 finetune: $(STAGE_PREREQ)
-	$(KDPIPE) distill --config $(CONFIG) --cache $(RUNS)/cache --out $(RUNS)/student-ft --uld-weight 0
+	$(KDPIPE) distill --config $(CONFIG) --cache $(RUNS)/cache --out $(RUNS)/student-ft --uld-weight 0 $(DISTILL_FLAGS)
 
 # The config's teacher (its teacher_cache section) beside the two students.
 eval: $(STAGE_PREREQ)
@@ -74,16 +75,10 @@ demo: teacher-cache
 	$(KDPIPE) cache verify $(RUNS)/cache
 	$(KDPIPE) cache info $(RUNS)/cache
 	@echo "training the KD and FT students side by side; each one's log follows when it ends"
-	$(MAKE) --no-print-directory -j2 --output-sync=target demo-kd demo-ft
+	$(MAKE) --no-print-directory -j2 --output-sync=target distill finetune DISTILL_FLAGS=--resume
 	$(KDPIPE) eval --config $(CONFIG) --config-teacher --model $(RUNS)/student-ft --model $(RUNS)/student-kd \
 		--out $(RUNS)/eval
 	cat $(RUNS)/eval/results.md
-
-demo-kd: $(STAGE_PREREQ)
-	$(KDPIPE) distill --config $(CONFIG) --cache $(RUNS)/cache --out $(RUNS)/student-kd --resume
-
-demo-ft: $(STAGE_PREREQ)
-	$(KDPIPE) distill --config $(CONFIG) --cache $(RUNS)/cache --out $(RUNS)/student-ft --uld-weight 0 --resume
 
 $(REAL_TEACHER): | setup
 	$(KDPIPE) fetch-real-teacher --out $@
