@@ -143,6 +143,7 @@ def load_model(
     if quantization is None:
         model.to(device)
     model.eval()
+    keep_untied_head(model)
     info = {
         "id": name,
         "revision": revision or (file_sha256(name) if extra else getattr(config, "_commit_hash", None)),
@@ -151,6 +152,23 @@ def load_model(
         "architecture": (config.architectures or [cls.__name__])[0],
     }
     return model, tokenizer, info
+
+
+def keep_untied_head(model) -> bool:
+    """Make ``model.tie_weights()`` leave an output head of its own alone; True when the model has one.
+
+    T5 v1.1 checkpoints (FLAN-T5, the demo teacher) hold an ``lm_head`` that is not the input embedding, but
+    transformers 5 sets ``tie_word_embeddings=True`` on every T5 config it reads (``T5Config.__post_init__``).
+    Loading keeps the two apart (both are in the checkpoint), yet any later ``tie_weights()`` recomputes the ties
+    from that config and overwrites the head with the embeddings: lm-evaluation-harness calls it on every model it
+    loads, and so does ``resize_token_embeddings``. Telling the loaded config the truth makes it a no-op.
+    """
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or embeddings is None or head.weight is embeddings.weight:
+        return False
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.config.tie_word_embeddings = False
+    return True
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

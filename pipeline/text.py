@@ -267,9 +267,63 @@ def _offsets_by_decoding(tokenizer, ids: list[int], text: str) -> list[tuple[int
 TEXT_FILE = "kdpipe_text.json"  # beside a distilled student's weights: the TextSpec it was trained with
 
 
-def save_spec(folder: str | Path, spec: TextSpec) -> None:
-    """Record beside a model how it was trained to see text, so eval and generate show it the same."""
-    Path(folder, TEXT_FILE).write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+def save_spec(folder: str | Path, spec: TextSpec, tokenizer=None) -> None:
+    """Record beside a model how it was trained to see text, so eval and generate show it the same.
+
+    With the model's ``tokenizer``, the record also names the tokens the layout adds and whether the saved tokenizer
+    adds BOS by itself (:func:`add_bos_by_default`), so other tools can reproduce the layout.
+    """
+    record = spec.to_dict()
+    if tokenizer is not None:
+        record["tokens"] = layout_tokens(tokenizer, spec.layout)
+    Path(folder, TEXT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def layout_tokens(tokenizer, layout: str) -> dict:
+    """What the layout puts around the texts, in words and token ids (a ``kdpipe_text.json`` entry, the model card)."""
+    bos = tokenizer.bos_token_id if layout == "causal" else None
+    shape = {
+        "causal": ("BOS + prompt" if bos is not None else "prompt", '" " + answer + EOS'),
+        "chat": ("the chat template's user turn and assistant opening", "answer + the template's end-of-turn token"),
+        "seq2seq": ("prompt + </s> (encoder)", "answer + </s> (decoder)"),
+    }[layout]
+    return {
+        "prompt": shape[0],
+        "answer": shape[1],
+        "bos_token": tokenizer.bos_token if bos is not None else None,
+        "bos_token_id": bos,
+        "eos_token": tokenizer.eos_token,
+        "eos_token_id": tokenizer.eos_token_id,
+        "tokenizer_adds_bos": bos is not None and tokenizer_adds_bos(tokenizer),
+    }
+
+
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer(text)``, left to its own default (special tokens on), starts with its BOS."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a").input_ids[:1] == [bos]
+
+
+def add_bos_by_default(tokenizer) -> bool:
+    """Make ``tokenizer(text)`` start with BOS by default, as the causal layout starts every prompt; True if it does.
+
+    A student saved with such a tokenizer reproduces its layout with no flags wherever text is tokenized with the
+    tokenizer's defaults: ``AutoTokenizer`` users, ``pipeline("text-generation", add_special_tokens=True)``, and
+    lm-evaluation-harness's HF model, which encodes with the defaults unless given ``add_bos_token``. kdpipe itself
+    tokenizes with ``add_special_tokens=False`` and adds BOS itself, so its ids do not change. Transformers 5 fast
+    tokenizers (``add_bos_token``) rewrite their post-processor and record the flag in tokenizer_config.json, which
+    loading honours; a tokenizer without one is left as it is (False).
+    """
+    if tokenizer.bos_token_id is None:
+        return False
+    if tokenizer_adds_bos(tokenizer):
+        return True
+    try:
+        tokenizer.add_bos_token = True
+    except (AttributeError, ValueError, TypeError):  # a tokenizer with no post-processor to rewrite
+        return False
+    tokenizer.init_kwargs["add_bos_token"] = True  # what save_pretrained writes; a reload rebuilds the same
+    return tokenizer_adds_bos(tokenizer)
 
 
 def saved_layout(model: str) -> str | None:

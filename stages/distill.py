@@ -172,7 +172,7 @@ def _run(cfg: DistillConfig, out: Path, world: World) -> DistillResult:
 
     training.save_student(model, tokenizer, out, world, checkpointed=cfg.gradient_checkpointing, record=record)
     if world.main:
-        save_spec(out, spec)
+        save_spec(out, spec, tokenizer)
         cut = {k: v for k, v in encoder.counts.items() if v}
         if cut:
             log.info("student text on this rank (over all epochs): %s", cut)

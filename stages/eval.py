@@ -5,9 +5,10 @@ runs → per model: load it once, then per task rank-classify the options (optio
 (the others), score with :func:`pipeline.evaluation.metrics.score` and write ``predictions/<model>/<task>.jsonl`` →
 write ``results.json``, ``results.md`` and ``results.png`` (:mod:`pipeline.evaluation.report`).
 
-Option tasks report lm-eval's two accuracies under lm-eval's names: ``acc`` (argmax of the summed
-log-likelihood of the option) and ``acc_norm`` (argmax of that sum divided by the option's length in characters,
-its leading space included, as lm-eval's ``acc_norm``). Every value has its standard error
+Option tasks report lm-eval's two accuracies under lm-eval's names and definitions: ``acc`` (argmax of the
+summed log-likelihood of the option's tokens, no end token) and ``acc_norm`` (argmax of that sum divided by the
+option's length in characters, the option string alone), and kdpipe's ``acc_eos`` (``acc`` with the answer's EOS
+added; see ``OPTION_RULES``). Every value has its standard error
 (:mod:`pipeline.evaluation.metrics`), and ``results.json`` holds, for every pair of models, the paired difference on
 the same examples with its standard error. A prediction row carries the example's source id (SQuAD qid, SAMSum id,
 ...), its position and whether its prompt was cut.
@@ -38,7 +39,7 @@ from pipeline import __version__
 from pipeline.atomic import write_atomic
 from pipeline.config import ConfigError, EvalConfig, to_dict
 from pipeline.errors import ModelError
-from pipeline.evaluation import metrics, report
+from pipeline.evaluation import harness, metrics, report
 from pipeline.evaluation.inference import EvalModel
 from pipeline.models import load_model, pick_device, source_kwargs
 from pipeline.student import model_card
@@ -82,6 +83,7 @@ def run(cfg: EvalConfig) -> EvalResult:
     models: dict[str, dict] = {}
     for name, path in zip(names, cfg.models, strict=True):
         models[name] = _evaluate_model(name, path, tasks, cfg, device, out)
+        models[name]["lm_eval"] = _harness_files(path, models[name], tasks, out, device)
     results = {
         "format_version": RESULTS_FORMAT,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -209,6 +211,7 @@ def _evaluate_model(
             model, tokenizer, max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size, chat_template=chat
         )
         entry["info"]["text"] = lm.text.spec.to_dict()
+        entry["info"]["untied_head"] = not getattr(model.config, "tie_word_embeddings", True)  # keep_untied_head
     for data in tasks:
         task = data.task.name
         if task in done:
@@ -257,39 +260,52 @@ def _evaluate_task(lm: EvalModel, data: _TaskData, cfg: EvalConfig, desc: str) -
 def _rank_classify(lm: EvalModel, data: _TaskData, desc: str) -> tuple[metrics.Scores, list[dict]]:
     records = data.records
     scores = lm.score_options(data.prompts, [r.options for r in records], desc=desc)
-    by_sum = [max(range(len(s)), key=lambda j, s=s: s[j].logprob_sum) for s in scores]
-    # lm-eval's acc_norm: the sum over the option's length in characters, with the space that precedes it.
-    by_norm = [
-        max(range(len(s)), key=lambda j, s=s, r=r: s[j].logprob_sum / len(" " + r.options[j]))
-        for s, r in zip(scores, records, strict=True)
-    ]
+    picks = {key: [rule(s, r.options) for s, r in zip(scores, records, strict=True)] for key, rule in OPTION_RULES}
     labels = [r.label for r in records]
     references = [[r.options[r.label]] for r in records]
-    predictions = [r.options[j] for r, j in zip(records, by_sum, strict=True)]
-    acc = metrics.score(data.task.metrics, predictions, references, predicted_labels=by_sum, labels=labels)
-    norm = metrics.score(("accuracy",), predictions, references, predicted_labels=by_norm, labels=labels)
-    result = metrics.Scores(
-        {**acc.values, "acc_norm": norm.values["acc"]},
-        dict(acc.not_computed),
-        {**acc.stderr, "acc_norm": norm.stderr["acc"]},
-        acc.n,
-        {**acc.per_example, "acc_norm": norm.per_example["acc"]},
-    )
+    predictions = [r.options[j] for r, j in zip(records, picks["acc"], strict=True)]
+    acc = metrics.score(data.task.metrics, predictions, references, predicted_labels=picks["acc"], labels=labels)
+    values, stderr, per_example = dict(acc.values), dict(acc.stderr), dict(acc.per_example)
+    for key, picked in picks.items():
+        if key != "acc":
+            other = metrics.score(("accuracy",), predictions, references, predicted_labels=picked, labels=labels)
+            values[key], stderr[key] = other.values["acc"], other.stderr["acc"]
+            per_example[key] = other.per_example["acc"]
+    result = metrics.Scores(values, dict(acc.not_computed), stderr, acc.n, per_example)
     rows = [
         {
-            "prediction": r.options[j],
+            "prediction": r.options[picks["acc"][i]],
             "references": [r.options[r.label]],
             "label": r.label,
-            "predicted_label": j,
-            "predicted_label_norm": k,
+            "predicted_label": picks["acc"][i],
+            "predicted_label_norm": picks["acc_norm"][i],
+            "predicted_label_eos": picks["acc_eos"][i],
             "options": list(r.options),
             "logprob_sum": [round(o.logprob_sum, 5) for o in s],
+            "eos_logprob": [round(o.eos_logprob, 5) for o in s],
             "n_tokens": [o.n_tokens for o in s],
             "prompt": prompt,
         }
-        for r, j, k, s, prompt in zip(records, by_sum, by_norm, scores, data.prompts, strict=True)
+        for i, (r, s, prompt) in enumerate(zip(records, scores, data.prompts, strict=True))
     ]
     return result, rows
+
+
+def _argmax(values: list[float]) -> int:
+    """The first index of the largest value, as numpy's argmax (lm-eval's) breaks ties."""
+    return max(range(len(values)), key=lambda j: (values[j], -j))
+
+
+# How each accuracy of an option task picks its option, from the option scores and the option strings.
+# acc and acc_norm are lm-eval's (lm_eval/api/task.py, multiple_choice): the log-likelihood of the option's tokens
+# after the target delimiter " ", and that divided by len(option) in characters (the choice string itself, without
+# the delimiter). acc_eos is kdpipe's own: acc with the EOS that ends every answer in training added, so an option
+# that is a prefix of another is not favoured by stopping early.
+OPTION_RULES = (
+    ("acc", lambda s, options: _argmax([o.logprob_sum for o in s])),
+    ("acc_norm", lambda s, options: _argmax([o.logprob_sum / len(t) for o, t in zip(s, options, strict=True)])),
+    ("acc_eos", lambda s, options: _argmax([o.with_eos for o in s])),
+)
 
 
 def _generate(lm: EvalModel, data: _TaskData, cfg: EvalConfig, desc: str) -> tuple[metrics.Scores, list[dict]]:
@@ -312,6 +328,30 @@ def _generate(lm: EvalModel, data: _TaskData, cfg: EvalConfig, desc: str) -> tup
         for row, c in zip(rows, concepts, strict=True):
             row["concepts"] = c
     return result, rows
+
+
+def _harness_files(path: str, entry: dict, tasks: list[_TaskData], out: Path, device: torch.device) -> dict | None:
+    """lm-eval task files of the option tasks for this model's layout, and the command that scores it on them."""
+    options = [t for t in tasks if t.task.kind == "options"]
+    if not options:
+        return None
+    layout = entry["info"]["text"]["layout"]
+    names = [
+        harness.write_task(
+            out, t.task.name, layout, t.prompts, [r.options for r in t.records], [r.label for r in t.records]
+        )
+        for t in options
+    ]
+    command = harness.command(path, out, names, seq2seq=layout == "seq2seq", device=device.type)
+    found = {"tasks": names, "command": command}
+    if entry["info"].get("untied_head") and layout == "seq2seq":
+        # pipeline.models.keep_untied_head: lm-eval's own loading calls tie_weights(), which under transformers 5
+        # overwrites a T5 v1.1 head with the embeddings; a model loaded by kdpipe survives it
+        found["note"] = (
+            "lm_eval's tie_weights() overwrites this T5 model's own output head under transformers 5: score it "
+            "through lm_eval's Python API with the model pipeline.models.load_model returns (HFLM(pretrained=model))"
+        )
+    return found
 
 
 # ---- paired comparisons ---------------------------------------------------------------------------------------

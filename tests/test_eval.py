@@ -67,7 +67,7 @@ def test_results_json_structure_and_values(demo_run, demo_models):
         for task, r in model["results"].items():
             assert r["n"] == LIMIT and results["tasks"][task]["n"] == LIMIT and r["not_computed"] == {}
             promised = [k for m in get_task(task).metrics for k in metrics.METRIC_KEYS[m]]
-            extra = ["acc_norm"] if get_task(task).kind == "options" else ["no_eos"]
+            extra = ["acc_norm", "acc_eos"] if get_task(task).kind == "options" else ["no_eos"]
             assert list(r["values"]) == promised + extra and list(r["stderr"]) == promised + extra
             assert all(0.0 <= v <= 100.0 for v in r["values"].values()), (task, r["values"])
             assert all(se is not None and 0.0 <= se <= 50.0 for se in r["stderr"].values()), (task, r["stderr"])
@@ -95,7 +95,7 @@ def test_predictions_rescored_with_eval_score_equal_results(demo_run):
             assert [row["id"] for row in rows] == [f"validation-{i}" for i in range(LIMIT)]
             assert all(row["truncated"] is False for row in rows)
             rescored = metrics.score_predictions_file(get_task(task).metrics, path)
-            run_only = ("acc_norm", "no_eos")  # from the option scores / the generation, not the predictions
+            run_only = ("acc_norm", "acc_eos", "no_eos")  # from the option scores / the generation
             expected = {k: v for k, v in r["values"].items() if k not in run_only}
             assert rescored.values == pytest.approx(expected)
             assert rescored.stderr == pytest.approx({k: r["stderr"][k] for k in expected})
@@ -125,9 +125,11 @@ def test_results_md_is_a_models_by_metrics_table(demo_run):
     main_table, paired, per_task = (t for t in tables if t)
     header = [c.strip() for c in main_table[0].strip("|").split("|")]
     assert header[0] == "model"
-    expected = [(t, k) for t in DEMO for k in demo_run.results["models"]["tiny-t5-teacher"]["results"][t]["values"]]
+    values = demo_run.results["models"]["tiny-t5-teacher"]["results"]
+    expected = [(t, k) for t in DEMO for k in values[t]["values"] if k != "acc_eos"]  # acc_eos: results.json only
     assert len(header) == 1 + len(expected)
     assert "demo_mc4 acc" in header and "demo_mc4 acc_norm" in header and "demo_concepts cov" in header
+    assert "acc_eos" in values["demo_mc4"]["values"] and "demo_mc4 acc_eos" not in header
     assert len(main_table) == 2 + 2  # header, alignment, one row per model
     for row in main_table[2:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
@@ -147,22 +149,19 @@ def test_results_png_is_a_png(demo_run):
 # ---- rank classification and generation against independent computations --------------------------------
 
 
-def _hand_logprob(model, tok, prompt: str, option: str) -> tuple[float, int]:
-    """Σ log p(option tokens | prompt), one unpadded sequence, through the model's own loss."""
-    if model.config.is_encoder_decoder:  # prompt </s> -> option </s>
-        labels = tok(option, return_tensors="pt").input_ids
-        with torch.no_grad():
-            loss = model(input_ids=tok(prompt, return_tensors="pt").input_ids, labels=labels).loss
-    else:  # the llm-recipes layout: BOS + prompt, then " " + option + EOS; only the option and EOS scored
-        p = [tok.bos_token_id, *tok(prompt, add_special_tokens=False).input_ids]
-        a = tok(" " + option, add_special_tokens=False).input_ids + [tok.eos_token_id]
-        ids = torch.tensor([p + a])
-        labels = torch.tensor([[-100] * len(p) + a])
-        with torch.no_grad():
-            loss = model(input_ids=ids, labels=labels).loss
-        labels = labels[:, 1:]  # the model shifts: the first prompt token is never a target
-    n = int((labels != -100).sum())
-    return -float(loss) * n, n
+def _hand_logprobs(model, tok, prompt: str, option: str) -> list[float]:
+    """log p of each option token and then of its EOS, one unpadded sequence, by a full forward."""
+    with torch.no_grad():
+        if model.config.is_encoder_decoder:  # prompt </s> -> option </s> (the teacher's tokenizer appends </s>)
+            enc, labels = tok(prompt, return_tensors="pt").input_ids, tok(option, return_tensors="pt").input_ids
+            logits = model(input_ids=enc, labels=labels).logits[0]  # [L, V]
+            targets = labels[0]
+        else:  # the llm-recipes layout: BOS + prompt, then " " + option + EOS
+            p = [tok.bos_token_id, *tok(prompt, add_special_tokens=False).input_ids]
+            a = tok(" " + option, add_special_tokens=False).input_ids + [tok.eos_token_id]
+            logits = model(input_ids=torch.tensor([p + a])).logits[0, len(p) - 1 : -1]  # [L, V]: rows predicting a
+            targets = torch.tensor(a)
+    return logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0].tolist()
 
 
 @pytest.mark.parametrize("role", ["teacher", "student"])
@@ -171,21 +170,25 @@ def test_rank_classification_matches_hand_computation(role, loaded, demo_run):
     task = get_task("demo_mc4")
     records = task.load("validation", None, 3, 0).records
     prompts = [render(task, r, 0)[0] for r in records]
-    hand = [[_hand_logprob(model, tok, p, o) for o in r.options] for p, r in zip(prompts, records, strict=True)]
+    hand = [[_hand_logprobs(model, tok, p, o) for o in r.options] for p, r in zip(prompts, records, strict=True)]
     # batch 5 over 12 (prompt, option) pairs: options of different lengths share padded batches
     lm = EvalModel(model, tok, max_prompt_tokens=512, batch_size=5)
     got = lm.score_options(prompts, [r.options for r in records])
     for h_row, g_row in zip(hand, got, strict=True):
-        assert [g.n_tokens for g in g_row] == [n for _, n in h_row]
-        assert [g.logprob_sum for g in g_row] == pytest.approx([s for s, _ in h_row], abs=1e-4)
-    # the stage wrote the same scores and picked lm-eval's argmaxes: of the sum (acc), per character (acc_norm)
+        assert [g.n_tokens for g in g_row] == [len(h) - 1 for h in h_row]
+        assert [g.logprob_sum for g in g_row] == pytest.approx([sum(h[:-1]) for h in h_row], abs=1e-4)
+        assert [g.eos_logprob for g in g_row] == pytest.approx([h[-1] for h in h_row], abs=1e-4)
+    # the stage wrote the same scores and picked lm-eval's argmaxes: of the option's own tokens (acc), of those per
+    # character of the option string (acc_norm); and kdpipe's acc_eos, with the end token added
     name = {"teacher": "tiny-t5-teacher", "student": "tiny-gpt2-student"}[role]
     row = _jsonl(demo_run.out / "predictions" / name / "demo_mc4.jsonl")[0]
-    sums, ns = [s for s, _ in hand[0]], [n for _, n in hand[0]]
-    assert row["logprob_sum"] == pytest.approx(sums, abs=1e-3) and row["n_tokens"] == ns
-    chars = [len(" " + o) for o in records[0].options]
+    sums, eos = [sum(h[:-1]) for h in hand[0]], [h[-1] for h in hand[0]]
+    assert row["logprob_sum"] == pytest.approx(sums, abs=1e-3) and row["n_tokens"] == [len(h) - 1 for h in hand[0]]
+    assert row["eos_logprob"] == pytest.approx(eos, abs=1e-3)
+    chars = [len(o) for o in records[0].options]
     assert row["predicted_label"] == max(range(4), key=lambda j: sums[j])
     assert row["predicted_label_norm"] == max(range(4), key=lambda j: sums[j] / chars[j])
+    assert row["predicted_label_eos"] == max(range(4), key=lambda j: sums[j] + eos[j])
     assert row["prediction"] == records[0].options[row["predicted_label"]]
 
 
@@ -231,7 +234,7 @@ def test_long_prompts_lose_their_middle_to_fit_the_student(loaded):
     lm = EvalModel(model, tok, max_prompt_tokens=10_000, batch_size=2)
     long_prompt = "Summarize this. " + "word " * 2000 + "Question: is it?"
     scores = lm.score_options([long_prompt, "short?"], [("yes", "no"), ("yes", "no")])
-    assert lm.truncated == 1 and all(s.n_tokens >= 2 for row in scores for s in row)
+    assert lm.truncated == 1 and all(s.n_tokens >= 1 for row in scores for s in row)
     ids = lm.prompt_ids([long_prompt], reserve=8)[0]
     text = tok.decode(ids)
     assert len(ids) == 512 - 8 and ids[0] == tok.bos_token_id

@@ -4,10 +4,13 @@ Text is encoded exactly as training saw it, by the one text contract (``pipeline
 prompt + ``</s>`` and scores option + ``</s>``; a causal model gets BOS + prompt (or its chat template) and scores
 ``" " + option`` + EOS, the very ids teacher-cache and distill train on; generation stops at that EOS.
 
-An option's score is the log-likelihood of its tokens including the final EOS, so an option that is a prefix of
-another ("No" vs "No way") is not favoured by stopping early. Batches are left-padded for causal models (the
-answers then line up at the right edge, and ``generate`` continues every row from the same position) with
-explicit position ids; seq2seq batches are right-padded as usual.
+An option is scored with the EOS that ends it in training, in one forward pass, and :class:`OptionScore` keeps
+the two parts apart: ``logprob_sum`` is the log-likelihood of the option's own tokens, what lm-evaluation-harness
+scores (its continuation is the option after the target delimiter, with no end token, for causal and seq2seq
+models alike), and ``eos_logprob`` that of the EOS after them, which kdpipe's ``acc_eos`` adds so that an option
+that is a prefix of another ("No" vs "No way") is not favoured by stopping early. Batches are left-padded for
+causal models (the answers then line up at the right edge, and ``generate`` continues every row from the same
+position) with explicit position ids; seq2seq batches are right-padded as usual.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from pipeline.text import TextEncoder, TextSpec, layout_for
 
 @dataclass(frozen=True)
 class OptionScore:
-    logprob_sum: float  # Σ log p(token) over the option's tokens, EOS included
-    n_tokens: int
+    logprob_sum: float  # Σ log p(token) over the option's own tokens, EOS left out (lm-eval's log-likelihood)
+    eos_logprob: float  # log p(EOS | prompt, option): the end token training puts after it
+    n_tokens: int  # the option's own tokens
 
     @property
-    def logprob_mean(self) -> float:
-        """Length-normalised score: mean log-probability per token."""
-        return self.logprob_sum / self.n_tokens
+    def with_eos(self) -> float:
+        """The option's log-likelihood with its EOS: the whole answer as training shows it (``acc_eos``)."""
+        return self.logprob_sum + self.eos_logprob
 
 
 class EvalModel:
@@ -102,8 +106,12 @@ class EvalModel:
             answer_batch = [answers[i][j] for i, j in batch]
             score = self._seq2seq_logprobs if self.seq2seq else self._causal_logprobs
             logprobs, mask = score(prompt_batch, answer_batch)  # [B, L], [B, L]
-            for (i, j), total, n in zip(batch, (logprobs * mask).sum(-1).tolist(), mask.sum(-1).tolist(), strict=True):
-                scores[i][j] = OptionScore(total, int(n))
+            logprobs = logprobs.masked_fill(~mask, 0.0)
+            last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)  # [B]: each row's EOS
+            eos = logprobs.gather(1, last[:, None])[:, 0]  # [B]
+            totals, eos, counts = (logprobs.sum(-1) - eos).tolist(), eos.tolist(), mask.sum(-1).tolist()
+            for (i, j), total, end, n in zip(batch, totals, eos, counts, strict=True):
+                scores[i][j] = OptionScore(total, end, int(n) - 1)
             tokens += sum(len(p) + len(a) for p, a in zip(prompt_batch, answer_batch, strict=True))
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{tokens / max(time.monotonic() - start, 1e-9):.0f}")

@@ -22,15 +22,18 @@ SHORT = {
     "bertscore_f1": "BS-F1",
 }
 SIGNIFICANT = 1.96  # |difference| > 1.96 standard errors: marked, about a 5% two-sided test
+# Kept in results.json and the predictions, left out of the tables and the plot: kdpipe's own variant of acc (the
+# option with its EOS), beside lm-eval's acc and acc_norm, which the tables show so that they compare with lm-eval's.
+DETAIL_ONLY = frozenset({"acc_eos"})
 
 
 def columns(results: dict) -> list[tuple[str, str]]:
-    """(task, metric key) pairs in task order, then in the order the metrics reported them."""
+    """(task, metric key) pairs in task order, then in the order the metrics reported them (``DETAIL_ONLY`` out)."""
     cols: list[tuple[str, str]] = []
     for task in results["tasks"]:
         for model in results["models"].values():
             for key in model["results"].get(task, {}).get("values", {}):
-                if (task, key) not in cols:
+                if key not in DETAIL_ONLY and (task, key) not in cols:
                     cols.append((task, key))
     return cols
 
@@ -75,8 +78,10 @@ def markdown(results: dict) -> str:
     lines.append("")
     if any(t["kind"] == "options" for t in tasks.values()):
         lines.append(
-            "Option tasks are rank-classified, with lm-eval's names: acc picks the option with the highest summed "
-            "log-likelihood, acc_norm the highest log-likelihood per character of the option."
+            "Option tasks are rank-classified with lm-evaluation-harness's definitions, so these numbers compare with "
+            "its own: acc picks the option whose tokens (after a space, no end token) have the highest summed "
+            "log-likelihood, acc_norm the highest per character of the option string. results.json also has acc_eos, "
+            "kdpipe's variant that adds the end token each answer is trained with."
         )
     budgets = {t["max_new_tokens"] for t in tasks.values() if t["kind"] == "generate"}
     if budgets:

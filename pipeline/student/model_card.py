@@ -21,8 +21,11 @@ EVAL_END = "<!-- kdpipe eval: end -->"
 _NO_EVAL = "Not evaluated yet: `kdpipe eval --model <this folder>` writes its results here."
 
 
-def write(out: Path, record: dict) -> Path:
-    """Write ``out/README.md`` for the student saved in ``out``; an eval section already there is kept."""
+def write(out: Path, record: dict, tokens: dict | None = None) -> Path:
+    """Write ``out/README.md`` for the student saved in ``out``; an eval section already there is kept.
+
+    ``tokens``: what the layout adds around the texts (``pipeline.text.layout_tokens`` of the saved tokenizer).
+    """
     config, cache = record["config"], record["cache"]
     teacher = cache.get(cache_schema.ATTR_TEACHER) or {}
     mixture = cache.get(cache_schema.ATTR_MIXTURE) or {}
@@ -53,7 +56,9 @@ def write(out: Path, record: dict) -> Path:
         f"| base model (student) | `{config['student']}`"
         + (f" @ `{config['revision']}`" if config.get("revision") else "")
         + " |",
-        f"| teacher | `{teacher.get('id')}` @ `{teacher.get('revision')}`, {teacher.get('quantization')} |",
+        f"| teacher | `{teacher.get('id')}`"
+        + (f" @ `{teacher['revision']}`" if teacher.get("revision") else " (no revision recorded)")
+        + f", {teacher.get('quantization')} |",
         f"| loss | {loss}; student temperature {config['student_temperature']} |",
         f"| teacher cache | `{cache.get('path')}`: {cache.get('examples')} examples, {cache.get('rows')} answer rows, "
         f"top-{cache.get(cache_schema.ATTR_TOP_K)} at T = {cache.get(cache_schema.ATTR_TEMPERATURE)}, "
@@ -73,18 +78,7 @@ def write(out: Path, record: dict) -> Path:
         _NO_EVAL,
         EVAL_END,
         "",
-        "## Use",
-        "",
-        "```python",
-        "from transformers import pipeline",
-        "",
-        f'generate = pipeline("text-generation", model="{out.name}", batch_size=2)',
-        'print(generate(["Translate to Spanish:\\n\\nGood morning.", "Summarize: ..."], max_new_tokens=32))',
-        "```",
-        "",
-        "Prompts were followed by a space and the answer, then EOS, in training (kdpipe's text contract); the "
-        "tokenizer pads with its EOS token, on the left.",
-        "",
+        *_use_section(out, record.get("text") or {}, tokens),
     ]
     text = "\n".join(lines)
     previous = out / CARD
@@ -94,6 +88,57 @@ def write(out: Path, record: dict) -> Path:
             text = _with_eval(text, old)
     _write_text(previous, text)
     return previous
+
+
+def _use_section(out: Path, text: dict, tokens: dict | None) -> list[str]:
+    """How to show the model its text as kdpipe does, with transformers and with lm-evaluation-harness."""
+    layout = text.get("layout", "causal")
+    tokens = tokens or {}
+    lines = ["## Use", ""]
+    if layout == "chat":
+        lines += [
+            "Trained through its chat template: the prompt as the user turn, the answer as the assistant turn, closed "
+            "by the template's end-of-turn token. Render prompts with `tokenizer.apply_chat_template([{'role': "
+            "'user', 'content': prompt}], add_generation_prompt=True)`; `kdpipe generate --model <this folder>` does.",
+            "",
+        ]
+        return lines
+    adds = tokens.get("tokenizer_adds_bos")
+    bos = tokens.get("bos_token")
+    prompt, answer = tokens.get("prompt", "BOS + prompt"), tokens.get("answer", '" " + answer + EOS')
+    lines += [
+        f"Trained on `{prompt}`, then `{answer}` "
+        "(kdpipe's text contract). "
+        + (
+            f"The saved tokenizer puts the BOS (`{bos}`) before a text by itself, so tokenizing with its defaults "
+            "shows the model its prompts as training did; a transformers pipeline needs `add_special_tokens=True` "
+            "for that (it tokenizes without special tokens by default)."
+            if adds
+            else f"Put the BOS (`{bos}`) before each prompt yourself: this tokenizer cannot add it by default."
+            if bos
+            else "The tokenizer has no BOS: prompts are used as they are."
+        ),
+        "",
+        "Greedy answers as `kdpipe eval` and `kdpipe generate` give them:",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'generate = pipeline("text-generation", model="{out}")',
+        'out = generate("Summarize this dialogue:\\n...", max_new_tokens=32, do_sample=False, return_full_text=False'
+        + (", add_special_tokens=True" if adds else "")
+        + ")",
+        'print(out[0]["generated_text"].strip())',
+        "```",
+        "",
+        "Rank classification as `kdpipe eval` scores it (its `acc` and `acc_norm` are lm-evaluation-harness's): "
+        "`kdpipe eval --model <this folder> --out E` writes lm-eval task files for its option tasks under "
+        "`E/lm_eval/` and the exact `lm_eval` command into the evaluation section above.",
+        "",
+        "Padding is the EOS token, on the left.",
+        "",
+    ]
+    return lines
 
 
 def refresh_eval(model_dir: Path, name: str, results: dict, eval_out: Path) -> bool:
@@ -124,6 +169,17 @@ def _eval_table(name: str, results: dict, eval_out: Path) -> str:
             se = result.get("stderr", {}).get(key)
             cell = "n/a" if value is None else f"{value:.1f}" + (f" ± {se:.1f}" if se is not None else "")
             lines.append(f"| {task} | {entry['split']} | {result.get('n')} | {key} | {cell} |")
+    harness = model.get("lm_eval")
+    if harness:
+        lines += [
+            "",
+            "`acc` and `acc_norm` are lm-evaluation-harness's; this command scores the same examples there and prints "
+            "the same values (`acc_eos` is kdpipe's own, with the end token):",
+            "",
+            "```bash",
+            harness["command"],
+            "```",
+        ]
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from pipeline.distributed import World
 from pipeline.errors import ModelError
 from pipeline.models import load_config_and_tokenizer
 from pipeline.student import model_card
+from pipeline.text import add_bos_by_default, layout_tokens
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,9 @@ def save_student(model, tokenizer, out: Path, world: World, checkpointed: bool, 
     Every rank takes part in gathering the weights (FSDP holds them sharded); rank 0 writes them, and with the
     run ``record`` (config and cache provenance) a model card (:mod:`pipeline.student.model_card`). A tokenizer
     without a pad token gets its EOS as pad (no new token, so no new embedding row; padding is masked anyway) and left
-    padding, so ``pipeline("text-generation", batch_size=2)`` batches prompts as kdpipe's own evaluation does.
+    padding, so ``pipeline("text-generation", batch_size=2)`` batches prompts as kdpipe's own evaluation does; a
+    student trained in the causal layout gets a tokenizer that adds BOS by itself
+    (``pipeline.text.add_bos_by_default``), so tools that tokenize with its defaults see the prompts as training did.
     """
     hf_model = distributed.unwrap(model)
     if checkpointed:
@@ -127,10 +130,12 @@ def save_student(model, tokenizer, out: Path, world: World, checkpointed: bool, 
     if not hf_model.config.is_encoder_decoder:
         tokenizer.padding_side = "left"  # generation continues every row from the same position
         tokenizer.init_kwargs["padding_side"] = "left"  # what save_pretrained writes (the attribute is not saved)
+    if record is not None and record["text"]["layout"] == "causal" and not add_bos_by_default(tokenizer):
+        log.info("%s: the tokenizer cannot add BOS by itself; the model card says to put it before each prompt", out)
     hf_model.save_pretrained(out, state_dict=state)
     tokenizer.save_pretrained(out)
     if record is not None:
-        model_card.write(out, record)
+        model_card.write(out, record, layout_tokens(tokenizer, record["text"]["layout"]))
 
 
 def activation_checkpointing(model, enable: bool) -> None:
