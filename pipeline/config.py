@@ -587,6 +587,16 @@ class EvalConfig:
     bertscore_model: str | None = option(
         None, "Local BERTScore model directory; when given, generation tasks also report BERTScore."
     )
+    include_trained: bool = option(
+        False,
+        "Also score examples a model was trained on (a kdpipe student's kdpipe_trained_on.parquet lists the examples "
+        "of the cache it was distilled from); by default they are left out of every model's evaluation, the next "
+        "examples of the split take their place, and results.md counts them.",
+    )
+    exclude_caches: tuple[str, ...] = option(
+        help="Caches whose examples are left out too (what a teacher or base model was trained on); repeatable.",
+        factory=tuple,
+    )
     resume: bool = option(
         True, "Reuse (model, task) results already in --out that were made with the same settings and model files."
     )

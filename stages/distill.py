@@ -3,7 +3,8 @@
 validate → open the cache → check the output directory (fresh, or the same run to resume) → load the student
 (from the last checkpoint when resuming) → stream batches from the cache in the background → train with a
 progress bar, one metrics.jsonl row per step and a checkpoint every N steps → save the student with
-``save_pretrained``, the run's config and cache provenance, and the loss curve.
+``save_pretrained``, the run's config and cache provenance, the record of its training examples
+(``pipeline.trained_on``, so eval never scores it on them) and the loss curve.
 
 The data order, the learning rate and the checkpointed state are all the uninterrupted run's, so a run killed
 at any point and resumed with ``--resume`` reproduces its metrics step for step.
@@ -29,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 import cache_schema
-from pipeline import __version__, distributed, output_lock
+from pipeline import __version__, distributed, output_lock, trained_on
 from pipeline.atomic import write_atomic
 from pipeline.config import ConfigError, DistillConfig, operational_fields, to_dict
 from pipeline.distributed import World
@@ -173,6 +174,7 @@ def _run(cfg: DistillConfig, out: Path, world: World) -> DistillResult:
     training.save_student(model, tokenizer, out, world, checkpointed=cfg.gradient_checkpointing, record=record)
     if world.main:
         save_spec(out, spec, tokenizer)
+        trained_on.write(out, trained_on.from_cache(teacher_cache))  # eval leaves these examples out
         cut = {k: v for k, v in encoder.counts.items() if v}
         if cut:
             log.info("student text on this rank (over all epochs): %s", cut)

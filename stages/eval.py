@@ -1,7 +1,7 @@
 """Stage 3, eval: several models side by side on the evaluation split of the tasks.
 
-validate → load every task's records (template 0) and check every model can be found, before any model
-runs → per model: load it once, then per task rank-classify the options (option tasks) or generate greedily
+validate → check every model can be found → load every task's records (template 0), leaving out the ones a model
+was trained on → per model: load it once, then per task rank-classify the options (option tasks) or generate greedily
 (the others), score with :func:`pipeline.evaluation.metrics.score` and write ``predictions/<model>/<task>.jsonl`` →
 write ``results.json``, ``results.md`` and ``results.png`` (:mod:`pipeline.evaluation.report`).
 
@@ -12,6 +12,12 @@ added; see ``OPTION_RULES``). Every value has its standard error
 (:mod:`pipeline.evaluation.metrics`), and ``results.json`` holds, for every pair of models, the paired difference on
 the same examples with its standard error. A prediction row carries the example's source id (SQuAD qid, SAMSum id,
 ...), its position and whether its prompt was cut.
+
+Examples a model was trained on are never scored by default: a kdpipe student carries the record of the cache it
+was distilled from (``pipeline.trained_on``), ``--exclude-cache`` names more caches, and an evaluation record
+whose prompt under any template of its task is among them is left out for every model (so the paired comparisons
+stay on the same examples), the next records of the split taking its place; results.md counts them, and
+``--include-trained`` keeps them (counted too).
 
 A finished (model, task) leaves a small ``<task>.json`` beside its predictions recording the settings and model
 files it was made with; a rerun with ``resume`` reuses it when they are the same, so an interrupted evaluation
@@ -35,7 +41,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline import __version__
+import cache_schema
+from pipeline import __version__, trained_on
 from pipeline.atomic import write_atomic
 from pipeline.config import ConfigError, EvalConfig, to_dict
 from pipeline.errors import ModelError
@@ -44,7 +51,7 @@ from pipeline.evaluation.inference import EvalModel
 from pipeline.models import load_model, pick_device, source_kwargs
 from pipeline.student import model_card
 from pipeline.tasks import Record, Task, TaskError, get_task, render
-from pipeline.text import chat_template_for
+from pipeline.text import TEXT_FILE, chat_template_for
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,7 @@ class _TaskData:
     skipped: dict[str, int]  # malformed source rows left out, by reason
     max_new_tokens: int
     source: str  # the file read, or the Hub dataset
+    trained_on: dict  # records left out (or included) as ones a model was trained on, and what was checked
 
 
 @dataclass(frozen=True)
@@ -75,9 +83,10 @@ def run(cfg: EvalConfig) -> EvalResult:
     _check_inputs(cfg)
     device = pick_device(cfg.device)
     names = model_names(cfg.models, cfg.names)
-    tasks = [_load_task(name, cfg) for name in cfg.tasks]
     for path in cfg.models:
         _check_model(path)
+    trained = _training_records(cfg)
+    tasks = [_load_task(name, cfg, trained) for name in cfg.tasks]
     out = Path(cfg.out)
     _set_aside_other_runs(out, names, [t.task.name for t in tasks])
     models: dict[str, dict] = {}
@@ -135,25 +144,84 @@ def _check_inputs(cfg: EvalConfig) -> None:
         raise ConfigError(f"--bertscore-model: no such folder {cfg.bertscore_model}")
 
 
-def _load_task(name: str, cfg: EvalConfig) -> _TaskData:
+def _training_records(cfg: EvalConfig) -> list[trained_on.TrainedOn]:
+    """What the models were trained on: the record beside each model that has one, and the --exclude-cache caches."""
+    found = []
+    for path in cfg.models:
+        try:
+            record = trained_on.read(path) if Path(path).is_dir() else None
+        except trained_on.TrainedOnError as e:
+            raise ModelError(f"--model {path!r}: {e}") from None
+        if record is not None:
+            found.append(record)
+        elif Path(path, TEXT_FILE).is_file():  # a kdpipe student from before the record existed
+            log.warning(
+                "%s has no %s: the examples it was distilled from cannot be left out; name its cache with "
+                "--exclude-cache",
+                path,
+                trained_on.FILE,
+            )
+    for cache in cfg.exclude_caches:
+        found.append(trained_on.from_cache(cache_schema.open_cache(cache)))
+    return found
+
+
+def _load_task(name: str, cfg: EvalConfig, trained: list[trained_on.TrainedOn]) -> _TaskData:
     task = get_task(name)
     split = cfg.task_splits.get(name, cfg.split)
+    # leaving trained-on records out, the next records of the split take their place: read them all
+    read_limit = cfg.limit if cfg.include_trained or not trained else None
     try:
-        loaded = task.load(split, Path(cfg.data_dir) if cfg.data_dir else None, cfg.limit, cfg.seed)
+        loaded = task.load(split, Path(cfg.data_dir) if cfg.data_dir else None, read_limit, cfg.seed)
     except ConnectionError as e:  # datasets offline, or no network: one line, not a 58-line traceback
         hub = getattr(task.load, "hub_id", name)
         raise TaskError(
             f"task {name!r}: cannot load {hub} from the Hugging Face Hub ({e}); give --data-dir, a folder with "
             f"the task's release files in <data-dir>/{getattr(task.load, 'folder', name)}/"
         ) from None
-    records = loaded.records[: cfg.limit] if cfg.limit else loaded.records
+    records, overlap = _without_trained(task, loaded.records, trained, cfg)
     if not records:
-        raise TaskError(f"task {name!r}: no usable records in its {split!r} split (skipped: {dict(loaded.skipped)})")
+        left_out = f", {overlap['left_out']} left out as trained on" if overlap.get("left_out") else ""
+        raise TaskError(
+            f"task {name!r}: no usable records in its {split!r} split (skipped: {dict(loaded.skipped)}{left_out})"
+        )
     if loaded.skipped:
         log.warning("%s: left out malformed rows %s", name, dict(loaded.skipped))
+    if overlap.get("left_out"):
+        log.warning("%s: left out %d %s records the models were trained on", name, overlap["left_out"], split)
+    if overlap.get("included"):
+        log.warning("%s: %d of the evaluated records are ones the models were trained on", name, overlap["included"])
     prompts = [render(task, r, TEMPLATE_ID, cfg.field_caps)[0] for r in records]
     max_new = min(task.max_new_tokens, cfg.max_new_tokens or task.max_new_tokens)
-    return _TaskData(task, split, records, prompts, dict(loaded.skipped), max_new, loaded.source)
+    return _TaskData(task, split, records, prompts, dict(loaded.skipped), max_new, loaded.source, overlap)
+
+
+def _without_trained(
+    task: Task, records: list[Record], trained: list[trained_on.TrainedOn], cfg: EvalConfig
+) -> tuple[list[Record], dict]:
+    """The first ``cfg.limit`` records no model was trained on (with --include-trained: the first ``cfg.limit``),
+    and what was found: the records left out for it (or included anyway) and the records checked against."""
+    overlap: dict = {"checked_against": [t.source for t in trained]}
+    if not trained:
+        return records[: cfg.limit] if cfg.limit else records, overlap
+
+    def seen(record: Record) -> bool:
+        return any(t.seen(task, record) for t in trained)
+
+    if cfg.include_trained:
+        kept = records[: cfg.limit] if cfg.limit else records
+        overlap["included"] = sum(map(seen, kept))
+        return kept, overlap
+    kept, left_out = [], 0
+    for record in records:
+        if cfg.limit and len(kept) == cfg.limit:
+            break
+        if seen(record):
+            left_out += 1
+        else:
+            kept.append(record)
+    overlap["left_out"] = left_out
+    return kept, overlap
 
 
 def _check_model(path: str) -> None:
@@ -179,6 +247,7 @@ def _task_entry(data: _TaskData, cfg: EvalConfig) -> dict:
         "skipped": data.skipped,
         "source": data.source,
         "limit": cfg.limit,
+        "trained_on": data.trained_on,
     }
     if task.kind == "generate":
         entry["max_new_tokens"] = data.max_new_tokens
@@ -430,6 +499,7 @@ def _stamp(path: str, data: _TaskData, cfg: EvalConfig, device: torch.device, ch
         "device": device.type,
         "bertscore_model": cfg.bertscore_model,
         "data_dir": cfg.data_dir,
+        "trained_on": data.trained_on,
         "examples_sha256": _digest(data),
         "kdpipe": __version__,
     }

@@ -130,8 +130,8 @@ def _task_table(results: dict) -> list[str]:
         "",
         "## Tasks",
         "",
-        "| task | split | n | skipped source rows | prompts cut (middle) | read from |",
-        "|:--|:--|--:|:--|:--|:--|",
+        "| task | split | n | trained on | skipped source rows | prompts cut (middle) | read from |",
+        "|:--|:--|--:|:--|:--|:--|:--|",
     ]
     for task, t in results["tasks"].items():
         skipped = ", ".join(f"{reason}: {n}" for reason, n in t.get("skipped", {}).items()) or "none"
@@ -140,7 +140,21 @@ def _task_table(results: dict) -> list[str]:
             for name, m in models.items()
             if task in m["results"]
         )
-        lines.append(f"| {task} | {t['split']} | {t['n']} | {skipped} | {cut} | `{t.get('source') or '?'}` |")
+        trained = _trained_cell(t.get("trained_on") or {})
+        lines.append(
+            f"| {task} | {t['split']} | {t['n']} | {trained} | {skipped} | {cut} | `{t.get('source') or '?'}` |"
+        )
+    if any((t.get("trained_on") or {}).get("checked_against") for t in results["tasks"].values()):
+        lines.append("")
+        lines.append(
+            "Trained on: evaluation records that are training examples of a model here (under any template of the "
+            "task), checked against "
+            + "; ".join(
+                dict.fromkeys(s for t in results["tasks"].values() for s in t["trained_on"]["checked_against"])
+            )
+            + ". Left out ones are replaced by the next records of the split; included ones (--include-trained) "
+            "are scored."
+        )
     ceilings = [
         f"{task} {t['references_coverage']:.1f}" for task, t in results["tasks"].items() if "references_coverage" in t
     ]
@@ -148,6 +162,14 @@ def _task_table(results: dict) -> list[str]:
         lines.append("")
         lines.append("Coverage ceiling, the references' own coverage of their concepts: " + ", ".join(ceilings) + ".")
     return lines
+
+
+def _trained_cell(found: dict) -> str:
+    if not found.get("checked_against"):
+        return "not checked"
+    if "included" in found:
+        return f"{found['included']} included"
+    return f"{found.get('left_out', 0)} left out"
 
 
 def plot(results: dict, path: Path) -> None:
