@@ -138,7 +138,10 @@ def test_results_md_is_a_models_by_metrics_table(demo_run):
         assert cells[1:] == want
     assert paired[2].startswith("| tiny-gpt2-student − tiny-t5-teacher |") and "±" in paired[2]
     assert len(per_task) == 2 + len(DEMO)
-    assert "| demo_qa | validation | 12 | not checked | none | tiny-t5-teacher 0, tiny-gpt2-student 0 | `generated:" in text
+    assert (
+        "| demo_qa | validation | 12 | not checked | none | tiny-t5-teacher 0, tiny-gpt2-student 0 | `generated:"
+        in text
+    )
 
 
 def test_results_png_is_a_png(demo_run):
