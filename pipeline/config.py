@@ -593,7 +593,7 @@ class EvalConfig:
         "of the cache it was distilled from); by default they are left out of every model's evaluation, the next "
         "examples of the split take their place, and results.md counts them.",
     )
-    exclude_caches: tuple[str, ...] = option(
+    exclude_cache: tuple[str, ...] = option(
         help="Caches whose examples are left out too (what a teacher or base model was trained on); repeatable.",
         factory=tuple,
     )

@@ -161,7 +161,7 @@ def _training_records(cfg: EvalConfig) -> list[trained_on.TrainedOn]:
                 path,
                 trained_on.FILE,
             )
-    for cache in cfg.exclude_caches:
+    for cache in cfg.exclude_cache:
         found.append(trained_on.from_cache(cache_schema.open_cache(cache)))
     return found
 

@@ -106,13 +106,13 @@ def test_exclude_cache_names_what_a_model_without_a_record_trained_on(trained_on
         tasks=("demo_yesno",),
         limit=LIMIT,
         device="cpu",
-        exclude_caches=(str(cache),),
+        exclude_cache=(str(cache),),
         out=str(tmp_path / "eval"),
     )
     entry = eval_stage.run(cfg).results["tasks"]["demo_yesno"]
     assert entry["trained_on"]["left_out"] >= TASKS["demo_yesno"] and entry["n"] == LIMIT
     # without it the teacher, which has no record, is scored from the first record on
-    plain = eval_stage.run(EvalConfig(**{**cfg.__dict__, "exclude_caches": (), "out": str(tmp_path / "plain")}))
+    plain = eval_stage.run(EvalConfig(**{**cfg.__dict__, "exclude_cache": (), "out": str(tmp_path / "plain")}))
     assert plain.results["tasks"]["demo_yesno"]["trained_on"] == {"checked_against": []}
     assert "| demo_yesno | validation | 10 | not checked |" in plain.table
 
