@@ -330,6 +330,13 @@ class DistillConfig:
         operational=True,
     )
     prefetch: int = option(8, "Batches the background reader prepares ahead.", operational=True)
+    report_to: str = option(
+        "none",
+        "Also send every metrics.jsonl row, with the run's config, to TensorBoard (<out>/tensorboard) or Weights & "
+        "Biases (project kdpipe; WANDB_MODE=offline honoured).",
+        choices=("none", "tensorboard", "wandb"),
+        operational=True,
+    )
     checkpoint_every: int = option(
         500, "Write a resumable checkpoint every N optimizer steps (0: never).", operational=True
     )

@@ -36,7 +36,7 @@ from pipeline.config import ConfigError, DistillConfig, operational_fields, to_d
 from pipeline.distributed import World
 from pipeline.losses import answer_tokens, causal_lm_ce, hybrid_loss, uld_aligned_loss, uld_loss, uld_pairs
 from pipeline.models import context_limit
-from pipeline.student import training
+from pipeline.student import reporting, training
 from pipeline.student.alignment import token_bytes, vocab_map
 from pipeline.student.cache_stream import AlignOptions, BatchStream, StudentEncoder
 from pipeline.student.diagnostics import answer_health
@@ -132,6 +132,7 @@ def _run(cfg: DistillConfig, out: Path, world: World) -> DistillResult:
     hf_model = distributed.unwrap(model)
     encoder = StudentEncoder(TextEncoder(tokenizer, spec, context_limit(hf_model.config)))
     metrics = training.MetricsLog(out / METRICS_FILE, keep_through_step=start) if world.main else None
+    reporter = reporting.open_reporter(cfg.report_to, out, to_dict(cfg)) if world.main else reporting.Reporter()
     began = time.monotonic()
     align, matched = _token_alignment(cfg, teacher_cache, tokenizer, hf_model, world.device)
     with BatchStream(
@@ -163,8 +164,10 @@ def _run(cfg: DistillConfig, out: Path, world: World) -> DistillResult:
                 examples=len(teacher_cache),
                 world=world,
                 matched=matched,
+                reporter=reporter,
             )
         finally:
+            reporter.close()
             if metrics is not None:
                 metrics.close()
     seconds = time.monotonic() - began
@@ -354,6 +357,7 @@ def _train(
     examples: int,
     world: World,
     matched: tuple[torch.Tensor, float] | None = None,
+    reporter: reporting.Reporter | None = None,
 ) -> dict:
     """The optimizer steps from ``start`` to ``total``; returns the last metrics row.
 
@@ -428,6 +432,8 @@ def _train(
             raise ConfigError(f"--lr: the loss became {row['loss']} at step {step + 1}; try a lower --lr")
         if metrics is not None:
             metrics.append(row)
+        if reporter is not None:
+            reporter.log(row)
         bar.update(1)
         bar.set_postfix(
             loss=f"{row['loss']:.3f}",

@@ -23,7 +23,7 @@ from pipeline.atomic import write_atomic
 from pipeline.config import ConfigError, DistillConfig
 from pipeline.distributed import World
 from pipeline.errors import ModelError
-from pipeline.models import load_config_and_tokenizer
+from pipeline.models import load_config_and_tokenizer, source_kwargs
 from pipeline.student import model_card
 from pipeline.text import add_bos_by_default, layout_tokens
 
@@ -40,7 +40,8 @@ ONE_CYCLE_FINAL_DIV = 5.0  # the last lr is (peak / 2) / 5
 def load_student(name: str, revision: str | None, weights: Path | None = None):
     """A causal LM in float32 (autocast supplies bf16 compute) and its tokenizer, or a one-line ModelError.
 
-    ``weights``: a checkpoint directory to take the weights from instead (a resumed run).
+    ``name``: a hub id, a local directory or a ``.gguf`` file (de-quantized to float32, then trained and saved as a
+    regular checkpoint). ``weights``: a checkpoint directory to take the weights from instead (a resumed run).
     """
     config, tokenizer = load_config_and_tokenizer(name, revision, "student")
     if config.is_encoder_decoder:
@@ -50,8 +51,9 @@ def load_student(name: str, revision: str | None, weights: Path | None = None):
     try:
         if weights is not None:
             model = AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=torch.float32)
+        else:  # a .gguf file is de-quantized from its folder, as teacher-cache and eval load one
+            source, extra = source_kwargs(name, "student")
+            model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=torch.float32, **extra)
     except (OSError, ValueError) as e:
         raise ModelError(f"student {name!r}: cannot load the weights ({str(e).splitlines()[0]})") from None
     return model, tokenizer
