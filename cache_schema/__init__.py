@@ -1,4 +1,4 @@
-"""Teacher-logit cache, schema v1.2: the single source of truth for the on-disk format.
+"""Teacher-logit cache, schema v1.3: the single source of truth for the on-disk format.
 
 A cache is a directory (or a zip of one, or an fsspec URL) that is at once a Zarr v3 group and the home
 of a Parquet table::
@@ -60,7 +60,18 @@ token fell outside the top-k), and once per cache the teacher's vocabulary as by
 without the teacher's tokenizer. The token layout rides on v1.1 caches written by teacher-cache; a v1.1 cache
 without it (``layout.token_spans`` false or absent) is read like a v1 cache, and v1 caches still open. v1.2 is
 v1.1 with ids for fewer than k entries (``layout.ids_k`` < k); a writer labels a cache with the lowest version
-that describes it, so a cache with every id stays v1.1 and older readers keep opening it.
+that describes it, so a cache with every id and no token layout stays v1.1 and older readers keep opening it.
+
+v1.3 changes what ``spans`` mean for a character split over several tokens (é, an emoji, a CJK character in a
+byte-level BPE or byte-fallback vocabulary): each of its rows has its own bytes of the character
+(``pipeline.text.split_characters``), so within an example no row starts before the previous one ends (``verify``
+checks it), and the rows of a generated answer (``answers`` "teacher") end where their bytes do, not where a
+decoded prefix ending in U+FFFD would. Every cache with the token layout is written as v1.3; merging or resuming
+parts of an older version is refused. Older caches still open (``byte_exact_spans`` tells them apart): in v1.1 and
+v1.2 every row of such a character carries the whole character's span, which the token-aware losses cut by the
+stored vocabulary's byte lengths into what v1.3 stores; the rows of a generated answer of such a character cannot
+be put right, and distill refuses a token-aware loss on an older generated cache that may hold one (an answer
+beyond ASCII, and a vocabulary with tokens that are part of a character).
 
 A cache is untrusted data: nothing in it is executed or unpickled, dtypes and shapes are checked against
 this schema before anything is read (no pickle, no object dtype, only the codecs in ALLOWED_CODECS, sizes
@@ -82,8 +93,8 @@ import numpy as np
 import pyarrow as pa
 
 SCHEMA_NAME = "kdpipe-teacher-cache"
-SCHEMA_VERSION = "1.2"  # the newest this kdpipe writes (see schema_version: full-id caches are written as v1.1)
-READABLE_VERSIONS = (1, "1.1", "1.2")  # what it reads: v1 caches have no token layout
+SCHEMA_VERSION = "1.3"  # the newest this kdpipe writes (see schema_version: the lowest that describes a cache)
+READABLE_VERSIONS = (1, "1.1", "1.2", "1.3")  # what it reads: v1 caches have no token layout
 UNKNOWN_ID = -1  # what a reader returns for a top-k entry whose id the cache did not keep (v1.2)
 PROB_SCALE = 65535
 EXAMPLES_FILE = "examples.parquet"
@@ -97,7 +108,7 @@ PROBS = "probs"
 TAIL = "tail"
 TOKEN_IDS = "token_ids"
 TOPK_IDS = "topk_ids"
-SPANS = "spans"  # v1.1 token layout
+SPANS = "spans"  # v1.1 token layout; byte-exact for split characters from v1.3 (see byte_exact_spans)
 LABEL_PROBS = "label_probs"  # v1.1 token layout
 # Once per cache (v1.1 token layout), not along the row axis.
 VOCAB_BYTES = "vocab_bytes"
@@ -233,9 +244,18 @@ def mask_zero_ids(stored_probs: np.ndarray, topk_ids: np.ndarray) -> np.ndarray:
     return np.where(zero, 0, topk_ids).astype(np.int32)
 
 
-def schema_version(top_k: int, ids_k: int) -> str:
-    """The lowest version that describes a cache: v1.2 only where ids are kept for fewer than k entries."""
+def schema_version(top_k: int, ids_k: int, token_spans: bool = False) -> str:
+    """The lowest version that describes a cache: v1.3 with the token layout (its spans are byte-exact), else v1.2
+    only where ids are kept for fewer than k entries."""
+    if token_spans:
+        return "1.3"
     return "1.2" if ids_k < top_k else "1.1"
+
+
+def byte_exact_spans(meta: dict) -> bool:
+    """Whether a cache's spans give each row of a split character its own bytes (v1.3); in v1.1 and v1.2 caches
+    all the rows of such a character carry the whole character's span."""
+    return meta.get(ATTR_VERSION) not in (1, "1.1", "1.2")
 
 
 def ids_width(meta: dict) -> int:

@@ -43,6 +43,7 @@ from cache_schema import (
     TOPK_IDS,
     CacheError,
     CacheIncomplete,
+    byte_exact_spans,
     decode_tolerance,
     example_key,
 )
@@ -138,10 +139,12 @@ def _check_keys(cache: Cache) -> None:
 
 class _TokenCheck:
     """Checks of the v1.1 token layout, chunk by chunk: ids inside the vocabulary, spans inside each example's
-    answer bytes and in order, label probabilities in [0, 1] and equal to the top-k entry of the same id."""
+    answer bytes and in order (from v1.3 none starting before the previous one ends), label probabilities in
+    [0, 1] and equal to the top-k entry of the same id."""
 
     def __init__(self, cache: Cache):
         self.cache = cache
+        self.byte_exact = byte_exact_spans(cache.meta)
         self.vocab_size = len(cache.teacher_vocab())
         answers = cache.examples.column("answer").to_pylist()
         self.answer_bytes = np.array([len(a.encode()) for a in answers], dtype=np.int64)  # [N]
@@ -157,6 +160,11 @@ class _TokenCheck:
         same = owner[1:] == owner[:-1]  # consecutive rows of one example
         if (spans[1:, 1][same] < spans[:-1, 1][same]).any():
             raise CacheError(f"{path}/{SPANS}: rows [{start}, {stop}) have spans that end before the previous one")
+        if self.byte_exact and (spans[1:, 0][same] < spans[:-1, 1][same]).any():
+            raise CacheError(
+                f"{path}/{SPANS}: rows [{start}, {stop}) have spans that start before the previous one ends (from "
+                "v1.3 each row of a split character has its own bytes)"
+            )
         if not np.isfinite(label).all() or (label < 0).any() or (label > 1).any():
             raise CacheError(f"{path}/{LABEL_PROBS}: rows [{start}, {stop}) have a label probability outside [0, 1]")
         if ((token_ids < 0) | (token_ids >= self.vocab_size)).any():
@@ -281,10 +289,11 @@ def describe(cache: Cache) -> str:
         f"top-k ids    {_ids_line(cache, per_row[TOPK_IDS])}",
         "token layout "
         + (
-            f"yes (schema v1.1): spans {per_row[SPANS]:.1f} + label probs {per_row[LABEL_PROBS]:.1f} bytes/row, "
+            f"yes (schema v{'1.3' if byte_exact_spans(cache.meta) else '1.1'}): spans {per_row[SPANS]:.1f} + label "
+            f"probs {per_row[LABEL_PROBS]:.1f} bytes/row, "
             f"teacher vocabulary {_get(cache.meta, ATTR_VOCAB, 'size')} tokens"
             if cache.has_token_spans
-            else "no (token-aware losses need a v1.1 cache written by teacher-cache)"
+            else "no (token-aware losses need a cache with it, written by teacher-cache)"
         ),
         "per task     "
         + "  ".join(f"{t}: {c['examples']} ex / {c['rows']} rows" for t, c in (counts.get("per_task") or {}).items()),

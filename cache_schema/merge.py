@@ -22,6 +22,7 @@ from cache_schema import (
     ATTR_DIGEST,
     ATTR_LAYOUT,
     ATTR_MERGED,
+    ATTR_VERSION,
     ATTR_WORKER,
     GROUP_META_FILE,
     IDENTITY_ATTRS,
@@ -34,6 +35,7 @@ from cache_schema import (
     WORKER_PART,
     CacheError,
     counts_attrs,
+    schema_version,
 )
 from cache_schema.reader import Cache, open_cache
 from cache_schema.store import filesystem, join, storage_errors
@@ -65,6 +67,12 @@ def merge_parts(paths: list[str], out: str | os.PathLike, *, progress: bool = Tr
     parts = _check_parts([open_cache(p) for p in find_parts(paths)])
     first = parts[0]
     layout = first.meta[ATTR_LAYOUT]
+    version = schema_version(first.top_k, first.ids_k or first.top_k, first.has_token_spans)
+    if first.meta[ATTR_VERSION] != version:  # the merged cache would carry the parts' rows under another version
+        raise CacheError(
+            f"{first.path}: a v{first.meta[ATTR_VERSION]} part, and this kdpipe writes such a cache as v{version}; "
+            "merge the parts with the kdpipe that wrote them"
+        )
     try:
         writer = CacheWriter(
             out,
@@ -100,7 +108,7 @@ def _check_parts(parts: list[Cache]) -> list[Cache]:
         if not isinstance(part.meta.get(ATTR_WORKER), dict):
             raise CacheError(f"{part.path}: not a worker part (no {ATTR_WORKER} attribute); it needs no merge")
     first = parts[0]
-    shared = (*IDENTITY_ATTRS, ATTR_LAYOUT)
+    shared = (*IDENTITY_ATTRS, ATTR_LAYOUT, ATTR_VERSION)
     for part in parts[1:]:
         for key in shared:
             if part.meta.get(key) != first.meta.get(key):

@@ -339,9 +339,9 @@ def _check_meta(path: str, meta: dict) -> None:
         raise CacheError(f"{path}/{GROUP_META_FILE}: layout {layout!r} lacks integer chunk_rows and shard_rows")
     if "ids_k" in layout:
         ids_k = layout["ids_k"]
-        if meta.get(ATTR_VERSION) != "1.2" or not _is_int(ids_k) or not 1 <= ids_k < k:
+        if meta.get(ATTR_VERSION) not in ("1.2", "1.3") or not _is_int(ids_k) or not 1 <= ids_k < k:
             raise CacheError(
-                f"{path}/{GROUP_META_FILE}: layout ids_k {ids_k!r} is not an integer in [1, {k}) of a v1.2 cache"
+                f"{path}/{GROUP_META_FILE}: layout ids_k {ids_k!r} is not an integer in [1, {k}) of a v1.2+ cache"
             )
 
 

@@ -110,9 +110,9 @@ class CacheWriter:
             raise CacheError(f"ids_k {self.ids_k} is not in [1, {self.k}] (the top-k)")
         # layout.ids_k as written: only where ids are kept for fewer than k entries (then the cache is v1.2)
         self.layout_ids_k = self.ids_k if store_ids and self.ids_k < self.k else None
-        self.version = schema_version(self.k, self.layout_ids_k or self.k)
         self.vocab = vocab
         self.token_spans = vocab is not None
+        self.version = schema_version(self.k, self.layout_ids_k or self.k, self.token_spans)
         self._store = zarr_store(self.fs, self.root, read_only=False)
         self._arrays = self._open_or_create(max_rows, chunk_rows, shard_rows)
         self._batch_examples: dict[int, list[int] | None] = {}  # per committed range, by its first batch
@@ -202,14 +202,14 @@ class CacheWriter:
                 f"{self.path}: an existing cache that stores other top-k ids (store_ids {layout.get('store_ids')!r}, "
                 f"ids_k {layout.get('ids_k', meta.get(ATTR_TOP_K))!r}); choose another --out"
             )
-        if meta.get(ATTR_VERSION) != self.version:
-            raise CacheError(
-                f"{self.path}: holds a v{meta.get(ATTR_VERSION)!r} cache, not v{self.version}; choose another --out"
-            )
         if bool(layout.get("token_spans")) != self.token_spans:
             raise CacheError(
                 f"{self.path}: an existing cache {'with' if not self.token_spans else 'without'} the token layout "
                 "(spans, label probabilities, vocabulary); choose another --out"
+            )
+        if meta.get(ATTR_VERSION) != self.version:  # e.g. v1.2 spans of split characters, which v1.3 writes apart
+            raise CacheError(
+                f"{self.path}: holds a v{meta.get(ATTR_VERSION)!r} cache, not v{self.version}; choose another --out"
             )
         if meta.get(ATTR_COMPLETE):
             self._remove_parts()  # markers a crash after the last step left behind

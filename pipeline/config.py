@@ -270,8 +270,11 @@ class DistillConfig:
     loss: str = option(
         "uld",
         "Distillation distance: uld (official: i-th student row vs i-th teacher row, sorted L1), uld-aligned "
-        "(sorted L1 on student and teacher tokens paired by their bytes in the answer), hybrid (uld-aligned, with "
-        "the tokens both vocabularies spell alike compared by identity); the last two need a v1.1 cache.",
+        "(sorted L1 on student and teacher tokens paired by their bytes in the answer as TRL GOLD's extended ULD "
+        "pairs them, each group merged onto its first row: that row's distribution times the later tokens' "
+        "probabilities, which is GOLD's 'observed' merge on its 'bayesian' rows, neither of its two strategies), "
+        "hybrid (uld-aligned, with the tokens both vocabularies spell alike compared by identity, L1 where GOLD "
+        "uses JSD); the last two need a cache with the token layout (v1.1 or later).",
         choices=("uld", "uld-aligned", "hybrid"),
     )
     epochs: float = option(1.0, "Passes over the cache (fractions allowed); --steps overrides it.")

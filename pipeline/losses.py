@@ -225,9 +225,11 @@ def uld_aligned_loss(
 
         D_g = Σ_i |sort↓(s_g)_i − sort↓(t_g)_i|,   loss_b = mean over b's groups,   loss = mean over b with groups.
 
-    The anchor's semantics: GOLD ``use_extended_uld=True`` with the ``"observed"`` merge; rows are taken so that
-    each predicts its own token (GOLD's ``"bayesian"`` shift), as the cache stores them; tokens after the last
-    common byte boundary are left out (GOLD pairs them).
+    The anchor's semantics: GOLD ``use_extended_uld=True`` with the ``"observed"`` merge formula on rows that each
+    predict their own token (GOLD's ``"bayesian"`` slice), as the cache stores them, which is neither of GOLD's two
+    strategies as shipped (``pipeline.student.alignment`` says why); tokens after the last common byte boundary are
+    left out (GOLD pairs them). GOLD's code run on the same rows gives the same value and gradient
+    (tests/test_gold_oracle.py).
 
     Args:
         student_logits: [B, T, Vs].

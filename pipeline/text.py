@@ -28,15 +28,18 @@ official recipe's choice) or cut with its EOS kept (``"cut"``). Both cuts are co
 
 Answer spans: for each answer id, the UTF-8 byte range [start, end) it covers in the answer string itself. The
 spans tile the answer in order: whitespace belongs to the token that follows it (" café" covers " café"), the
-joining space of the causal layout is not part of the answer (a first token " yes" covers "yes"), the byte
-tokens of one split character share that character's range, and EOS gets the empty range at the end.
-Token-aware cross-tokenizer losses pair the teacher's and the student's rows through these ranges.
+joining space of the causal layout is not part of the answer (a first token " yes" covers "yes"), each byte
+token of a character split over several tokens (é, an emoji or a CJK character in a byte-level BPE or a
+byte-fallback vocabulary) covers its own bytes of it (``split_characters``; cache schema v1.3, where older
+caches gave each of them the whole character), and EOS gets the empty range at the end. Token-aware
+cross-tokenizer losses pair the teacher's and the student's rows through these ranges.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +127,7 @@ class TextEncoder:
             raise TextError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token, which every answer ends with")
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.bos = tokenizer.bos_token_id if spec.layout == "causal" else None
+        self._byte_level: bool | None = None  # is_byte_level(tokenizer), asked the first time a character is split
         if spec.layout == "chat":
             self._chat_before, self._chat_after, self.eos = self._chat_parts()
 
@@ -180,6 +184,12 @@ class TextEncoder:
         """Generated answer ids (stopping before EOS) back to answer text, as stored in a cache or scored."""
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
+    def byte_lengths(self, ids: list[int]) -> np.ndarray:
+        """int64 [len(ids)]: each id's byte length in text (``token_bytes``; 0 for special tokens)."""
+        if self._byte_level is None:
+            self._byte_level = is_byte_level(self.tokenizer)
+        return np.array([len(b) for b in _ids_bytes(self.tokenizer, ids, self._byte_level)], dtype=np.int64)
+
     # ---- layouts -------------------------------------------------------------------------------------------
 
     def _ids(self, text: str) -> list[int]:
@@ -215,7 +225,10 @@ class TextEncoder:
             start = min(start, covered)
             spans.append((start, end))
             covered = max(covered, end)
-        return list(ids), spans
+        spans = np.array(spans, dtype=np.int64).reshape(-1, 2)  # [L, 2] character-exact
+        if splits_characters(spans):
+            spans = split_characters(spans, self.byte_lengths(list(ids)))
+        return list(ids), [tuple(s) for s in spans.tolist()]
 
     def _chat_parts(self) -> tuple[list[int], list[int], int]:
         """(ids before the user text, ids after it up to the answer, the end-of-turn id) of the chat template."""
@@ -241,6 +254,113 @@ class TextEncoder:
         if not closing:
             raise TextError(f"--chat-template: the template of {tok.name_or_path!r} closes no assistant turn")
         return self._ids(before), self._ids(after), closing[0]
+
+
+# ---- token bytes ---------------------------------------------------------------------------------------------
+
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed: the printable character that stands for each byte -> the byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTE_LEVEL = _byte_alphabet()
+
+
+def is_byte_level(tokenizer) -> bool:
+    """Whether the tokenizer's pieces are spelled in GPT-2's byte alphabet (byte-level BPE: GPT-2, Llama 3, SmolLM)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    decoder = json.dumps(json.loads(backend.to_str()).get("decoder")) if backend is not None else ""
+    return '"ByteLevel"' in decoder
+
+
+def _ids_bytes(tokenizer, ids, byte_level: bool) -> list[bytes]:
+    """The UTF-8 bytes each id stands for in text (see ``token_bytes``)."""
+    ids = list(ids)
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    special = set(tokenizer.all_special_ids)
+    added = tokenizer.added_tokens_decoder
+    out = []
+    for i, piece in zip(ids, pieces, strict=True):
+        if i in special or piece is None or (i in added and added[i].special):
+            out.append(b"")
+        elif i in added:
+            out.append(added[i].content.encode())
+        elif byte_level:
+            out.append(
+                bytes(_BYTE_LEVEL[c] for c in piece) if all(c in _BYTE_LEVEL for c in piece) else piece.encode()
+            )
+        else:
+            fallback = _BYTE_FALLBACK.fullmatch(piece)
+            out.append(bytes([int(fallback[1], 16)]) if fallback else piece.replace("▁", " ").encode())
+    return out
+
+
+def token_bytes(tokenizer, size: int | None = None) -> list[bytes]:
+    """Each token's UTF-8 bytes as it appears in text, by id; special tokens (and ids beyond the tokenizer, up to
+    ``size``, e.g. a model's padded embedding rows) are empty, so they never match anything.
+
+    Byte-level BPE (GPT-2, Llama 3, SmolLM2) pieces are mapped back through the byte alphabet; SentencePiece
+    pieces (T5, Llama 2) have ``▁`` read as a space and ``<0xNN>`` byte-fallback pieces read as that byte.
+    """
+    n = len(tokenizer)
+    return _ids_bytes(tokenizer, range(n), is_byte_level(tokenizer)) + [b""] * max(0, (size or 0) - n)
+
+
+def splits_characters(spans: np.ndarray) -> bool:
+    """Whether some token of ``spans`` int [n, 2] starts before the tokens ahead of it end (see
+    ``split_characters``): character offsets give every token of a split character the whole character."""
+    spans = np.asarray(spans).reshape(-1, 2)
+    return len(spans) > 1 and bool((spans[1:, 0] < np.maximum.accumulate(spans[:-1, 1])).any())
+
+
+def split_characters(spans: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Byte-exact spans for the tokens of characters split over several tokens.
+
+    ``spans`` int [n, 2]: byte [start, end) of each token in order, from character offsets, so every token of a
+    split character (the 2 byte tokens of "é", the 4 of an emoji, in a byte-level BPE or byte fallback) has the
+    whole character's range and starts before the tokens ahead of it end. ``lengths`` int [n]: each token's byte
+    length (``token_bytes``). Each run of such overlapping tokens is cut into spans that tile the run's range. Where
+    its tokens hold at least the run's bytes, from the run's end backwards by their lengths, the first token keeping
+    what is left: the excess is a space it carries that is not answer text (the causal layout's joining space, a
+    SentencePiece "▁"). Where they hold fewer, they do not spell the run (an unknown token, a character a
+    normalizer rewrote, a run cut inside its character), so no byte inside it can be placed: the last token takes
+    the run and the others an empty span at its start, and only the run's end is a boundary. Other spans are
+    returned as they are.
+
+    Returns int32 [n, 2].
+    """
+    spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    out = spans.copy()
+    i = 0
+    while i < len(spans):
+        j, end = i + 1, int(spans[i, 1])
+        while j < len(spans) and spans[j, 0] < end:  # token j starts inside the run: it shares a character
+            end = max(end, int(spans[j, 1]))
+            j += 1
+        start = int(spans[i, 0])
+        if j - i > 1 and int(lengths[i:j].sum()) >= end - start:
+            at = end
+            for r in range(j - 1, i, -1):
+                out[r] = (max(at - int(lengths[r]), start), at)
+                at = int(out[r, 0])
+            out[i] = (start, at)
+        elif j - i > 1:
+            out[i : j - 1] = (start, start)
+            out[j - 1] = (start, end)
+        i = j
+    return out.astype(np.int32)
 
 
 def _byte_positions(text: str) -> list[int]:

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow.compute as pc
 import torch
 from tqdm import tqdm
 
@@ -37,10 +39,10 @@ from pipeline.distributed import World
 from pipeline.losses import answer_tokens, causal_lm_ce, hybrid_loss, uld_aligned_loss, uld_loss, uld_pairs
 from pipeline.models import context_limit
 from pipeline.student import reporting, training
-from pipeline.student.alignment import token_bytes, vocab_map
+from pipeline.student.alignment import vocab_map
 from pipeline.student.cache_stream import AlignOptions, BatchStream, StudentEncoder
 from pipeline.student.diagnostics import answer_health
-from pipeline.text import PROMPT_POLICY, TextEncoder, TextSpec, save_spec
+from pipeline.text import PROMPT_POLICY, TextEncoder, TextSpec, save_spec, token_bytes
 
 log = logging.getLogger(__name__)
 
@@ -238,14 +240,34 @@ def _check_token_cache(cfg: DistillConfig, cache) -> None:
     if not cache.has_token_spans:
         raise ConfigError(
             f"--loss {cfg.loss}: {cache.path} has no token spans, label probabilities or teacher vocabulary (schema "
-            f"v{cache.meta.get(cache_schema.ATTR_VERSION)}); write a v1.1 cache with this kdpipe's teacher-cache, "
-            "or use --loss uld"
+            f"v{cache.meta.get(cache_schema.ATTR_VERSION)}); write one with this kdpipe's teacher-cache, or use "
+            "--loss uld"
         )
     if cfg.loss == "hybrid" and not cache.has_topk_ids:
         raise ConfigError(
             f"--loss hybrid: {cache.path} stores no teacher top-k ids (written with --no-store-ids); rewrite it "
             "with --store-ids, or use --loss uld-aligned"
         )
+    if not cache_schema.byte_exact_spans(cache.meta) and cache.meta.get(cache_schema.ATTR_ANSWERS) == "teacher":
+        # Before v1.3 a generated answer's row ended where its decoded prefix did, and a prefix ending inside a
+        # character decodes to U+FFFD: wrong ends, not the character's range that a teacher-forced cache shares
+        # over its rows (and align_batch cuts). Only a vocabulary with tokens that are part of a character can end
+        # a prefix there, and only a non-ASCII answer has a character to end inside.
+        partial = any(not _is_utf8(b) for b in cache.teacher_vocab())
+        if partial and not pc.all(pc.string_is_ascii(cache.examples.column("answer"))).as_py():
+            raise ConfigError(
+                f"--loss {cfg.loss}: {cache.path} is a v{cache.meta.get(cache_schema.ATTR_VERSION)} cache of the "
+                "teacher's own answers whose spans of characters split over several tokens are wrong; rewrite it "
+                "with this kdpipe's teacher-cache (v1.3), or use --loss uld"
+            )
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _token_alignment(cfg: DistillConfig, cache, tokenizer, hf_model, device: torch.device):
@@ -274,7 +296,16 @@ def _token_alignment(cfg: DistillConfig, cache, tokenizer, hf_model, device: tor
                 cache.top_k,
             )
         matched = (torch.from_numpy(vocab.student_matched).to(device), vocab.matched_share)
-    return AlignOptions(skip_student_eos=cfg.skip_student_eos, vocab=vocab), matched
+    lengths = None
+    if not cache_schema.byte_exact_spans(cache.meta):
+        lengths = np.array([len(b) for b in cache.teacher_vocab()], dtype=np.int64)  # [Vt]
+        log.info(
+            "%s: a v%s cache, whose rows of a split character share its span: cutting them by the teacher tokens' "
+            "byte lengths, as v1.3 stores them",
+            cache.path,
+            cache.meta.get(cache_schema.ATTR_VERSION),
+        )
+    return AlignOptions(skip_student_eos=cfg.skip_student_eos, vocab=vocab, teacher_token_bytes=lengths), matched
 
 
 def _check_world(cfg: DistillConfig, world: World) -> None:

@@ -32,10 +32,10 @@ import cache_schema
 from pipeline import output_lock
 from pipeline.config import ConfigError, TeacherCacheConfig, operational_fields, to_dict
 from pipeline.models import context_limit, load_config_and_tokenizer, load_model, pick_device, tokenizer_fingerprint
-from pipeline.student.alignment import generated_spans, token_bytes
+from pipeline.student.alignment import generated_spans
 from pipeline.tasks import MixtureExample, TaskError, build_mixture
 from pipeline.teacher.rows import Rows, teacher_rows
-from pipeline.text import Encoded, TextEncoder, layout_for
+from pipeline.text import Encoded, TextEncoder, layout_for, token_bytes
 
 log = logging.getLogger(__name__)
 

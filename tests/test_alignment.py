@@ -1,7 +1,8 @@
 import numpy as np
 from transformers import AutoTokenizer
 
-from pipeline.student.alignment import align_spans, token_bytes, vocab_map
+from pipeline.student.alignment import align_spans, vocab_map
+from pipeline.text import token_bytes
 
 
 def test_token_bytes_spell_the_text_for_both_demo_tokenizers(demo_models):

@@ -19,7 +19,7 @@ from tests.helpers import small_teacher_cache_config
 @pytest.fixture(scope="module")
 def runs(demo_models, tmp_path_factory) -> dict[str, Path]:
     """One worker, and the same config as two workers: worker 0 by flags, worker 1 by torchrun's environment.
-    The ids of the first 5 of the 16 entries only (schema v1.2): the narrower id array merges like the rest."""
+    The ids of the first 5 of the 16 entries only (as v1.2 introduced): the narrower id array merges like the rest."""
     base = tmp_path_factory.mktemp("merge")
     # 7 batches: 4 + 3
     cfg = small_teacher_cache_config(demo_models["teacher"], batch_size=7, chunk_rows=16, shard_rows=32, ids_k=5)
@@ -66,7 +66,7 @@ def test_merged_parts_equal_the_one_worker_cache(runs):
     assert merged["examples"] == single["examples"]  # same examples in the same order, same row offsets
     for key in ("probs", "tail", "ids", "topk_ids"):
         np.testing.assert_array_equal(merged[key], single[key])
-    assert merged["meta"][cs.ATTR_VERSION] == "1.2" and (merged["topk_ids"][:, 5:] == cs.UNKNOWN_ID).all()
+    assert merged["meta"][cs.ATTR_VERSION] == "1.3" and (merged["topk_ids"][:, 5:] == cs.UNKNOWN_ID).all()
     assert merged["meta"][cs.ATTR_CHECKSUMS] == single["meta"][cs.ATTR_CHECKSUMS]  # byte-identical files
     assert merged["meta"][cs.ATTR_COUNTS] == single["meta"][cs.ATTR_COUNTS]
     assert merged["meta"][cs.ATTR_MERGED]["parts"] == 2 and cs.ATTR_WORKER not in merged["meta"]
@@ -99,6 +99,14 @@ def test_merge_refuses_a_missing_a_duplicated_and_a_foreign_part(runs, tmp_path)
         ([part0, _forged_copy(part1, tmp_path / "hot", **{cs.ATTR_TEMPERATURE: 2.0})], "its temperature 2.0 differs"),
         ([part0, runs["single"]], f"{runs['single']}: not a worker part"),
         ([tmp_path], "neither a cache nor a folder of worker parts"),
+        (
+            [part0, _forged_copy(part1, tmp_path / "v1.2", **{cs.ATTR_VERSION: "1.2"})],
+            'its schema_version "1.2" differs',
+        ),
+        (
+            [_forged_copy(p, tmp_path / f"old{i}", **{cs.ATTR_VERSION: "1.2"}) for i, p in enumerate((part0, part1))],
+            "a v1.2 part, and this kdpipe writes such a cache as v1.3",  # its spans would change meaning
+        ),
     ]
     for paths, message in cases:
         result = CliRunner().invoke(main, ["cache", "merge", *map(str, paths), str(tmp_path / "out")])
@@ -147,5 +155,5 @@ def test_torchrun_writes_one_part_per_rank_and_rank0_merges(runs, demo_models):
     assert merged["examples"] == single["examples"]
     for key in ("probs", "tail", "ids", "topk_ids"):
         np.testing.assert_array_equal(merged[key], single[key])
-    assert merged["meta"][cs.ATTR_VERSION] == "1.2" and (merged["topk_ids"][:, 5:] == cs.UNKNOWN_ID).all()
+    assert merged["meta"][cs.ATTR_VERSION] == "1.3" and (merged["topk_ids"][:, 5:] == cs.UNKNOWN_ID).all()
     assert cs.verify_cache(cs.merged_path(str(out)))["examples"] == 48

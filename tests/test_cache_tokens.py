@@ -1,4 +1,5 @@
-"""Schema v1.1: the token layout (spans, label probabilities, teacher vocabulary) beside v1 caches."""
+"""The token layout (spans, label probabilities, teacher vocabulary; schema v1.1, byte-exact spans from v1.3) beside
+v1 caches."""
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from tests.helpers import (
 
 
 def _token_writer(path, **overrides) -> cs.CacheWriter:
-    """A writer of a small v1.1 cache with every id and the token layout (or ``overrides``)."""
+    """A writer of a small cache with every id and the token layout (or ``overrides``)."""
     options = {"max_rows": 5, "store_ids": True, "chunk_rows": 4, "shard_rows": 8, "vocab": TEACHER_VOCAB}
     return cs.CacheWriter(path, cache_identity(), **{**options, **overrides})
 
@@ -25,7 +26,7 @@ def _token_writer(path, **overrides) -> cs.CacheWriter:
 def test_token_layout_reads_back(tmp_path):
     written = write_known_rows_cache(tmp_path / "c", store_ids=True, token_layout=True)
     cache = cs.open_cache(tmp_path / "c")
-    assert cache.meta[cs.ATTR_VERSION] == "1.1"  # every id stored: the version older readers open
+    assert cache.meta[cs.ATTR_VERSION] == "1.3"  # the token layout: its spans are byte-exact (v1.3)
     assert cache.has_token_spans and cache.has_topk_ids
     assert cache.teacher_vocab() == TEACHER_VOCAB
     start = 0
@@ -39,7 +40,7 @@ def test_token_layout_reads_back(tmp_path):
     report = cs.verify_cache(tmp_path / "c")
     assert report["token_layout"] and report["teacher_vocab"] == len(TEACHER_VOCAB)
     text = cs.describe(cache)
-    assert "token layout yes (schema v1.1)" in text and f"teacher vocabulary {len(TEACHER_VOCAB)} tokens" in text
+    assert "token layout yes (schema v1.3)" in text and f"teacher vocabulary {len(TEACHER_VOCAB)} tokens" in text
     assert "top-k ids    stored" in text
 
 
@@ -65,10 +66,19 @@ def test_ids_of_entries_stored_as_zero_are_stored_as_zero(tmp_path):
     np.testing.assert_array_equal(cs.open_cache(tmp_path / "c")[0].topk_ids, [[5, 6, 0, 0], [9, 0, 0, 0]])
 
 
+def test_a_cache_is_labelled_with_the_lowest_version_that_describes_it(tmp_path):
+    write_known_rows_cache(tmp_path / "v1.1", store_ids=True)
+    write_known_rows_cache(tmp_path / "v1.2", store_ids=True, ids_k=3)
+    write_known_rows_cache(tmp_path / "v1.3", store_ids=True, ids_k=3, token_layout=True)
+    for version in ("1.1", "1.2", "1.3"):
+        assert cs.open_cache(tmp_path / f"v{version}").meta[cs.ATTR_VERSION] == version
+    assert cs.SCHEMA_VERSION == "1.3" and cs.SCHEMA_VERSION in cs.READABLE_VERSIONS
+
+
 def test_ids_of_the_first_entries_only_make_a_v1_2_cache(tmp_path):
     written = write_known_rows_cache(tmp_path / "c", store_ids=True, token_layout=True, ids_k=3)
     cache = cs.open_cache(tmp_path / "c")
-    assert cache.meta[cs.ATTR_VERSION] == cs.SCHEMA_VERSION == "1.2"
+    assert cache.meta[cs.ATTR_VERSION] == "1.3"  # v1.2's ids with the token layout
     assert cache.meta[cs.ATTR_LAYOUT]["ids_k"] == 3 and cache.ids_k == 3
     _, _, _, topk = cache.read_rows(0, cache.total_rows)
     full = cs.mask_zero_ids(cs.encode_probs(written["probs"]), written["topk"])
@@ -135,6 +145,7 @@ def _write_with(path, spans=None, label=None) -> None:
     [
         (np.array([[0, 1], [1, 2], [2, 4]]), None, "spans outside their answer's bytes"),
         (np.array([[0, 2], [1, 1], [2, 3]]), None, "spans that end before the previous one"),
+        (np.array([[0, 2], [1, 2], [2, 3]]), None, "spans that start before the previous one ends"),
         (None, np.array([0.5, 0.5, 0.5]), "disagree with the top-k probability of the same token"),
         (None, np.array([0.5, np.nan, 0.5]), r"label probability outside \[0, 1\]"),
     ],
@@ -145,6 +156,17 @@ def test_verify_names_inconsistent_token_rows(tmp_path, spans, label, message):
         cs.verify_cache(tmp_path / "c")
     result = CliRunner().invoke(main, ["cache", "verify", str(tmp_path / "c")])
     assert result.exit_code == 1 and result.output.strip().count("\n") == 0, result.output
+
+
+def test_a_cache_before_v1_3_may_share_a_span_over_the_rows_of_a_character(tmp_path):
+    """v1.1 / v1.2 gave every byte token of a split character the character's span; verify accepts that there only."""
+    _write_with(tmp_path / "c", np.array([[0, 2], [0, 2], [2, 3]]))
+    with pytest.raises(cs.CacheError, match="start before the previous one ends"):
+        cs.verify_cache(tmp_path / "c")
+    forge_attrs(tmp_path / "c", **{cs.ATTR_VERSION: "1.2"})
+    cache = cs.open_cache(tmp_path / "c")
+    assert not cs.byte_exact_spans(cache.meta) and cs.verify_cache(tmp_path / "c")["token_layout"]
+    assert "token layout yes (schema v1.1)" in cs.describe(cache)
 
 
 def test_hostile_vocabulary_sizes_are_refused_before_reading(tmp_path):

@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import zarr
@@ -22,7 +23,9 @@ from pipeline.student import training
 from stages import distill, teacher_cache
 from tests.conftest import REPO
 from tests.helpers import (
+    cache_identity,
     cli_flags,
+    forge_attrs,
     one_line_error,
     small_teacher_cache_config,
     step_metrics,
@@ -371,3 +374,75 @@ def test_a_cache_without_the_token_layout_is_refused_in_one_line(demo_models, tm
     result = cli("--cache", str(tmp_path / "no-ids"), "--out", str(tmp_path / "o2"), "--loss", "hybrid", *student)
     one_line_error(result, "--loss hybrid")
     assert "stores no teacher top-k ids" in result.output
+
+
+# ---- caches before v1.3: split characters' shared spans ------------------------------------------------------
+
+SPLIT_VOCAB = [b"", b"caf", b"\xc3", b"\xa9", b" sat"]  # "é" as its two bytes, a byte-level teacher's way
+EXACT_SPANS = [(0, 3), (3, 4), (4, 5), (5, 9), (9, 9)]  # "café sat" as v1.3 stores it, EOS last
+SHARED_SPANS = [(0, 3), (3, 5), (3, 5), (5, 9), (9, 9)]  # as v1.1 / v1.2 stored it: both bytes of é span é
+
+
+def _split_character_cache(path: Path, spans, version: str, answers: str = "gold", answer: str = "café sat") -> Path:
+    """A one-example cache whose teacher split a character into byte tokens, labelled ``version``."""
+    rng = np.random.default_rng(0)
+    probs = np.sort(rng.dirichlet(np.ones(4), 5).astype(np.float32), axis=1)[:, ::-1].copy()  # [5, 4]
+    identity = {**cache_identity(4), cs.ATTR_ANSWERS: answers}
+    writer = cs.CacheWriter(path, identity, max_rows=5, store_ids=True, chunk_rows=8, shard_rows=8, vocab=SPLIT_VOCAB)
+    record = {"key": cs.example_key("t", 0, "q", answer), "task": "t", "template_id": 0, "prompt": "q"}
+    token_ids = np.array([1, 2, 3, 4, 0], dtype=np.int32)
+    topk = np.array([[t, *[i for i in range(5) if i != t][:3]] for t in token_ids], dtype=np.int32)  # own token 1st
+    writer.commit(
+        0, 1, [{**record, "answer": answer, "n_rows": 5}], probs, 1 - probs.sum(1), token_ids, topk,
+        spans=np.array(spans), label_probs=probs[:, 0],
+    )  # fmt: skip
+    writer.finalize(cs.counts_attrs(1, 5, {}, {}, {}))
+    if version != cs.SCHEMA_VERSION:
+        forge_attrs(path, **{cs.ATTR_VERSION: version})  # what an older kdpipe wrote
+    return path
+
+
+def _first_groups(cache_path: Path, tok, align) -> dict:
+    from pipeline.student.cache_stream import BatchStream, StudentEncoder
+    from pipeline.text import TextEncoder, TextSpec
+
+    encoder = StudentEncoder(TextEncoder(tok, TextSpec("causal", 64, 32)))
+    with BatchStream(cs.open_cache(cache_path), encoder, batch_size=1, seed=0, shuffle_chunks=1, align=align) as s:
+        aligned = next(s).aligned
+    return {name: getattr(aligned, name).tolist() for name in ("student_t", "extra_t", "groups", "teacher")}
+
+
+def test_a_cache_before_v1_3_pairs_split_characters_as_a_v1_3_cache(demo_models, tmp_path, caplog):
+    """The v1.2 cache's two rows of "é" share its span; distill cuts them by the cached vocabulary's byte lengths
+    and forms the groups a v1.3 cache of the same rows gives (left shared, a group would close after Ã)."""
+    tok = AutoTokenizer.from_pretrained(demo_models["student"])  # splits é too: Ã, ©
+    cfg = small_config(demo_models["student"], loss="uld-aligned")
+    new = cs.open_cache(_split_character_cache(tmp_path / "v1.3", EXACT_SPANS, "1.3"))
+    old = cs.open_cache(_split_character_cache(tmp_path / "v1.2", SHARED_SPANS, "1.2"))
+    assert cs.verify_cache(old.path)["token_layout"]  # a valid v1.2 cache
+    new_align, _ = distill._token_alignment(cfg, new, tok, None, torch.device("cpu"))
+    with caplog.at_level("INFO", logger="stages.distill"):
+        old_align, _ = distill._token_alignment(cfg, old, tok, None, torch.device("cpu"))
+    assert new_align.teacher_token_bytes is None and old_align.teacher_token_bytes.tolist() == [0, 3, 1, 1, 4]
+    assert "cutting them by the teacher tokens' byte lengths" in caplog.text
+    exact = _first_groups(new.path, tok, new_align)
+    assert exact["groups"] == [4]  # caf | Ã | © | " sat", each with the student's tokens of the same bytes
+    assert _first_groups(old.path, tok, old_align) == exact
+    assert _first_groups(old.path, tok, replace(old_align, teacher_token_bytes=None)) != exact
+
+
+def test_a_cache_before_v1_3_of_generated_answers_with_split_characters_is_refused(demo_models, tmp_path):
+    """Before v1.3 a generated answer's rows of a split character end where a prefix decoded to U+FFFD ended."""
+    cfg = small_config(demo_models["student"], loss="uld-aligned")
+    old = _split_character_cache(tmp_path / "old", EXACT_SPANS, "1.2", answers="teacher")
+    with pytest.raises(ConfigError, match=r"v1\.2 cache of the teacher's own answers .* rewrite it"):
+        distill._check_token_cache(cfg, cs.open_cache(old))
+    fine = [
+        _split_character_cache(tmp_path / "new", EXACT_SPANS, "1.3", answers="teacher"),  # v1.3 spans are exact
+        _split_character_cache(tmp_path / "gold", SHARED_SPANS, "1.2"),  # teacher-forced: cut when read
+        _split_character_cache(  # no character to end inside
+            tmp_path / "ascii", [(0, 3), (3, 4), (4, 4), (4, 8), (8, 8)], "1.2", "teacher", answer="cafe sat"
+        ),
+    ]
+    for path in fine:
+        distill._check_token_cache(cfg, cs.open_cache(path))

@@ -1,12 +1,15 @@
-"""uld-aligned and hybrid against independent float64 references on hand-made tokenizations of one answer."""
+"""uld-aligned and hybrid against independent float64 references on hand-made tokenizations of one answer, and on
+answers whose characters a byte-level BPE splits into several tokens (accented, CJK, emoji)."""
 
 import numpy as np
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from cache_schema import UNKNOWN_ID
 from pipeline.losses import hybrid_loss, uld_aligned_loss
 from pipeline.student.alignment import TeacherRows, align_batch, vocab_map
+from pipeline.text import TextEncoder, TextSpec
 
 ANSWER = b"the cat sat"  # 11 bytes; EOS rows have the zero-width span (11, 11)
 EOS = (11, 11)
@@ -16,6 +19,19 @@ TOKENIZATIONS = {
     "one-to-many": ([(0, 7), (7, 11)], [(0, 3), (3, 7), (7, 9), (9, 11)]),
     "many-to-one": ([(0, 1), (1, 3), (3, 7), (7, 11)], [(0, 3), (3, 11)]),
     "no-overlap": ([(0, 2), (2, 5), (5, 11)], [(0, 1), (1, 4), (4, 9), (9, 11)]),
+}
+# Characters split into byte tokens, byte-exact spans as the text contract gives them (cache v1.3); other answers,
+# so each case's EOS is at its own end.
+SPLIT_CHARACTERS = {
+    # "café sat" (9 bytes): the student has é as its 2 bytes, the teacher has "café" whole
+    "accented": ([(0, 3), (3, 4), (4, 5), (5, 9)], [(0, 5), (5, 9)]),
+    # "東京" (6 bytes): the student splits each character 2 + 1 and 1 + 2, the teacher keeps them whole
+    "cjk": ([(0, 2), (2, 3), (3, 4), (4, 6)], [(0, 3), (3, 6)]),
+    # "東京" again, the student's middle token straddling both characters: no boundary but the end
+    "cjk-straddling": ([(0, 2), (2, 4), (4, 6)], [(0, 3), (3, 6)]),
+    # "a 🙂 b" (8 bytes): the student has the emoji's 4 bytes, the teacher " " + 3 of them and the last: both end
+    # at the emoji's third byte, a group inside the character
+    "emoji": ([(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 8)], [(0, 1), (1, 5), (5, 6), (6, 8)]),
 }
 VS, VT, K = 13, 11, 5
 
@@ -29,16 +45,19 @@ def _vocabularies() -> tuple[list[bytes], list[bytes]]:
     return teacher, student
 
 
-def _make_batch(cases: list[str], seed: int, with_eos: bool = True):
-    """Random student logits and dense teacher distributions for one example per case."""
+def _make_batch(cases: list[str], seed: int, with_eos: bool = True, table: dict | None = None):
+    """Random student logits and dense teacher distributions for one example per case (of ``table``, by default
+    the hand-made ones)."""
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
+    table = table or {**TOKENIZATIONS, **SPLIT_CHARACTERS}
     examples = []
     width = 0
     for name in cases:
-        s_spans, t_spans = TOKENIZATIONS[name]
-        s_spans = [*s_spans, EOS] if with_eos else list(s_spans)
-        t_spans = [*t_spans, EOS]
+        s_spans, t_spans = table[name]
+        size = t_spans[-1][1]
+        s_spans = [*s_spans, (size, size)] if with_eos else list(s_spans)
+        t_spans = [*t_spans, (size, size)]
         prompt = int(rng.integers(2, 5))
         answer = rng.integers(1, VS, len(s_spans)).tolist()
         dense = torch.softmax(torch.randn(len(t_spans), VT, generator=gen, dtype=torch.float64) * 2, -1)
@@ -74,11 +93,16 @@ def _aligned(examples, skip_student_eos=True, vocab=None, ids_k=K):
 
 
 def _reference_groups(s_spans, t_spans, skip_eos: bool):
-    """Groups from the set of byte ends both sides share; EOS rows (zero width at the end) paired apart."""
-    s_real = [j for j, (a, b) in enumerate(s_spans) if not a == b == len(ANSWER)]
-    t_real = [j for j, (a, b) in enumerate(t_spans) if not a == b == len(ANSWER)]
+    """Groups from the set of byte ends both sides share; EOS rows (zero width at the end) paired apart. A row of
+    zero width at the start (a token holding only the space before the answer) joins the first group, or pairs
+    with the other side's such row, as the walk does; the cases have no zero-width row elsewhere."""
+    size = t_spans[-1][1]  # the answer's bytes: the teacher's EOS row is the last, at the end
+    s_real = [j for j, (a, b) in enumerate(s_spans) if not a == b == size]
+    t_real = [j for j, (a, b) in enumerate(t_spans) if not a == b == size]
+    for spans, real in ((s_spans, s_real), (t_spans, t_real)):
+        assert all(spans[j][0] < spans[j][1] or spans[j][1] == 0 for j in real)
     common = sorted({s_spans[j][1] for j in s_real} & {t_spans[j][1] for j in t_real})
-    groups, lo = [], 0
+    groups, lo = [], -1
     for end in common:
         s_rows = [j for j in s_real if lo < s_spans[j][1] <= end]
         t_rows = [j for j in t_real if lo < t_spans[j][1] <= end]
@@ -152,10 +176,10 @@ def _loss(kind, logits, aligned, vmap, tau=1.0):
 
 
 @pytest.mark.parametrize("kind", ["uld-aligned", "hybrid"])
-@pytest.mark.parametrize("case", [*TOKENIZATIONS, "all"])
+@pytest.mark.parametrize("case", [*TOKENIZATIONS, *SPLIT_CHARACTERS, "all"])
 @pytest.mark.parametrize("tau", [1.0, 2.0])
 def test_value_and_gradient_match_the_float64_reference(kind, case, tau):
-    cases = list(TOKENIZATIONS) if case == "all" else [case]
+    cases = [*TOKENIZATIONS, *SPLIT_CHARACTERS] if case == "all" else [case]
     logits, examples = _make_batch(cases, seed=len(case) + int(tau))
     vmap = vocab_map(*_vocabularies())
     aligned = _aligned(examples, vocab=vmap)
@@ -194,6 +218,40 @@ def test_eos_rows_pair_with_each_other_when_kept(kind):
     assert aligned.groups.tolist() == [4, 3, 3, 2]  # the content groups plus EOS <-> EOS
     value = _loss(kind, logits.float(), aligned, vmap)
     assert value.item() == pytest.approx(_reference(logits, examples, kind, skip_eos=False).item(), abs=2e-6)
+
+
+def test_groups_of_split_characters_close_only_where_both_sides_end_on_the_same_byte():
+    _, examples = _make_batch(list(SPLIT_CHARACTERS), seed=0)
+    aligned = _aligned(examples)
+    assert aligned.groups.tolist() == [2, 2, 1, 4]
+    # emoji: the student's " " and first 3 bytes with the teacher's " " + 3 bytes, then the last byte on both sides
+    emoji = aligned.groups[:3].sum().item()
+    prompt = examples[3][0]
+    assert aligned.student_t[emoji : emoji + 4].tolist() == [prompt - 1 + j for j in (0, 1, 5, 6)]
+
+
+@pytest.mark.parametrize("kind", ["uld-aligned", "hybrid"])
+def test_split_characters_of_the_demo_tokenizers_match_the_float64_reference(kind, demo_models):
+    """The spans from the text contract itself: the demo student (byte-level BPE) splits é, ï, CJK and emoji into
+    bytes, the demo teacher (SentencePiece) has each as one <unk>; ids are drawn from the small test vocabularies."""
+    student = TextEncoder(AutoTokenizer.from_pretrained(demo_models["student"]), TextSpec("causal", 512, 64))
+    teacher = TextEncoder(AutoTokenizer.from_pretrained(demo_models["teacher"]), TextSpec("seq2seq", 512, 64))
+    answers = ["café sat", "東京タワーです", "a 🙂 b", "naïve résumé", "Zürich 😀👍🏽 x"]
+    table = {a: tuple(enc.encode("q", a).answer_spans[:-1].tolist() for enc in (student, teacher)) for a in answers}
+    for answer, (s_spans, _) in table.items():  # the student ends some tokens inside a character
+        boundaries = set(np.cumsum([0, *(len(c.encode()) for c in answer)]).tolist())
+        assert any(end not in boundaries for _, end in s_spans), answer
+    logits, examples = _make_batch(answers, seed=21, table=table)
+    vmap = vocab_map(*_vocabularies())
+    aligned = _aligned(examples, vocab=vmap)
+    mine_logits = logits.float().requires_grad_(True)
+    ref_logits = logits.clone().requires_grad_(True)
+    mine = _loss(kind, mine_logits, aligned, vmap)
+    ref = _reference(ref_logits, examples, kind)
+    mine.backward()
+    ref.backward()
+    assert mine.item() == pytest.approx(ref.item(), abs=2e-6)
+    torch.testing.assert_close(mine_logits.grad.double(), ref_logits.grad, atol=2e-6, rtol=1e-4)
 
 
 def test_groups_of_the_hand_made_tokenizations():

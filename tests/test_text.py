@@ -19,6 +19,7 @@ import cache_schema as cs
 from pipeline.config import DistillConfig
 from pipeline.evaluation.inference import EvalModel
 from pipeline.losses import IGNORE_INDEX
+from pipeline.student.alignment import generated_spans
 from pipeline.student.cache_stream import StudentEncoder
 from pipeline.text import (
     TEXT_FILE,
@@ -30,6 +31,8 @@ from pipeline.text import (
     layout_for,
     save_spec,
     saved_layout,
+    split_characters,
+    splits_characters,
 )
 from stages import distill
 
@@ -182,14 +185,18 @@ def test_answer_spans_cover_the_answer_bytes_in_order(layout, tokenizers_by_fami
     assert (spans[:, 0] <= spans[:, 1]).all() and (np.diff(spans[:, 0]) >= 0).all()
     assert spans[-1].tolist() == [len(raw), len(raw)]  # EOS covers no answer text
     assert spans[0, 0] == 0 and spans[:-1, 1].max() == len(raw)
-    distinct = [s for i, s in enumerate(spans[:-1].tolist()) if i == 0 or s != spans[i - 1].tolist()]
-    assert b"".join(raw[s:e] for s, e in distinct) == raw  # the spans tile the answer
-    if layout != "seq2seq":  # byte-level BPE: a token that has its span alone covers exactly its own bytes
-        for i, (token, (s, e)) in enumerate(zip(enc.answer_ids[:-1], spans[:-1].tolist(), strict=True)):
-            shared = (spans[:-1] == spans[i]).all(1).sum() > 1  # a character split over several byte tokens
-            if not shared:
-                piece = _byte_level_bytes(tok.convert_ids_to_tokens(token))
-                assert raw[s:e] == (piece.lstrip(b" ") if i == 0 else piece)  # the joining space is not answer
+    assert (spans[1:, 0] == spans[:-1, 1]).all()  # the spans tile the answer: each starts where the last ended
+    if layout != "seq2seq":  # byte-level BPE: every token covers exactly its own bytes, split characters too
+        _assert_byte_exact(tok, answer, enc.answer_ids, spans, joining_space=layout == "causal")
+
+
+def _assert_byte_exact(tok, answer: str, ids: list[int], spans: np.ndarray, joining_space: bool) -> None:
+    """Each answer token's span holds exactly its bytes (the causal layout's joining space aside), and they tile."""
+    raw = answer.encode("utf-8")
+    assert spans[0, 0] == 0 and (spans[1:, 0] == spans[:-1, 1]).all() and spans[-1].tolist() == [len(raw)] * 2
+    for i, (token, (s, e)) in enumerate(zip(ids[:-1], spans[:-1].tolist(), strict=True)):
+        piece = _byte_level_bytes(tok.convert_ids_to_tokens(token))
+        assert raw[s:e] == (piece.removeprefix(b" ") if i == 0 and joining_space else piece), (i, piece)
 
 
 def _byte_level_bytes(piece: str) -> bytes:
@@ -205,6 +212,73 @@ def _byte_level_bytes(piece: str) -> bytes:
             n += 1
     table = {chr(c): b for b, c in zip(bs, cs, strict=True)}
     return bytes(table[ch] for ch in piece)
+
+
+SPLIT_ANSWERS = ["café sat", "東京タワーです", "a 🙂 b", "naïve résumé", "Zürich 😀👍🏽 x", "你好世界"]
+
+
+def test_split_characters_get_their_own_bytes_with_the_demo_student(demo_models):
+    """The demo student's byte-level BPE splits é, CJK and emoji into byte tokens: each has its bytes (cache v1.3)."""
+    tok = AutoTokenizer.from_pretrained(demo_models["student"])
+    text = TextEncoder(tok, TextSpec("causal", 512, 64))
+    for answer in SPLIT_ANSWERS:
+        enc = text.encode(PROMPT, answer)
+        assert splits_characters(_character_spans(tok, answer)), answer  # the case: several tokens in one character
+        _assert_byte_exact(tok, answer, enc.answer_ids, enc.answer_spans, joining_space=True)
+    assert text.encode(PROMPT, "café").answer_spans[:-1].tolist() == [[0, 1], [1, 2], [2, 3], [3, 4], [4, 5]]
+
+
+@pytest.mark.slow
+def test_split_characters_get_their_own_bytes_with_the_real_smollm2_tokenizer(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    for layout in ("causal", "chat"):
+        text = TextEncoder(tok, TextSpec(layout, 512, 64))
+        for answer in SPLIT_ANSWERS:
+            enc = text.encode(PROMPT, answer)
+            _assert_byte_exact(tok, answer, enc.answer_ids, enc.answer_spans, joining_space=layout == "causal")
+    # " 東京" is 'Ġæ' 'Ŀ' '±' 'äº' '¬': the first carries the joining space and one byte of 東
+    assert TextEncoder(tok, TextSpec("causal", 512, 64)).encode(PROMPT, "東京").answer_spans.tolist() == [
+        [0, 1],
+        [1, 2],
+        [2, 3],
+        [3, 5],
+        [5, 6],
+        [6, 6],
+    ]
+
+
+def _character_spans(tok, answer: str) -> np.ndarray:
+    """Each token's span widened to the whole characters its offsets touch (what caches before v1.3 stored)."""
+    text = " " + answer
+    at = np.cumsum([0, *(len(c.encode()) for c in text)])
+    offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True).offset_mapping
+    return np.array([(max(at[s] - 1, 0), max(at[e] - 1, 0)) for s, e in offsets])
+
+
+def test_split_characters_cuts_shared_spans_by_byte_lengths():
+    # "é" as 2 byte tokens after "caf", a 4-byte emoji as 3 + 1, and a first token carrying a joining space
+    shared = np.array([(0, 3), (3, 5), (3, 5), (5, 9), (5, 9), (9, 9)])
+    assert split_characters(shared, [3, 1, 1, 3, 1, 0]).tolist() == [[0, 3], [3, 4], [4, 5], [5, 8], [8, 9], [9, 9]]
+    assert split_characters([(0, 3), (0, 3)], [2, 1]).tolist() == [[0, 2], [2, 3]]  # " æ" + one byte: 1 + 2 bytes
+    # a token straddling two characters (bytes 3 of 你 and 1 of 好) joins them in one run
+    assert split_characters([(0, 3), (0, 6), (3, 6)], [2, 2, 2]).tolist() == [[0, 2], [2, 4], [4, 6]]
+    # tokens that do not spell their run (T5's "▁" and an <unk> for "Ü"): only the run's end is a boundary
+    assert split_characters([(0, 2), (0, 2), (2, 3)], [1, 0, 1]).tolist() == [[0, 0], [0, 2], [2, 3]]
+    plain = np.array([(0, 3), (3, 5), (5, 5)])
+    assert not splits_characters(plain) and split_characters(plain, [9, 9, 9]).tolist() == plain.tolist()
+
+
+def test_generated_spans_where_a_decoded_prefix_ends_inside_a_character(demo_models):
+    """--answers teacher: the ids were generated, the spans come from decoding prefixes; one that stops inside "é"
+    decodes to U+FFFD, and its token still gets its own byte, as if the answer had been tokenized."""
+    tok = AutoTokenizer.from_pretrained(demo_models["student"])
+    text = TextEncoder(tok, TextSpec("causal", 512, 64))
+    for answer in SPLIT_ANSWERS:
+        ids = text.answer_ids(answer)  # what a causal teacher generates after the prompt: " " + answer, EOS
+        decoded = text.decode_answer(ids[:-1])
+        assert decoded == answer
+        assert any(tok.decode(ids[:j]).endswith("\ufffd") for j in range(1, len(ids)))  # a prefix inside a character
+        np.testing.assert_array_equal(generated_spans(text, ids, decoded), text.encode(PROMPT, answer).answer_spans)
 
 
 # ---- one contract for every stage -------------------------------------------------------------------------------

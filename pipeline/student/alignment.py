@@ -5,79 +5,47 @@ student answer rows and the cached teacher rows of each example are grouped by t
 answer string, the teacher side of every group is formed from the cache at once, and the teacher top-k ids
 are mapped to student ids through the two vocabularies' byte strings (a map computed once per run).
 
-Groups (TRL GOLD's extended ULD, ``_align_by_byte_offsets``): walk both token lists, advancing the side whose
-current token ends earlier; a group closes where both sides end at the same byte. One-to-one, one-to-many and
-many-to-one pairings all come out of the same walk; two tokenizations that never agree before the end form
-one group. Unlike GOLD, tokens left after the last common boundary (one side cut shorter, e.g. by
+Spans are UTF-8 byte ranges in the answer string (``pipeline.text``): a character split over several tokens (é, an
+emoji, a CJK character in a byte-level BPE) gives each of its tokens its own bytes, as GOLD's byte offsets do
+(``trl.experimental.utils.encode_with_byte_offsets``). A cache older than v1.3 gave each of them the whole
+character's range instead; ``align_batch`` cuts those shared spans by the cached vocabulary's byte lengths first
+(``teacher_token_bytes``), into the spans v1.3 stores, so such a cache pairs as a new one does.
+
+Groups (TRL GOLD's extended ULD, ``ULDLoss._align_by_byte_offsets``, TRL 1.16): walk both token lists, advancing
+the side whose current token ends earlier; a group closes where both sides end at the same byte. One-to-one,
+one-to-many and many-to-one pairings all come out of the same walk; two tokenizations that never agree before the
+end form one group. Unlike GOLD, tokens left after the last common boundary (one side cut shorter, e.g. by
 ``max_answer_tokens``) are dropped, not paired: they cover different bytes.
 
-Merging a group of rows r_0..r_m into one vector (GOLD's ``"observed"`` strategy, with each row predicting its
-own token as the cache stores it, i.e. GOLD's ``"bayesian"`` row shift): the full distribution of the first row
-times the probabilities of the actual later tokens, P(· | prefix) · Π_{i≥1} P(tok_i | prefix, tok_<i). At the
-actual first token this is the probability of the group's whole byte string; the first rows of a student group
-and of its teacher group see the same text prefix, so their distributions are comparable. The teacher side
-uses the cached top-k of its first row and the cached ``label_probs`` of the later rows.
+Merging a group's rows r_0..r_m into one vector. Each row is the distribution that predicts the row's own token,
+as the cache stores it: r_i = P(· | prefix, tok_<i). The merged vector is the first row's full distribution times
+the probabilities of the group's later actual tokens,
+
+    r_0 · Π_{i≥1} r_i[tok_i] = P(· | prefix) · Π_{i≥1} P(tok_i | prefix, tok_<i),
+
+which at the actual first token is the probability of the group's whole byte string; the first rows of a student
+group and of its teacher group condition on the same text (the group starts at a common boundary). The teacher
+side uses the cached top-k of its first row and the cached ``label_probs`` of the later rows. This is neither of
+GOLD's two ``uld_token_merge_strategy`` values, but their parts: GOLD's ``"observed"`` formula (first row's full
+distribution times the later tokens' scalar probabilities) on the rows of GOLD's ``"bayesian"`` slice (row k
+predicts token k). GOLD's ``"observed"`` itself slices the logits at the answer positions, so its row k predicts
+token k + 1 and its scalars are each such row's probability of token k; a cache keeps each row's probability of
+its own token only, so that merge cannot be formed from one. GOLD's ``"bayesian"`` merges onto the group's LAST row
+(r_m · Π_{i<m} r_i[tok_i]), which on the two sides conditions on different splits of the group's text; it is not
+offered. Run on the same rows (its ``"observed"`` merge given the logits shifted by one position), GOLD's own code
+gives uld-aligned's and hybrid's value and gradient: tests/test_gold_oracle.py.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-
+from pipeline.text import split_characters, splits_characters
 
 # ---------------------------------------------------------------------------------------------- vocabularies
-
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, reversed: the printable character that stands for each byte -> the byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
-
-
-_BYTE_LEVEL = _byte_decoder()
-
-
-def token_bytes(tokenizer, size: int | None = None) -> list[bytes]:
-    """Each token's UTF-8 bytes as it appears in text, by id; special tokens (and ids beyond the tokenizer, up to
-    ``size``, e.g. a model's padded embedding rows) are empty, so they never match anything.
-
-    Byte-level BPE (GPT-2, Llama 3, SmolLM2) pieces are mapped back through the byte alphabet; SentencePiece
-    pieces (T5, Llama 2) have ``▁`` read as a space and ``<0xNN>`` byte-fallback pieces read as that byte.
-    """
-    n = len(tokenizer)
-    pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
-    special = set(tokenizer.all_special_ids)
-    added = {i: t for i, t in tokenizer.added_tokens_decoder.items() if i < n}
-    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
-    decoder = json.dumps(json.loads(backend.to_str()).get("decoder")) if backend is not None else ""
-    byte_level = '"ByteLevel"' in decoder
-    out = []
-    for i, piece in enumerate(pieces):
-        if i in special or piece is None or (i in added and added[i].special):
-            out.append(b"")
-        elif i in added:
-            out.append(added[i].content.encode())
-        elif byte_level:
-            out.append(
-                bytes(_BYTE_LEVEL[c] for c in piece) if all(c in _BYTE_LEVEL for c in piece) else piece.encode()
-            )
-        else:
-            fallback = _BYTE_FALLBACK.fullmatch(piece)
-            out.append(bytes([int(fallback[1], 16)]) if fallback else piece.replace("▁", " ").encode())
-    return out + [b""] * max(0, (size or 0) - n)
 
 
 @dataclass(frozen=True)
@@ -114,21 +82,31 @@ def vocab_map(teacher: list[bytes], student: list[bytes]) -> VocabMap:
 def generated_spans(text, ids: list[int], answer: str) -> np.ndarray:
     """int32 [len(ids), 2] byte spans of generated answer ids (EOS last) in ``answer``, their decoded text.
 
-    ``text``: the teacher's ``pipeline.text.TextEncoder``. Ends come from decoding growing prefixes (the ids were
-    generated, not tokenized from the text, so there are no offsets to ask for); the leading whitespace the
-    decoded answer was stripped of is taken off, and ends are kept in order and inside the answer.
+    ``text``: the teacher's ``pipeline.text.TextEncoder``. The ids were generated, not tokenized from the text, so
+    there are no offsets to ask for: a token ends where the decoded prefix up to it ends, less the leading
+    whitespace the decoded answer was stripped of, kept in order and inside the answer. A prefix that ends inside a
+    character decodes to U+FFFD (3 bytes), not to the bytes it holds, and is no prefix of the whole decoded answer:
+    its token shares the span of the next token whose prefix is one, and ``split_characters`` cuts that shared span
+    by the tokens' byte lengths, as the text contract does for a tokenized answer.
     """
     size = len(answer.encode())
-    full = text.tokenizer.decode(ids[:-1], skip_special_tokens=True)
+    tokenizer = text.tokenizer
+    full = tokenizer.decode(ids[:-1], skip_special_tokens=True)
     lead = len(full.encode()) - len(full.lstrip().encode())
-    spans, covered = [], 0
+    spans, covered, waiting = [], 0, 0  # waiting: tokens since the last clean prefix, which share its span
     for j in range(len(ids) - 1):
-        prefix = text.tokenizer.decode(ids[: j + 1], skip_special_tokens=True)
-        end = min(max(len(prefix.encode()) - lead, covered), size)
-        spans.append((covered, end))
-        covered = end
+        prefix = tokenizer.decode(ids[: j + 1], skip_special_tokens=True)
+        waiting += 1
+        if full.startswith(prefix):
+            end = min(max(len(prefix.encode()) - lead, covered), size)
+            spans += [(covered, end)] * waiting
+            covered, waiting = end, 0
+    spans += [(covered, size)] * waiting  # none: the last prefix is the whole answer
     spans.append((size, size))  # EOS
-    return np.array(spans, dtype=np.int32).reshape(-1, 2)
+    spans = np.array(spans, dtype=np.int64).reshape(-1, 2)
+    if splits_characters(spans[:-1]):
+        spans[:-1] = split_characters(spans[:-1], text.byte_lengths(ids[:-1]))
+    return spans.astype(np.int32)
 
 
 # ---------------------------------------------------------------------------------------------- groups
@@ -202,6 +180,7 @@ class TeacherRows:
     topk_ids: np.ndarray | None  # int32 [n, k]
     spans: np.ndarray  # int32 [n, 2]
     label_probs: np.ndarray  # float32 [n]
+    token_ids: np.ndarray | None = None  # int32 [n], each row's own token (to cut a pre-v1.3 cache's spans)
 
 
 def align_batch(
@@ -212,6 +191,7 @@ def align_batch(
     *,
     skip_student_eos: bool = True,
     vocab: VocabMap | None = None,
+    teacher_token_bytes: np.ndarray | None = None,
 ) -> Aligned:
     """The groups of a batch of examples (reader thread).
 
@@ -219,13 +199,19 @@ def align_batch(
     ``answers[b]``: its student answer ids; ``student_spans[b]`` [len(answers[b]), 2] their byte spans;
     ``teachers[b]``: its cached rows. With ``skip_student_eos`` the student's last row is dropped, and with it the
     teacher's trailing zero-width rows (its EOS, at the end of the answer). ``vocab``: also map the teacher top-k
-    ids to student ids (the hybrid loss).
+    ids to student ids (the hybrid loss). ``teacher_token_bytes`` int [Vt], each teacher token's byte length: given
+    for a cache older than v1.3, whose rows of a split character all carry the character's span; those spans are
+    cut first (``pipeline.text.split_characters``, from the rows' ``token_ids``), into what v1.3 stores.
     """
     example, student_t, extra_group, extra_t, extra_token = [], [], [], [], []
     teacher, teacher_ids, per_example = [], [], []
     for b, (first, answer, s_spans, rows) in enumerate(zip(first_rows, answers, student_spans, teachers, strict=True)):
         n_s = len(answer) - int(skip_student_eos)
         t_spans = rows.spans
+        if teacher_token_bytes is not None and splits_characters(t_spans):
+            ids = rows.token_ids
+            inside = (ids >= 0) & (ids < len(teacher_token_bytes))  # an id beyond the vocabulary: no bytes known
+            t_spans = split_characters(t_spans, np.where(inside, teacher_token_bytes[np.where(inside, ids, 0)], 0))
         n_t = len(t_spans)
         if skip_student_eos:
             end = int(t_spans[:, 1].max(initial=0))

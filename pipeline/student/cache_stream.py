@@ -170,6 +170,9 @@ class AlignOptions:
 
     skip_student_eos: bool = True
     vocab: VocabMap | None = None  # also map the teacher top-k ids to student ids (hybrid)
+    # int [Vt] byte length of each teacher token, for a cache older than v1.3: cut its split characters' shared
+    # spans into the tokens' own bytes before grouping (see align_batch)
+    teacher_token_bytes: np.ndarray | None = None
 
 
 @dataclass
@@ -286,7 +289,7 @@ class BatchStream:
             first, last = int(group.min()), int(group.max())  # a group's examples are contiguous in the cache
             lo = int(self.cache.row_start[first])
             hi = int(self.cache.row_start[last] + self.cache.n_rows[last])
-            probs, _, _, topk_ids = self.cache.read_rows(lo, hi)  # [hi - lo, k], one sequential read
+            probs, _, token_ids, topk_ids = self.cache.read_rows(lo, hi)  # [hi - lo, k], one sequential read
             if self.align is not None:
                 spans, label_probs = self.cache.read_token_rows(lo, hi)
             self.stats.reads += 1
@@ -299,7 +302,7 @@ class BatchStream:
                     yield int(i), probs[rows]
                 else:
                     ids = None if topk_ids is None else topk_ids[rows]
-                    yield int(i), TeacherRows(probs[rows], ids, spans[rows], label_probs[rows])
+                    yield int(i), TeacherRows(probs[rows], ids, spans[rows], label_probs[rows], token_ids[rows])
             skip = 0
 
     def _produce(self) -> None:
@@ -328,6 +331,7 @@ class BatchStream:
                 rows,
                 skip_student_eos=self.align.skip_student_eos,
                 vocab=self.align.vocab,
+                teacher_token_bytes=self.align.teacher_token_bytes,
             )
             self.stats.align_seconds += time.perf_counter() - began
             rows = [r.probs for r in rows]
