@@ -189,7 +189,7 @@ def teacher_cache(config_file: str | None, **flags) -> None:
 @click_options(DistillConfig)
 @_user_errors
 def distill(config_file: str | None, **flags) -> None:
-    """Train a student from the teacher cache with CE + λ·ULD (--uld-weight 0: the fine-tuning baseline)."""
+    """Train a student from the teacher cache with CE + λ·KD, KD the --loss term (--uld-weight 0: the FT baseline)."""
     from stages import distill as stage
 
     flags["expected_mixture"] = _configured_mixture(config_file)
@@ -204,7 +204,7 @@ def distill(config_file: str | None, **flags) -> None:
     click.echo(
         f"student: {result.path}  ({result.steps} steps, {result.seconds:.1f} s; last step loss "
         f"{final.get('loss', float('nan')):.4f}, ce {final.get('ce', float('nan')):.4f}, "
-        f"uld {final.get('uld', float('nan')):.4f})"
+        f"kd ({cfg.loss}) {final.get('kd', float('nan')):.4f})"
     )
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import click
 import yaml
 
+from pipeline import losses
+
 
 class ConfigError(ValueError):
     """A config file or flag value that cannot be used; the message names it."""
@@ -262,21 +264,19 @@ class DistillConfig:
     revision: str | None = option(None, "Hub revision (branch, tag or commit) of the student.")
     uld_weight: float = option(
         1.5,
-        "λ in CE + λ·ULD (1.5 in the official recipe); 0 is plain fine-tuning on the "
-        "same examples, the FT baseline (the ULD distance is then still logged).",
+        "λ in CE + λ·KD, KD the --loss term (1.5 in the official ULD recipe); 0 is plain fine-tuning on the "
+        "same examples, the FT baseline (the KD term is then still logged).",
     )
-    student_temperature: float = option(1.0, "Temperature τ of the student softmax inside ULD.")
-    skip_student_eos: bool = option(True, "Leave the student row predicting EOS out of ULD (official recipe).")
+    student_temperature: float = option(1.0, "Temperature τ of the student softmax inside the KD term.")
+    skip_student_eos: bool = option(
+        True, "Leave the student row predicting EOS out of the KD term (the official ULD recipe)."
+    )
     loss: str = option(
         "uld",
-        "Distillation distance: uld (official: i-th student row vs i-th teacher row, sorted L1), uld-aligned "
-        "(sorted L1 on student and teacher tokens paired by their bytes in the answer as TRL GOLD's extended ULD "
-        "pairs them, each group merged onto its first row: that row's distribution times the later tokens' "
-        "probabilities, which is GOLD's 'observed' merge on its 'bayesian' rows, neither of its two strategies), "
-        "hybrid (uld-aligned, with the tokens both vocabularies spell alike compared by identity, L1 where GOLD "
-        "uses JSD); the last two need a cache with the token layout (v1.1 or later).",
-        choices=("uld", "uld-aligned", "hybrid"),
+        losses.help_text(),
+        choices=tuple(losses.LOSSES),
     )
+    jsd_beta: float = option(0.5, "β of --loss jsd (TRL GKD's generalized JSD): 0 is forward KL, 1 reverse KL.")
     epochs: float = option(1.0, "Passes over the cache (fractions allowed); --steps overrides it.")
     steps: int | None = option(None, "Optimizer steps to train for (default: from --epochs).")
     batch_size: int = option(8, "Examples per micro-batch: the most one process trains on at once.")
@@ -380,6 +380,8 @@ class DistillConfig:
         )
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"--warmup-ratio: must be in [0, 1), got {self.warmup_ratio!r}")
+        if not 0 <= self.jsd_beta <= 1:
+            raise ConfigError(f"--jsd-beta: must be in [0, 1], got {self.jsd_beta!r}")
         check_text_limits(self)
         if (self.batch_size * self.grad_accum) % self.lanes:
             raise ConfigError(

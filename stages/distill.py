@@ -26,8 +26,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pyarrow.compute as pc
 import torch
 from tqdm import tqdm
 
@@ -36,13 +34,12 @@ from pipeline import __version__, distributed, output_lock, trained_on
 from pipeline.atomic import write_atomic
 from pipeline.config import ConfigError, DistillConfig, operational_fields, to_dict
 from pipeline.distributed import World
-from pipeline.losses import answer_tokens, causal_lm_ce, hybrid_loss, uld_aligned_loss, uld_loss, uld_pairs
+from pipeline.losses.ce import answer_tokens, causal_lm_ce
 from pipeline.models import context_limit
-from pipeline.student import reporting, training
-from pipeline.student.alignment import vocab_map
-from pipeline.student.cache_stream import AlignOptions, BatchStream, StudentEncoder
+from pipeline.student import objective, reporting, training
+from pipeline.student.cache_stream import BatchStream, StudentEncoder
 from pipeline.student.diagnostics import answer_health
-from pipeline.text import PROMPT_POLICY, TextEncoder, TextSpec, save_spec, token_bytes
+from pipeline.text import PROMPT_POLICY, TextEncoder, TextSpec, save_spec
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +98,7 @@ def _run(cfg: DistillConfig, out: Path, world: World) -> DistillResult:
     bf16 = _use_bf16(cfg.precision, world.device)
     teacher_cache = cache_schema.open_cache(cfg.cache, checksums=cfg.cache_checksums)
     cache_schema.check_provenance(teacher_cache, cfg.expected_mixture, accept=cfg.accept_cache)
-    _check_token_cache(cfg, teacher_cache)
+    objective.check_cache(cfg, teacher_cache)
     if len(teacher_cache) == 0:
         raise cache_schema.CacheError(f"{teacher_cache.path}: the cache holds no examples")
     spec = _student_text_spec(cfg, teacher_cache)
@@ -136,7 +133,7 @@ def _run(cfg: DistillConfig, out: Path, world: World) -> DistillResult:
     metrics = training.MetricsLog(out / METRICS_FILE, keep_through_step=start) if world.main else None
     reporter = reporting.open_reporter(cfg.report_to, out, to_dict(cfg)) if world.main else reporting.Reporter()
     began = time.monotonic()
-    align, matched = _token_alignment(cfg, teacher_cache, tokenizer, hf_model, world.device)
+    kd = objective.Objective(cfg, teacher_cache, tokenizer, hf_model, world.device)
     with BatchStream(
         teacher_cache,
         encoder,
@@ -150,7 +147,7 @@ def _run(cfg: DistillConfig, out: Path, world: World) -> DistillResult:
         start_step=start,
         prefetch=cfg.prefetch,
         pin_memory=world.device.type == "cuda",
-        align=align,
+        **kd.reader_options(),
     ) as stream:
         try:
             final = _train(
@@ -165,7 +162,7 @@ def _run(cfg: DistillConfig, out: Path, world: World) -> DistillResult:
                 bf16=bf16,
                 examples=len(teacher_cache),
                 world=world,
-                matched=matched,
+                kd=kd,
                 reporter=reporter,
             )
         finally:
@@ -173,7 +170,7 @@ def _run(cfg: DistillConfig, out: Path, world: World) -> DistillResult:
             if metrics is not None:
                 metrics.close()
     seconds = time.monotonic() - began
-    if align is not None:
+    if kd.align is not None:
         log.info("reader thread: %.2f s pairing tokens by bytes for --loss %s", stream.stats.align_seconds, cfg.loss)
 
     training.save_student(model, tokenizer, out, world, checkpointed=cfg.gradient_checkpointing, record=record)
@@ -183,7 +180,7 @@ def _run(cfg: DistillConfig, out: Path, world: World) -> DistillResult:
         cut = {k: v for k, v in encoder.counts.items() if v}
         if cut:
             log.info("student text on this rank (over all epochs): %s", cut)
-        title = f"{Path(cfg.student).name}: CE + {cfg.uld_weight}·ULD"
+        title = f"{Path(cfg.student).name}: CE + {cfg.uld_weight}·{cfg.loss}"
         training.plot_metrics(metrics.rows, out / CURVE_FILE, title)
         final = metrics.rows[-1] if metrics.rows else {}
         examples_seen = total * cfg.grad_accum * cfg.batch_size
@@ -231,81 +228,6 @@ def _student_text_spec(cfg: DistillConfig, teacher_cache) -> TextSpec:
             cfg.max_prompt_tokens,
         )
     return TextSpec(layout, cfg.max_prompt_tokens, cfg.max_answer_tokens, teacher.get("answer_overflow", "cut"))
-
-
-def _check_token_cache(cfg: DistillConfig, cache) -> None:
-    """Refuse, in one line, a token-aware --loss on a cache that lacks what it reads."""
-    if cfg.loss == "uld":
-        return
-    if not cache.has_token_spans:
-        raise ConfigError(
-            f"--loss {cfg.loss}: {cache.path} has no token spans, label probabilities or teacher vocabulary (schema "
-            f"v{cache.meta.get(cache_schema.ATTR_VERSION)}); write one with this kdpipe's teacher-cache, or use "
-            "--loss uld"
-        )
-    if cfg.loss == "hybrid" and not cache.has_topk_ids:
-        raise ConfigError(
-            f"--loss hybrid: {cache.path} stores no teacher top-k ids (written with --no-store-ids); rewrite it "
-            "with --store-ids, or use --loss uld-aligned"
-        )
-    if not cache_schema.byte_exact_spans(cache.meta) and cache.meta.get(cache_schema.ATTR_ANSWERS) == "teacher":
-        # Before v1.3 a generated answer's row ended where its decoded prefix did, and a prefix ending inside a
-        # character decodes to U+FFFD: wrong ends, not the character's range that a teacher-forced cache shares
-        # over its rows (and align_batch cuts). Only a vocabulary with tokens that are part of a character can end
-        # a prefix there, and only a non-ASCII answer has a character to end inside.
-        partial = any(not _is_utf8(b) for b in cache.teacher_vocab())
-        if partial and not pc.all(pc.string_is_ascii(cache.examples.column("answer"))).as_py():
-            raise ConfigError(
-                f"--loss {cfg.loss}: {cache.path} is a v{cache.meta.get(cache_schema.ATTR_VERSION)} cache of the "
-                "teacher's own answers whose spans of characters split over several tokens are wrong; rewrite it "
-                "with this kdpipe's teacher-cache (v1.3), or use --loss uld"
-            )
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _token_alignment(cfg: DistillConfig, cache, tokenizer, hf_model, device: torch.device):
-    """(AlignOptions for the reader, (student matched-id mask [Vs] on ``device``, matched weight) for hybrid).
-
-    The vocabulary map is built once per run, from the cache's teacher byte strings and the student tokenizer's.
-    """
-    if cfg.loss == "uld":
-        return None, None
-    vocab = None
-    matched = None
-    if cfg.loss == "hybrid":
-        size = hf_model.get_output_embeddings().weight.shape[0]
-        vocab = vocab_map(cache.teacher_vocab(), token_bytes(tokenizer, size=size))
-        log.info(
-            "hybrid: %d of %d teacher tokens spelled alike by the student (weight %.3f)",
-            vocab.matched,
-            vocab.teacher_size,
-            vocab.matched_share,
-        )
-        if cache.ids_k < cache.top_k:
-            log.info(
-                "hybrid: the cache keeps the ids of the first %d of %d entries per row; the rest of the teacher's "
-                "top-k goes to the sorted (unmatched) part",
-                cache.ids_k,
-                cache.top_k,
-            )
-        matched = (torch.from_numpy(vocab.student_matched).to(device), vocab.matched_share)
-    lengths = None
-    if not cache_schema.byte_exact_spans(cache.meta):
-        lengths = np.array([len(b) for b in cache.teacher_vocab()], dtype=np.int64)  # [Vt]
-        log.info(
-            "%s: a v%s cache, whose rows of a split character share its span: cutting them by the teacher tokens' "
-            "byte lengths, as v1.3 stores them",
-            cache.path,
-            cache.meta.get(cache_schema.ATTR_VERSION),
-        )
-    return AlignOptions(skip_student_eos=cfg.skip_student_eos, vocab=vocab, teacher_token_bytes=lengths), matched
 
 
 def _check_world(cfg: DistillConfig, world: World) -> None:
@@ -387,7 +309,7 @@ def _train(
     bf16: bool,
     examples: int,
     world: World,
-    matched: tuple[torch.Tensor, float] | None = None,
+    kd: objective.Objective,
     reporter: reporting.Reporter | None = None,
 ) -> dict:
     """The optimizer steps from ``start`` to ``total``; returns the last metrics row.
@@ -423,33 +345,34 @@ def _train(
             world,
             [
                 sum(answer_tokens(b.labels) for b in micro),
-                sum(_paired_examples(b, cfg) for b in micro),
+                sum(kd.pairs(b) for b in micro),
             ],
         )
-        sums = torch.zeros(2, dtype=torch.float64, device=world.device)  # Σ CE, Σ ULD of this rank
+        sums = torch.zeros(2, dtype=torch.float64, device=world.device)  # Σ CE, Σ KD of this rank
         for i, batch in enumerate(micro):
             with distributed.gradient_sync(model, enabled=i == len(micro) - 1):
-                ce, uld, health = _losses(model, batch, cfg, autocast, matched)
+                ce, term, health = _losses(model, batch, cfg, autocast, kd)
                 loss = (
-                    ce / max(tokens, 1) + cfg.uld_weight * uld / max(pairs, 1)
+                    ce / max(tokens, 1) + cfg.uld_weight * term / max(pairs, 1)
                     if cfg.uld_weight > 0
                     else ce / max(tokens, 1)
                 )
                 (loss * world.size).backward()
-            sums += torch.stack([ce.detach(), uld.detach()]).double()
+            sums += torch.stack([ce.detach(), term.detach()]).double()
         grad_norm = distributed.grad_norm_value(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         local_tokens = sum(b.tokens for b in micro)
-        ce_sum, uld_sum, all_tokens, all_wait = distributed.sum_over_ranks(world, [*sums.tolist(), local_tokens, wait])
+        ce_sum, kd_sum, all_tokens, all_wait = distributed.sum_over_ranks(world, [*sums.tolist(), local_tokens, wait])
         seconds = time.perf_counter() - began
-        ce, uld = ce_sum / max(tokens, 1), uld_sum / max(pairs, 1)
+        ce, kd_value = ce_sum / max(tokens, 1), kd_sum / max(pairs, 1)
         row = {
             "step": step + 1,
             "epoch": round((step + 1) * cfg.grad_accum * cfg.batch_size / examples, 4),
-            "loss": round(ce + cfg.uld_weight * uld if cfg.uld_weight > 0 else ce, 6),
+            "loss": round(ce + cfg.uld_weight * kd_value if cfg.uld_weight > 0 else ce, 6),
             "ce": round(ce, 6),
-            "uld": round(uld, 6),
+            "kd": round(kd_value, 6),  # the --loss term, whatever it is
+            **({"uld": round(kd_value, 6)} if kd.family == "uld" else {}),  # its name in the ULD family's logs
             "lr": lr,
             "grad_norm": round(grad_norm, 4),
             "tokens_s": round(all_tokens / seconds, 1),
@@ -468,7 +391,7 @@ def _train(
         bar.update(1)
         bar.set_postfix(
             loss=f"{row['loss']:.3f}",
-            uld=f"{row['uld']:.3f}",
+            kd=f"{row['kd']:.3f}",
             tok_s=f"{row['tokens_s']:.0f}",
             wait=f"{100 * row['data_wait']:.1f}%",
         )
@@ -480,45 +403,13 @@ def _train(
     return row
 
 
-def _paired_examples(batch, cfg: DistillConfig) -> int:
-    """Examples of a micro-batch the distance averages over: with paired rows (uld) or with groups (the others)."""
-    if cfg.loss != "uld":
-        return int((batch.aligned.groups > 0).sum())
-    return int((uld_pairs(batch.labels, batch.teacher_lengths, skip_student_eos=cfg.skip_student_eos) > 0).sum())
-
-
-def _losses(
-    model, batch, cfg: DistillConfig, autocast, matched=None
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """Σ CE over the micro-batch's answer tokens, Σ distance (``--loss``) over its examples (``reduction="sum"``),
-    and the answer health (``pipeline.student.diagnostics``).
-
-    ``matched``: (student ids spelled like a teacher token [Vs] bool, their weight), for ``--loss hybrid``.
-    """
+def _losses(model, batch, cfg: DistillConfig, autocast, kd) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Σ CE over the micro-batch's answer tokens, Σ of the KD term (``--loss``, ``kd.term``) over its examples, and
+    the answer health (``pipeline.student.diagnostics``)."""
     with autocast:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     ce = causal_lm_ce(logits, batch.labels, reduction="sum")  # logits: [B, T, Vs]
-    # λ = 0 is the FT baseline: its distance is measured without gradient so both curves compare.
+    # λ = 0 is the FT baseline: its KD term is measured without gradient so both curves compare.
     with torch.set_grad_enabled(cfg.uld_weight > 0):
-        if cfg.loss == "uld-aligned":
-            uld = uld_aligned_loss(logits, batch.aligned, student_temperature=cfg.student_temperature, reduction="sum")
-        elif cfg.loss == "hybrid":
-            uld = hybrid_loss(
-                logits,
-                batch.aligned,
-                matched[0],
-                matched[1],
-                student_temperature=cfg.student_temperature,
-                reduction="sum",
-            )
-        else:
-            uld = uld_loss(
-                logits,
-                batch.labels,
-                batch.teacher_probs,
-                batch.teacher_lengths,
-                student_temperature=cfg.student_temperature,
-                skip_student_eos=cfg.skip_student_eos,
-                reduction="sum",
-            )
-    return ce, uld, answer_health(logits, batch.labels)
+        term = kd.term(logits, batch)
+    return ce, term, answer_health(logits, batch.labels)

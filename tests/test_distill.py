@@ -19,7 +19,7 @@ from transformers import pipeline as hf_pipeline
 import cache_schema as cs
 from pipeline.cli import main
 from pipeline.config import ConfigError, DistillConfig, TeacherCacheConfig, to_dict
-from pipeline.student import training
+from pipeline.student import objective, training
 from stages import distill, teacher_cache
 from tests.conftest import REPO
 from tests.helpers import (
@@ -369,11 +369,13 @@ def test_a_cache_without_the_token_layout_is_refused_in_one_line(demo_models, tm
     write_known_rows_cache(tmp_path / "v1", store_ids=True)
     result = cli("--cache", str(tmp_path / "v1"), "--out", str(tmp_path / "o1"), "--loss", "uld-aligned", *student)
     one_line_error(result, "--loss uld-aligned")
-    assert "has no token spans" in result.output and "--loss uld" in result.output
+    assert "lacks the token layout (token spans, label probabilities, the teacher vocabulary" in result.output
+    assert "use --loss uld or kl or rkl or jsd" in result.output  # the losses this cache does support
     write_known_rows_cache(tmp_path / "no-ids", token_layout=True)
-    result = cli("--cache", str(tmp_path / "no-ids"), "--out", str(tmp_path / "o2"), "--loss", "hybrid", *student)
-    one_line_error(result, "--loss hybrid")
-    assert "stores no teacher top-k ids" in result.output
+    for loss in ("hybrid", "kl"):
+        result = cli("--cache", str(tmp_path / "no-ids"), "--out", str(tmp_path / "o2"), "--loss", loss, *student)
+        one_line_error(result, f"--loss {loss}")
+        assert "lacks the teacher's top-k ids" in result.output and "uld-aligned" in result.output
 
 
 # ---- caches before v1.3: split characters' shared spans ------------------------------------------------------
@@ -420,9 +422,9 @@ def test_a_cache_before_v1_3_pairs_split_characters_as_a_v1_3_cache(demo_models,
     new = cs.open_cache(_split_character_cache(tmp_path / "v1.3", EXACT_SPANS, "1.3"))
     old = cs.open_cache(_split_character_cache(tmp_path / "v1.2", SHARED_SPANS, "1.2"))
     assert cs.verify_cache(old.path)["token_layout"]  # a valid v1.2 cache
-    new_align, _ = distill._token_alignment(cfg, new, tok, None, torch.device("cpu"))
-    with caplog.at_level("INFO", logger="stages.distill"):
-        old_align, _ = distill._token_alignment(cfg, old, tok, None, torch.device("cpu"))
+    new_align, _ = objective.group_options(cfg, new, tok, len(tok), torch.device("cpu"))
+    with caplog.at_level("INFO", logger="pipeline.student.objective"):
+        old_align, _ = objective.group_options(cfg, old, tok, len(tok), torch.device("cpu"))
     assert new_align.teacher_token_bytes is None and old_align.teacher_token_bytes.tolist() == [0, 3, 1, 1, 4]
     assert "cutting them by the teacher tokens' byte lengths" in caplog.text
     exact = _first_groups(new.path, tok, new_align)
@@ -436,7 +438,7 @@ def test_a_cache_before_v1_3_of_generated_answers_with_split_characters_is_refus
     cfg = small_config(demo_models["student"], loss="uld-aligned")
     old = _split_character_cache(tmp_path / "old", EXACT_SPANS, "1.2", answers="teacher")
     with pytest.raises(ConfigError, match=r"v1\.2 cache of the teacher's own answers .* rewrite it"):
-        distill._check_token_cache(cfg, cs.open_cache(old))
+        objective.check_cache(cfg, cs.open_cache(old))
     fine = [
         _split_character_cache(tmp_path / "new", EXACT_SPANS, "1.3", answers="teacher"),  # v1.3 spans are exact
         _split_character_cache(tmp_path / "gold", SHARED_SPANS, "1.2"),  # teacher-forced: cut when read
@@ -445,4 +447,4 @@ def test_a_cache_before_v1_3_of_generated_answers_with_split_characters_is_refus
         ),
     ]
     for path in fine:
-        distill._check_token_cache(cfg, cs.open_cache(path))
+        objective.check_cache(cfg, cs.open_cache(path))

@@ -26,7 +26,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from pipeline.losses import hybrid_loss, uld_aligned_loss
+from pipeline.losses.token_aware import hybrid_loss, uld_aligned_loss
 from pipeline.student.alignment import TeacherRows, align_batch, align_spans, vocab_map
 from pipeline.text import TextEncoder, TextSpec, split_characters, token_bytes
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import answer_tokens, causal_lm_ce, uld_loss, uld_pairs
+from pipeline.losses.ce import answer_tokens, causal_lm_ce
+from pipeline.losses.uld import uld_loss, uld_pairs
 
 EOS = 2
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pipeline.losses import kl_family_loss
+from pipeline.losses.kl import kl_family_loss
 
 
 def buckets_reference(student_row, teacher_top, teacher_ids, divergence, beta, temperature=1.0):

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoTokenizer
 
 from cache_schema import UNKNOWN_ID
-from pipeline.losses import hybrid_loss, uld_aligned_loss
+from pipeline.losses.token_aware import hybrid_loss, uld_aligned_loss
 from pipeline.student.alignment import TeacherRows, align_batch, vocab_map
 from pipeline.text import TextEncoder, TextSpec
 

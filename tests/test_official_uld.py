@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 import cache_schema as cs
 from pipeline.config import TeacherCacheConfig
-from pipeline.losses import uld_loss
+from pipeline.losses.uld import uld_loss
 from pipeline.student.cache_stream import BatchStream, StudentEncoder
 from pipeline.text import TextEncoder, TextSpec
 from stages import teacher_cache

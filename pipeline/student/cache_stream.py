@@ -61,6 +61,7 @@ class Batch:
     indices: np.ndarray  # [B] cache index of each example
     step: int  # the optimizer step (0-based) whose global batch the examples belong to
     aligned: Aligned | None = None  # the byte-span groups, for the token-aware losses (BatchStream align=...)
+    teacher_ids: torch.Tensor | None = None  # [B, Tt, k] long, student id of each teacher entry or -1 (student_ids=)
 
     def to(self, device: torch.device) -> Batch:
         move = {"device": device, "non_blocking": True}
@@ -73,6 +74,7 @@ class Batch:
             self.indices,
             self.step,
             None if self.aligned is None else self.aligned.to(device),
+            None if self.teacher_ids is None else self.teacher_ids.to(**move),
         )
 
     @property
@@ -138,8 +140,15 @@ class StudentEncoder:
         return out, spans
 
     def collate(
-        self, encoded: list[tuple[list[int], list[int]]], probs: list[np.ndarray], indices: np.ndarray, step: int
+        self,
+        encoded: list[tuple[list[int], list[int]]],
+        probs: list[np.ndarray],
+        indices: np.ndarray,
+        step: int,
+        ids: list[np.ndarray] | None = None,
     ) -> Batch:
+        """The padded batch; ``ids`` [n_rows, k] per example (student ids of the teacher entries) fill
+        ``teacher_ids``, -1 on padding."""
         # numpy, not torch: a torch fill this size runs on the intra-op thread pool the training step is using
         width = max(len(p) + len(a) for p, a in encoded)
         teacher_width = max(len(r) for r in probs)
@@ -158,7 +167,13 @@ class StudentEncoder:
         input_ids, attention_mask, labels, teacher_probs, lengths = map(
             torch.from_numpy, (input_ids, attention_mask, labels, teacher_probs, lengths)
         )
-        return Batch(input_ids, attention_mask, labels, teacher_probs, lengths, indices, step)
+        teacher_ids = None
+        if ids is not None:
+            filled = np.full(tuple(teacher_probs.shape), -1, dtype=np.int64)  # [B, Tt, k]
+            for b, rows in enumerate(ids):
+                filled[b, : len(rows)] = rows
+            teacher_ids = torch.from_numpy(filled)
+        return Batch(input_ids, attention_mask, labels, teacher_probs, lengths, indices, step, None, teacher_ids)
 
 
 # ---------------------------------------------------------------------------------------------- stream
@@ -207,6 +222,7 @@ class BatchStream:
         prefetch: int = 8,
         pin_memory: bool = False,
         align: AlignOptions | None = None,
+        student_ids: VocabMap | None = None,
     ):
         if len(cache) == 0:
             raise ValueError(f"{cache.path}: the cache holds no examples")
@@ -226,6 +242,9 @@ class BatchStream:
         self.start_step = start_step
         self.stats = ReaderStats()
         self.align = align
+        self.student_ids = student_ids
+        if student_ids is not None and not cache.has_topk_ids:
+            raise ValueError(f"{cache.path}: stores no teacher top-k ids to map to student ids")
         self._orders: dict[int, list[np.ndarray]] = {}
         self._prompts = cache.examples.column("prompt")
         self._answers = cache.examples.column("answer")
@@ -298,7 +317,9 @@ class BatchStream:
             for i in group[skip:]:
                 start = int(self.cache.row_start[i]) - lo
                 rows = slice(start, start + int(self.cache.n_rows[i]))
-                if self.align is None:
+                if self.student_ids is not None:
+                    yield int(i), (probs[rows], self._as_student_ids(probs[rows], topk_ids[rows]))
+                elif self.align is None:
                     yield int(i), probs[rows]
                 else:
                     ids = None if topk_ids is None else topk_ids[rows]
@@ -321,6 +342,9 @@ class BatchStream:
         answers = self._answers.take(take).to_pylist()
         encoded, spans = self.encoder.encode_with_spans(prompts, answers)
         rows = [r for _, r in chosen]
+        ids = None
+        if self.student_ids is not None:
+            rows, ids = [r for r, _ in rows], [i for _, i in rows]
         aligned = None
         if self.align is not None:
             began = time.perf_counter()
@@ -335,13 +359,21 @@ class BatchStream:
             )
             self.stats.align_seconds += time.perf_counter() - began
             rows = [r.probs for r in rows]
-        batch = self.encoder.collate(encoded, rows, indices, step)
+        batch = self.encoder.collate(encoded, rows, indices, step, ids)
         batch.aligned = aligned
         if not self.pin_memory:
             return batch
         tensors = (batch.input_ids, batch.attention_mask, batch.labels, batch.teacher_probs, batch.teacher_lengths)
         pinned = None if aligned is None else aligned.pin_memory()
-        return Batch(*(t.pin_memory() for t in tensors), indices, step, pinned)
+        pinned_ids = None if batch.teacher_ids is None else batch.teacher_ids.pin_memory()
+        return Batch(*(t.pin_memory() for t in tensors), indices, step, pinned, pinned_ids)
+
+    def _as_student_ids(self, probs: np.ndarray, topk_ids: np.ndarray) -> np.ndarray:
+        """int64 [n, k]: the student id of each stored teacher entry (``student_ids`` map), -1 where it has none, or
+        where the entry's id is unknown (schema v1.2) or outside the teacher vocabulary, or its probability is 0."""
+        table = self.student_ids.teacher_to_student
+        known = (topk_ids >= 0) & (topk_ids < len(table)) & (probs > 0)
+        return np.where(known, table[np.where(known, topk_ids, 0)], -1)
 
     def _put(self, item) -> bool:
         """Block until the queue takes ``item``; False when asked to stop meanwhile."""

@@ -17,7 +17,7 @@ from collections import Counter
 
 import torch
 
-IGNORE_INDEX = -100
+from pipeline.losses import IGNORE_INDEX
 
 
 @torch.no_grad()

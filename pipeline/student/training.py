@@ -256,7 +256,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_metrics(rows: list[dict], path: Path, title: str) -> None:
-    """Loss curves (total, CE, ULD) and the learning rate against the step, as a PNG."""
+    """Loss curves (total, CE, the KD term) and the learning rate against the step, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -264,7 +264,7 @@ def plot_metrics(rows: list[dict], path: Path, title: str) -> None:
 
     steps = [r["step"] for r in rows]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    for key in ("loss", "ce", "uld"):
+    for key in ("loss", "ce", "kd"):
         top.plot(steps, [r[key] for r in rows], label=key, linewidth=1)
     top.set_ylabel("loss")
     top.set_title(title)

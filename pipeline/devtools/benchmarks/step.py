@@ -17,7 +17,9 @@ import time
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pipeline.losses import IGNORE_INDEX, causal_lm_ce, uld_loss
+from pipeline.losses import IGNORE_INDEX
+from pipeline.losses.ce import causal_lm_ce
+from pipeline.losses.uld import uld_loss
 
 
 def full_sort_uld(logits: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import IGNORE_INDEX, hybrid_loss, uld_aligned_loss, uld_loss
+from pipeline.losses import IGNORE_INDEX
+from pipeline.losses.token_aware import hybrid_loss, uld_aligned_loss
+from pipeline.losses.uld import uld_loss
 from pipeline.student.alignment import TeacherRows, align_batch, vocab_map
 
 
