@@ -94,4 +94,7 @@ def test_smollm2_as_teacher_and_student_gives_kl_terms_of_about_zero(tmp_path):
     for loss in ("kl", "rkl", "jsd"):
         distill.run(_config(GGUF, tmp_path / "c", tmp_path / loss, loss=loss, steps=1, batch_size=8, lanes=1))
         first = step_metrics(tmp_path / loss)[0]
-        assert 0 <= first["kd"] < 1e-3, (loss, first)
+        # the stored probabilities are rounded to 1/65535, so the buckets' sums can miss 1 by a hair either way
+        assert abs(first["kd"]) < 1e-3, (loss, first)
+    # and the distilled GGUF student is a regular checkpoint
+    assert (tmp_path / "kl" / "model.safetensors").is_file() and (tmp_path / "kl" / "config.json").is_file()

@@ -54,6 +54,9 @@ def load_student(name: str, revision: str | None, weights: Path | None = None):
         else:  # a .gguf file is de-quantized from its folder, as teacher-cache and eval load one
             source, extra = source_kwargs(name, "student")
             model = AutoModelForCausalLM.from_pretrained(source, revision=revision, dtype=torch.float32, **extra)
+            if extra and getattr(model, "hf_quantizer", None) is not None:
+                # the weights are plain float32 now; without the GGUF marker save_pretrained writes them as any model
+                model.hf_quantizer.remove_quantization_config(model)
     except (OSError, ValueError) as e:
         raise ModelError(f"student {name!r}: cannot load the weights ({str(e).splitlines()[0]})") from None
     return model, tokenizer
