@@ -1,4 +1,4 @@
-"""Teacher-logit cache, schema v1.2: the single source of truth for the on-disk format.
+"""Teacher-logit cache, schema v1.3: the single source of truth for the on-disk format.
 
 A cache is a directory (or a zip of one, or an fsspec URL) that is at once a Zarr v3 group and the home
 of a Parquet table::
@@ -59,8 +59,10 @@ token fell outside the top-k), and once per cache the teacher's vocabulary as by
 ``vocab_offsets``; special tokens are empty), so a student maps teacher ids to its own by exact byte string
 without the teacher's tokenizer. The token layout rides on v1.1 caches written by teacher-cache; a v1.1 cache
 without it (``layout.token_spans`` false or absent) is read like a v1 cache, and v1 caches still open. v1.2 is
-v1.1 with ids for fewer than k entries (``layout.ids_k`` < k); a writer labels a cache with the lowest version
-that describes it, so a cache with every id stays v1.1 and older readers keep opening it.
+v1.1 with ids for fewer than k entries (``layout.ids_k`` < k). v1.3 adds the ``source_id`` column to
+examples.parquet (the example's own id in its source: a SQuAD qid, a user file's ``id``; null where there is
+none), which every cache written now has, so every new cache is v1.3 (older readers refuse it by its version
+instead of by a column they do not know); v1, v1.1 and v1.2 caches, without the column, still open.
 
 A cache is untrusted data: nothing in it is executed or unpickled, dtypes and shapes are checked against
 this schema before anything is read (no pickle, no object dtype, only the codecs in ALLOWED_CODECS, sizes
@@ -82,8 +84,8 @@ import numpy as np
 import pyarrow as pa
 
 SCHEMA_NAME = "kdpipe-teacher-cache"
-SCHEMA_VERSION = "1.2"  # the newest this kdpipe writes (see schema_version: full-id caches are written as v1.1)
-READABLE_VERSIONS = (1, "1.1", "1.2")  # what it reads: v1 caches have no token layout
+SCHEMA_VERSION = "1.3"  # what this kdpipe writes: every new cache has the source_id column
+READABLE_VERSIONS = (1, "1.1", "1.2", "1.3")  # what it reads: v1 caches have no token layout, < v1.3 no source_id
 UNKNOWN_ID = -1  # what a reader returns for a top-k entry whose id the cache did not keep (v1.2)
 PROB_SCALE = 65535
 EXAMPLES_FILE = "examples.parquet"
@@ -115,7 +117,7 @@ ARRAY_DTYPES = {
     VOCAB_OFFSETS: np.dtype("int64"),
 }
 
-# examples.parquet columns and their Arrow types.
+# examples.parquet columns and their Arrow types (v1.3; caches before it lack source_id).
 EXAMPLE_COLUMNS = pa.schema(
     [
         ("key", pa.string()),  # stable content hash of (task, template_id, prompt, answer)
@@ -125,8 +127,11 @@ EXAMPLE_COLUMNS = pa.schema(
         ("answer", pa.string()),  # the answer whose rows are cached (gold, or the teacher's own)
         ("n_rows", pa.int32()),  # teacher answer rows cached for this example
         ("row_start", pa.int64()),  # first row of this example along the row axis
+        ("source_id", pa.string()),  # v1.3: the example's id in its source (null: none); a writer's record may omit it
     ]
 )
+SOURCE_ID = "source_id"
+EXAMPLE_COLUMNS_V1 = EXAMPLE_COLUMNS.remove(EXAMPLE_COLUMNS.get_field_index(SOURCE_ID))  # v1 to v1.2
 
 # Group attributes.
 ATTR_SCHEMA = "schema"  # SCHEMA_NAME
@@ -233,9 +238,9 @@ def mask_zero_ids(stored_probs: np.ndarray, topk_ids: np.ndarray) -> np.ndarray:
     return np.where(zero, 0, topk_ids).astype(np.int32)
 
 
-def schema_version(top_k: int, ids_k: int) -> str:
-    """The lowest version that describes a cache: v1.2 only where ids are kept for fewer than k entries."""
-    return "1.2" if ids_k < top_k else "1.1"
+def example_columns(version: object) -> pa.Schema:
+    """The examples.parquet schema of a cache of schema ``version``."""
+    return EXAMPLE_COLUMNS if version == "1.3" else EXAMPLE_COLUMNS_V1
 
 
 def ids_width(meta: dict) -> int:

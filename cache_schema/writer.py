@@ -49,6 +49,8 @@ from cache_schema import (
     PARTS_DIR,
     PROBS,
     SCHEMA_NAME,
+    SCHEMA_VERSION,
+    SOURCE_ID,
     SPANS,
     TAIL,
     TOKEN_ARRAYS,
@@ -62,7 +64,6 @@ from cache_schema import (
     encode_spans,
     encode_vocab,
     mask_zero_ids,
-    schema_version,
 )
 from cache_schema.reader import read_json
 from cache_schema.store import can_list, filesystem, is_zip, join, list_files, put_atomic, sha256, zarr_store
@@ -108,9 +109,9 @@ class CacheWriter:
         self.ids_k = self.k if ids_k is None else int(ids_k)  # leading entries of a row whose id is kept
         if not 1 <= self.ids_k <= self.k:
             raise CacheError(f"ids_k {self.ids_k} is not in [1, {self.k}] (the top-k)")
-        # layout.ids_k as written: only where ids are kept for fewer than k entries (then the cache is v1.2)
+        # layout.ids_k as written: only where ids are kept for fewer than k entries (a v1.2 feature)
         self.layout_ids_k = self.ids_k if store_ids and self.ids_k < self.k else None
-        self.version = schema_version(self.k, self.layout_ids_k or self.k)
+        self.version = SCHEMA_VERSION
         self.vocab = vocab
         self.token_spans = vocab is not None
         self._store = zarr_store(self.fs, self.root, read_only=False)
@@ -248,7 +249,7 @@ class CacheWriter:
     ) -> None:
         """Write the rows of batches ``[batch_start, batch_end)`` and mark them done.
 
-        ``records``: dicts with key, task, template_id, prompt, answer, n_rows, in row order.
+        ``records``: dicts with key, task, template_id, prompt, answer, n_rows (source_id optional), in row order.
         ``batch_examples``: how many of the records each batch holds (recorded in a worker's part for merging).
         ``spans`` int [R, 2] byte [start, end) and ``label_probs`` float [R]: required with the token layout.
         Non-finite rows (NaN or inf, e.g. a teacher overflowing in fp16) are refused: nothing is written.
@@ -316,7 +317,11 @@ class CacheWriter:
             self._arrays[SPANS][start : start + n] = spans.astype(np.int32)
             self._arrays[LABEL_PROBS][start : start + n] = label_probs.astype(np.float16)
         n_rows = np.array([r["n_rows"] for r in records], dtype=np.int64)
-        columns = {name: [r[name] for r in records] for name in EXAMPLE_COLUMNS.names if name != "row_start"}
+        columns = {
+            name: [r.get(name) if name == SOURCE_ID else r[name] for r in records]  # source_id: optional, null
+            for name in EXAMPLE_COLUMNS.names
+            if name != "row_start"
+        }
         columns["row_start"] = (start + np.concatenate([[0], np.cumsum(n_rows)[:-1]])).tolist() if records else []
         table = pa.table(columns, schema=EXAMPLE_COLUMNS)
         marked = table
