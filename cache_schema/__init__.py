@@ -149,7 +149,9 @@ ATTR_EOS = "eos"  # {"included": true, "token_id": id}: each example's last row 
 # with its EOS kept as the last row), "prompt_policy": "cut-middle"}. Absent from caches written before the
 # text contract; ATTR_COUNTS["truncated"] counts the prompts and answers that were cut.
 ATTR_TEXT = "text"
-ATTR_MIXTURE = "mixture"  # the mixture spec: tasks and counts, split, seed, caps, templates digest
+# The mixture spec: tasks and counts, split, seed, caps, templates digest, and with file tasks "files": {task spec:
+# {"name", "sha256", "rows", "fields": {role: column}}}, the provenance of each file read (changed_files).
+ATTR_MIXTURE = "mixture"
 ATTR_MIXTURE_FP = "mixture_fingerprint"  # sha256 of ATTR_MIXTURE
 ATTR_COUNTS = "counts"  # {"examples", "rows", "per_task": {task: {"examples", "rows"}}, "skipped", "truncated"}
 ATTR_CONFIG = "config"  # the teacher-cache config that produced the cache
@@ -241,6 +243,22 @@ def mask_zero_ids(stored_probs: np.ndarray, topk_ids: np.ndarray) -> np.ndarray:
 def example_columns(version: object) -> pa.Schema:
     """The examples.parquet schema of a cache of schema ``version``."""
     return EXAMPLE_COLUMNS if version == "1.3" else EXAMPLE_COLUMNS_V1
+
+
+def changed_files(a: object, b: object, labels: tuple[str, str]) -> list[str]:
+    """The file tasks whose provenance differs between two ATTR_MIXTURE values ``a`` and ``b``, each as one phrase
+    naming the file and both provenances under ``labels`` (an empty list: no file task changed)."""
+    files_a = (a.get("files") if isinstance(a, dict) else None) or {}
+    files_b = (b.get("files") if isinstance(b, dict) else None) or {}
+
+    def show(p: dict) -> str:
+        return f"sha256 {str(p.get('sha256'))[:16]}, {p.get('rows')} rows, fields {p.get('fields')}"
+
+    return [
+        f"{spec} ({labels[0]}: {show(files_a[spec])}; {labels[1]}: {show(files_b[spec])})"
+        for spec in sorted(set(files_a) & set(files_b))
+        if files_a[spec] != files_b[spec]
+    ]
 
 
 def ids_width(meta: dict) -> int:

@@ -22,6 +22,7 @@ from cache_schema import (
     ATTR_DIGEST,
     ATTR_LAYOUT,
     ATTR_MERGED,
+    ATTR_MIXTURE,
     ATTR_WORKER,
     GROUP_META_FILE,
     IDENTITY_ATTRS,
@@ -33,6 +34,7 @@ from cache_schema import (
     TOPK_IDS,
     WORKER_PART,
     CacheError,
+    changed_files,
     counts_attrs,
 )
 from cache_schema.reader import Cache, open_cache
@@ -102,6 +104,12 @@ def _check_parts(parts: list[Cache]) -> list[Cache]:
     first = parts[0]
     shared = (*IDENTITY_ATTRS, ATTR_LAYOUT)
     for part in parts[1:]:
+        changed = changed_files(part.meta.get(ATTR_MIXTURE), first.meta.get(ATTR_MIXTURE), ("this part", "first"))
+        if changed:
+            raise CacheError(
+                f"{part.path}: written from another version of a file task than {first.path}: {'; '.join(changed)}; "
+                "rerun the workers on the same file"
+            )
         for key in shared:
             if part.meta.get(key) != first.meta.get(key):
                 raise CacheError(

@@ -34,6 +34,7 @@ from cache_schema import (
     ATTR_CREATED,
     ATTR_DIGEST,
     ATTR_LAYOUT,
+    ATTR_MIXTURE,
     ATTR_SCHEMA,
     ATTR_TOOL_VERSION,
     ATTR_TOP_K,
@@ -60,6 +61,7 @@ from cache_schema import (
     VOCAB_OFFSETS,
     CacheError,
     attrs_digest,
+    changed_files,
     encode_probs,
     encode_spans,
     encode_vocab,
@@ -190,6 +192,12 @@ class CacheWriter:
         if meta.get(ATTR_SCHEMA) != SCHEMA_NAME:
             raise CacheError(
                 f"{self.path}: holds {meta.get(ATTR_SCHEMA)!r}, not a {SCHEMA_NAME} cache; choose another --out"
+            )
+        changed = changed_files(meta.get(ATTR_MIXTURE), self.identity.get(ATTR_MIXTURE), ("cached", "now"))
+        if changed:
+            raise CacheError(
+                f"{self.path}: a file task changed since the cache was started: {'; '.join(changed)}; restore the "
+                "file, or choose another --out"
             )
         for key, value in self.identity.items():
             if meta.get(key) != value:
