@@ -25,6 +25,7 @@ from pipeline.tasks.formats import Malformed, Row
 MAX_ROW_BYTES = 1 << 20
 MAX_JSON_BYTES = 64 << 20  # a .json file is parsed whole: past this, convert it to JSONL (read line by line)
 BATCH_ROWS = 1024  # parquet and Hub rows converted to Python at a time
+_BUFFER = 1 << 20  # read buffer: a line read past (over MAX_ROW_BYTES) goes by in few reads
 
 csv.field_size_limit(max(csv.field_size_limit(), MAX_ROW_BYTES))  # one field may fill a whole row
 
@@ -81,14 +82,14 @@ def _bounded_lines(f: BinaryIO) -> Iterator[bytes | None]:
     while raw := f.readline(MAX_ROW_BYTES + 1):
         if len(raw) > MAX_ROW_BYTES and not raw.endswith(b"\n"):
             while raw and not raw.endswith(b"\n"):
-                raw = f.readline(1 << 16)
+                raw = f.readline(MAX_ROW_BYTES)
             yield None
             continue
         yield raw
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, Row | Malformed]]:
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=_BUFFER) as f:
         for number, raw in enumerate(_bounded_lines(f), 1):
             where = f"line {number}"
             if raw is None:
@@ -138,7 +139,7 @@ def _csv_lines(path: Path, f: BinaryIO, fed: Counter) -> Iterator[str]:
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, Row | Malformed]]:
     fed: Counter = Counter()
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=_BUFFER) as f:
         reader = csv.reader(_csv_lines(path, f, fed))
         try:
             header = next(reader, None)
