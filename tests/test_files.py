@@ -567,12 +567,14 @@ def test_prompts_alone_are_answered_by_the_teacher_then_distilled_and_evaluated(
         EvalConfig(
             models=(str(tmp_path / "s"),),
             tasks=(str(labelled),),
+            metric=("bleu", "rouge_l"),
             max_new_tokens=4,
             device="cpu",
             out=str(tmp_path / "e"),
         )
     )
-    assert result.results["models"]["s"]["results"]["notes"]["n"] == 8
+    notes = result.results["models"]["s"]["results"]["notes"]
+    assert notes["n"] == 8 and set(notes["values"]) == {"bleu", "rouge_l", "no_eos"}  # --metric, not the default
     with pytest.raises(TaskError, match="transfer.jsonl: 8 of its 8 rows read have no answer to score against"):
         eval_stage.run(
             EvalConfig(models=(str(tmp_path / "s"),), tasks=(str(path),), device="cpu", out=str(tmp_path / "e2"))
