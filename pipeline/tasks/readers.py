@@ -147,8 +147,9 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, Row | Malformed]]:
                 return
             if len(set(header)) != len(header):
                 raise TaskError(f"{path}: its header names a column twice: {', '.join(header)}")
+            fed["bytes"] = 0
             for number, cells in enumerate(reader, 1):
-                fed["bytes"] = 0
+                fed["bytes"] = 0  # the next row's lines start here
                 if not cells:
                     continue
                 where = f"row {number}"
