@@ -59,19 +59,21 @@ token fell outside the top-k), and once per cache the teacher's vocabulary as by
 ``vocab_offsets``; special tokens are empty), so a student maps teacher ids to its own by exact byte string
 without the teacher's tokenizer. The token layout rides on v1.1 caches written by teacher-cache; a v1.1 cache
 without it (``layout.token_spans`` false or absent) is read like a v1 cache, and v1 caches still open. v1.2 is
-v1.1 with ids for fewer than k entries (``layout.ids_k`` < k); a writer labels a cache with the lowest version
-that describes it, so a cache with every id and no token layout stays v1.1 and older readers keep opening it.
+v1.1 with ids for fewer than k entries (``layout.ids_k`` < k).
 
-v1.3 changes what ``spans`` mean for a character split over several tokens (é, an emoji, a CJK character in a
-byte-level BPE or byte-fallback vocabulary): each of its rows has its own bytes of the character
-(``pipeline.text.split_characters``), so within an example no row starts before the previous one ends (``verify``
-checks it), and the rows of a generated answer (``answers`` "teacher") end where their bytes do, not where a
-decoded prefix ending in U+FFFD would. Every cache with the token layout is written as v1.3; merging or resuming
-parts of an older version is refused. Older caches still open (``byte_exact_spans`` tells them apart): in v1.1 and
-v1.2 every row of such a character carries the whole character's span, which the token-aware losses cut by the
-stored vocabulary's byte lengths into what v1.3 stores; the rows of a generated answer of such a character cannot
-be put right, and distill refuses a token-aware loss on an older generated cache that may hold one (an answer
-beyond ASCII, and a vocabulary with tokens that are part of a character).
+v1.3, what every cache written now is, changes two things. examples.parquet gains the ``source_id`` column (the
+example's own id in its source: a SQuAD qid, a user file's ``id``; null where there is none), so older readers
+refuse a v1.3 cache by its version instead of by a column they do not know. And ``spans`` change meaning for a
+character split over several tokens (é, an emoji, a CJK character in a byte-level BPE or byte-fallback
+vocabulary): each of its rows has its own bytes of the character (``pipeline.text.split_characters``), so within an
+example no row starts before the previous one ends (``verify`` checks it), and the rows of a generated answer
+(``answers`` "teacher") end where their bytes do, not where a decoded prefix ending in U+FFFD would. Merging or
+resuming parts of an older version is refused. Older caches still open, without ``source_id``
+(``byte_exact_spans`` tells their spans apart): in v1.1 and v1.2 every row of such a character carries the whole
+character's span, which the token-aware losses cut by the stored vocabulary's byte lengths into what v1.3 stores;
+the rows of a generated answer of such a character cannot be put right, and distill refuses a token-aware loss on
+an older generated cache that may hold one (an answer beyond ASCII, and a vocabulary with tokens that are part of a
+character).
 
 A cache is untrusted data: nothing in it is executed or unpickled, dtypes and shapes are checked against
 this schema before anything is read (no pickle, no object dtype, only the codecs in ALLOWED_CODECS, sizes
@@ -93,8 +95,8 @@ import numpy as np
 import pyarrow as pa
 
 SCHEMA_NAME = "kdpipe-teacher-cache"
-SCHEMA_VERSION = "1.3"  # the newest this kdpipe writes (see schema_version: the lowest that describes a cache)
-READABLE_VERSIONS = (1, "1.1", "1.2", "1.3")  # what it reads: v1 caches have no token layout
+SCHEMA_VERSION = "1.3"  # what this kdpipe writes: every new cache has source_id and byte-exact spans
+READABLE_VERSIONS = (1, "1.1", "1.2", "1.3")  # what it reads: v1 caches have no token layout, < v1.3 no source_id
 UNKNOWN_ID = -1  # what a reader returns for a top-k entry whose id the cache did not keep (v1.2)
 PROB_SCALE = 65535
 EXAMPLES_FILE = "examples.parquet"
@@ -126,7 +128,7 @@ ARRAY_DTYPES = {
     VOCAB_OFFSETS: np.dtype("int64"),
 }
 
-# examples.parquet columns and their Arrow types.
+# examples.parquet columns and their Arrow types (v1.3; caches before it lack source_id).
 EXAMPLE_COLUMNS = pa.schema(
     [
         ("key", pa.string()),  # stable content hash of (task, template_id, prompt, answer)
@@ -136,8 +138,11 @@ EXAMPLE_COLUMNS = pa.schema(
         ("answer", pa.string()),  # the answer whose rows are cached (gold, or the teacher's own)
         ("n_rows", pa.int32()),  # teacher answer rows cached for this example
         ("row_start", pa.int64()),  # first row of this example along the row axis
+        ("source_id", pa.string()),  # v1.3: the example's id in its source (null: none); a writer's record may omit it
     ]
 )
+SOURCE_ID = "source_id"
+EXAMPLE_COLUMNS_V1 = EXAMPLE_COLUMNS.remove(EXAMPLE_COLUMNS.get_field_index(SOURCE_ID))  # v1 to v1.2
 
 # Group attributes.
 ATTR_SCHEMA = "schema"  # SCHEMA_NAME
@@ -155,7 +160,9 @@ ATTR_EOS = "eos"  # {"included": true, "token_id": id}: each example's last row 
 # with its EOS kept as the last row), "prompt_policy": "cut-middle"}. Absent from caches written before the
 # text contract; ATTR_COUNTS["truncated"] counts the prompts and answers that were cut.
 ATTR_TEXT = "text"
-ATTR_MIXTURE = "mixture"  # the mixture spec: tasks and counts, split, seed, caps, templates digest
+# The mixture spec: tasks and counts, split, seed, caps, templates digest, and with file tasks "files": {task spec:
+# {"name", "sha256", "rows", "fields": {role: column}}}, the provenance of each file read (changed_files).
+ATTR_MIXTURE = "mixture"
 ATTR_MIXTURE_FP = "mixture_fingerprint"  # sha256 of ATTR_MIXTURE
 ATTR_COUNTS = "counts"  # {"examples", "rows", "per_task": {task: {"examples", "rows"}}, "skipped", "truncated"}
 ATTR_CONFIG = "config"  # the teacher-cache config that produced the cache
@@ -244,12 +251,25 @@ def mask_zero_ids(stored_probs: np.ndarray, topk_ids: np.ndarray) -> np.ndarray:
     return np.where(zero, 0, topk_ids).astype(np.int32)
 
 
-def schema_version(top_k: int, ids_k: int, token_spans: bool = False) -> str:
-    """The lowest version that describes a cache: v1.3 with the token layout (its spans are byte-exact), else v1.2
-    only where ids are kept for fewer than k entries."""
-    if token_spans:
-        return "1.3"
-    return "1.2" if ids_k < top_k else "1.1"
+def example_columns(version: object) -> pa.Schema:
+    """The examples.parquet schema of a cache of schema ``version``."""
+    return EXAMPLE_COLUMNS if version == "1.3" else EXAMPLE_COLUMNS_V1
+
+
+def changed_files(a: object, b: object, labels: tuple[str, str]) -> list[str]:
+    """The file tasks whose provenance differs between two ATTR_MIXTURE values ``a`` and ``b``, each as one phrase
+    naming the file and both provenances under ``labels`` (an empty list: no file task changed)."""
+    files_a = (a.get("files") if isinstance(a, dict) else None) or {}
+    files_b = (b.get("files") if isinstance(b, dict) else None) or {}
+
+    def show(p: dict) -> str:
+        return f"sha256 {str(p.get('sha256'))[:16]}, {p.get('rows')} rows, fields {p.get('fields')}"
+
+    return [
+        f"{spec} ({labels[0]}: {show(files_a[spec])}; {labels[1]}: {show(files_b[spec])})"
+        for spec in sorted(set(files_a) & set(files_b))
+        if files_a[spec] != files_b[spec]
+    ]
 
 
 def byte_exact_spans(meta: dict) -> bool:

@@ -38,6 +38,7 @@ from cache_schema import (
     PARTS_DIR,
     PROBS,
     READABLE_VERSIONS,
+    SOURCE_ID,
     SPANS,
     TAIL,
     TOPK_IDS,
@@ -298,6 +299,7 @@ def describe(cache: Cache) -> str:
         "per task     "
         + "  ".join(f"{t}: {c['examples']} ex / {c['rows']} rows" for t, c in (counts.get("per_task") or {}).items()),
     ]
+    lines += _file_lines(cache)
     if p["worker"]:
         lines.append(f"part         {p['worker']} (join the parts with kdpipe cache merge)")
     if p["merged_from"]:
@@ -307,6 +309,25 @@ def describe(cache: Cache) -> str:
         if nonzero:
             lines.append(f"{label:<13}{json.dumps(nonzero)}")
     return "\n".join(lines)
+
+
+def _file_lines(cache: Cache) -> list[str]:
+    """The provenance of each file task (ATTR_MIXTURE files) and how many examples carry a source id."""
+    files = _get(cache.meta, ATTR_MIXTURE, "files") or {}
+    lines = []
+    for spec, f in files.items() if isinstance(files, dict) else ():
+        fields = ",".join(f"{role}={column}" for role, column in (f.get("fields") or {}).items())
+        split = f"  split {f['split']}" if f.get("split") else ""
+        lines.append(
+            f"file task    {f.get('name')}: {spec}{split}  sha256 {f.get('sha256')}  {f.get('rows')} rows  "
+            f"fields {fields}"
+        )
+    with_id = sum(s is not None for s in cache.source_ids)
+    has_column = SOURCE_ID in cache.examples.column_names
+    lines.append(
+        f"source ids   {with_id} of {len(cache)} examples" if has_column else "source ids   none (a cache before v1.3)"
+    )
+    return lines
 
 
 def _text_line(meta: dict) -> str:

@@ -22,20 +22,22 @@ from cache_schema import (
     ATTR_DIGEST,
     ATTR_LAYOUT,
     ATTR_MERGED,
+    ATTR_MIXTURE,
     ATTR_VERSION,
     ATTR_WORKER,
     GROUP_META_FILE,
     IDENTITY_ATTRS,
     LABEL_PROBS,
     PROBS,
+    SCHEMA_VERSION,
     SPANS,
     TAIL,
     TOKEN_IDS,
     TOPK_IDS,
     WORKER_PART,
     CacheError,
+    changed_files,
     counts_attrs,
-    schema_version,
 )
 from cache_schema.reader import Cache, open_cache
 from cache_schema.store import filesystem, join, storage_errors
@@ -67,10 +69,9 @@ def merge_parts(paths: list[str], out: str | os.PathLike, *, progress: bool = Tr
     parts = _check_parts([open_cache(p) for p in find_parts(paths)])
     first = parts[0]
     layout = first.meta[ATTR_LAYOUT]
-    version = schema_version(first.top_k, first.ids_k or first.top_k, first.has_token_spans)
-    if first.meta[ATTR_VERSION] != version:  # the merged cache would carry the parts' rows under another version
+    if first.meta[ATTR_VERSION] != SCHEMA_VERSION:  # the merged cache would carry the parts' rows under another
         raise CacheError(
-            f"{first.path}: a v{first.meta[ATTR_VERSION]} part, and this kdpipe writes such a cache as v{version}; "
+            f"{first.path}: a v{first.meta[ATTR_VERSION]} part, and this kdpipe writes v{SCHEMA_VERSION} caches; "
             "merge the parts with the kdpipe that wrote them"
         )
     try:
@@ -110,6 +111,12 @@ def _check_parts(parts: list[Cache]) -> list[Cache]:
     first = parts[0]
     shared = (*IDENTITY_ATTRS, ATTR_LAYOUT, ATTR_VERSION)
     for part in parts[1:]:
+        changed = changed_files(part.meta.get(ATTR_MIXTURE), first.meta.get(ATTR_MIXTURE), ("this part", "first"))
+        if changed:
+            raise CacheError(
+                f"{part.path}: written from another version of a file task than {first.path}: {'; '.join(changed)}; "
+                "rerun the workers on the same file"
+            )
         for key in shared:
             if part.meta.get(key) != first.meta.get(key):
                 raise CacheError(

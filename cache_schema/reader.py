@@ -38,7 +38,6 @@ from cache_schema import (
     ATTR_TOP_K,
     ATTR_VERSION,
     ATTR_VOCAB,
-    EXAMPLE_COLUMNS,
     EXAMPLES_FILE,
     GROUP_META_FILE,
     LABEL_PROBS,
@@ -53,6 +52,7 @@ from cache_schema import (
     PROBS,
     READABLE_VERSIONS,
     SCHEMA_NAME,
+    SOURCE_ID,
     SPANS,
     TAIL,
     TOKEN_ARRAYS,
@@ -67,6 +67,7 @@ from cache_schema import (
     decode_probs,
     decode_spans,
     decode_vocab,
+    example_columns,
     ids_width,
     pad_ids,
 )
@@ -114,6 +115,10 @@ class Cache:
         self.ids_k = ids_width(meta) if self.has_topk_ids else 0  # leading entries of a row whose id is stored
         self.has_token_spans = has_token_spans(meta)  # v1.1 token layout: spans, label probs, teacher vocab
         self.keys: list[str] = examples.column("key").to_pylist()
+        # each example's id in its source (None: none, and always in a cache older than v1.3)
+        self.source_ids: list[str | None] = (
+            examples.column(SOURCE_ID).to_pylist() if SOURCE_ID in examples.column_names else [None] * len(self.keys)
+        )
         self.tasks: list[str] = examples.column("task").to_pylist()
         self.row_start = examples.column("row_start").to_numpy()
         self.n_rows = examples.column("n_rows").to_numpy()
@@ -223,7 +228,7 @@ def open_cache(path: str | os.PathLike, *, checksums: str = "none") -> Cache:
     meta = read_attrs(path, fs, root)
     _check_meta(path, meta)
     examples, rows = _check_counts(path, meta)
-    footer = _examples_footer(path, fs, root, examples)
+    footer = _examples_footer(path, fs, root, examples, meta.get(ATTR_VERSION))
     names = array_names(meta)
     needed, shard_rows = {}, {}
     for name in names:
@@ -363,7 +368,9 @@ def _check_counts(path: str, meta: dict) -> tuple[int, int]:
     return examples, rows
 
 
-def _examples_footer(path: str, fs: fsspec.AbstractFileSystem, root: str, examples: int) -> pq.ParquetFile:
+def _examples_footer(
+    path: str, fs: fsspec.AbstractFileSystem, root: str, examples: int, version: object
+) -> pq.ParquetFile:
     """examples.parquet opened on its footer alone: columns and row count are checked before the data is read."""
     name = join(root, EXAMPLES_FILE)
     where = f"{path}/{EXAMPLES_FILE}"
@@ -379,15 +386,21 @@ def _examples_footer(path: str, fs: fsspec.AbstractFileSystem, root: str, exampl
     inflated = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
     if inflated > bound:
         raise CacheError(f"{where}: its pages inflate to {inflated} bytes, more than the {bound} allowed")
-    if not parquet.schema_arrow.equals(EXAMPLE_COLUMNS):
+    expected = example_columns(version)
+    if not parquet.schema_arrow.equals(expected):
         raise CacheError(
-            f"{path}/{EXAMPLES_FILE}: columns {parquet.schema_arrow} differ from the schema {EXAMPLE_COLUMNS}"
+            f"{path}/{EXAMPLES_FILE}: columns {_columns(parquet.schema_arrow)} differ from the v{version} schema's "
+            f"{_columns(expected)}"
         )
     if parquet.metadata.num_rows != examples:
         raise CacheError(
             f"{path}/{EXAMPLES_FILE}: claims {parquet.metadata.num_rows} examples, the attributes say {examples}"
         )
     return parquet
+
+
+def _columns(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name}: {f.type}" for f in schema)
 
 
 def _read_examples(path: str, parquet: pq.ParquetFile) -> pa.Table:

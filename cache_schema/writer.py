@@ -34,6 +34,7 @@ from cache_schema import (
     ATTR_CREATED,
     ATTR_DIGEST,
     ATTR_LAYOUT,
+    ATTR_MIXTURE,
     ATTR_SCHEMA,
     ATTR_TOOL_VERSION,
     ATTR_TOP_K,
@@ -49,6 +50,8 @@ from cache_schema import (
     PARTS_DIR,
     PROBS,
     SCHEMA_NAME,
+    SCHEMA_VERSION,
+    SOURCE_ID,
     SPANS,
     TAIL,
     TOKEN_ARRAYS,
@@ -58,11 +61,11 @@ from cache_schema import (
     VOCAB_OFFSETS,
     CacheError,
     attrs_digest,
+    changed_files,
     encode_probs,
     encode_spans,
     encode_vocab,
     mask_zero_ids,
-    schema_version,
 )
 from cache_schema.reader import read_json
 from cache_schema.store import can_list, filesystem, is_zip, join, list_files, put_atomic, sha256, zarr_store
@@ -108,11 +111,11 @@ class CacheWriter:
         self.ids_k = self.k if ids_k is None else int(ids_k)  # leading entries of a row whose id is kept
         if not 1 <= self.ids_k <= self.k:
             raise CacheError(f"ids_k {self.ids_k} is not in [1, {self.k}] (the top-k)")
-        # layout.ids_k as written: only where ids are kept for fewer than k entries (then the cache is v1.2)
+        # layout.ids_k as written: only where ids are kept for fewer than k entries (a v1.2 feature)
         self.layout_ids_k = self.ids_k if store_ids and self.ids_k < self.k else None
+        self.version = SCHEMA_VERSION
         self.vocab = vocab
         self.token_spans = vocab is not None
-        self.version = schema_version(self.k, self.layout_ids_k or self.k, self.token_spans)
         self._store = zarr_store(self.fs, self.root, read_only=False)
         self._arrays = self._open_or_create(max_rows, chunk_rows, shard_rows)
         self._batch_examples: dict[int, list[int] | None] = {}  # per committed range, by its first batch
@@ -190,6 +193,12 @@ class CacheWriter:
             raise CacheError(
                 f"{self.path}: holds {meta.get(ATTR_SCHEMA)!r}, not a {SCHEMA_NAME} cache; choose another --out"
             )
+        changed = changed_files(meta.get(ATTR_MIXTURE), self.identity.get(ATTR_MIXTURE), ("cached", "now"))
+        if changed:
+            raise CacheError(
+                f"{self.path}: a file task changed since the cache was started: {'; '.join(changed)}; restore the "
+                "file, or choose another --out"
+            )
         for key, value in self.identity.items():
             if meta.get(key) != value:
                 raise CacheError(
@@ -248,7 +257,7 @@ class CacheWriter:
     ) -> None:
         """Write the rows of batches ``[batch_start, batch_end)`` and mark them done.
 
-        ``records``: dicts with key, task, template_id, prompt, answer, n_rows, in row order.
+        ``records``: dicts with key, task, template_id, prompt, answer, n_rows (source_id optional), in row order.
         ``batch_examples``: how many of the records each batch holds (recorded in a worker's part for merging).
         ``spans`` int [R, 2] byte [start, end) and ``label_probs`` float [R]: required with the token layout.
         Non-finite rows (NaN or inf, e.g. a teacher overflowing in fp16) are refused: nothing is written.
@@ -316,7 +325,11 @@ class CacheWriter:
             self._arrays[SPANS][start : start + n] = spans.astype(np.int32)
             self._arrays[LABEL_PROBS][start : start + n] = label_probs.astype(np.float16)
         n_rows = np.array([r["n_rows"] for r in records], dtype=np.int64)
-        columns = {name: [r[name] for r in records] for name in EXAMPLE_COLUMNS.names if name != "row_start"}
+        columns = {
+            name: [r.get(name) if name == SOURCE_ID else r[name] for r in records]  # source_id: optional, null
+            for name in EXAMPLE_COLUMNS.names
+            if name != "row_start"
+        }
         columns["row_start"] = (start + np.concatenate([[0], np.cumsum(n_rows)[:-1]])).tolist() if records else []
         table = pa.table(columns, schema=EXAMPLE_COLUMNS)
         marked = table

@@ -85,6 +85,35 @@ def check_all_choices(cfg: Any) -> None:
             check_choice(cfg, f.name)
 
 
+def check_file_tasks(specs: tuple[str, ...], fields: dict[str, str], task_splits: dict[str, str]) -> None:
+    """Task names unique, field map keys naming roles of file tasks, split overrides naming tasks that have splits.
+
+    Pure checks on the values (no file is opened): what the files hold is checked when a stage reads them.
+    """
+    from pipeline.tasks import TaskError, task_names
+    from pipeline.tasks.files import HUB_PREFIX, check_fields, check_specs, is_file_spec, parse_hub, task_name
+
+    try:
+        check_specs(specs, task_names())
+    except TaskError as e:
+        raise ConfigError(f"--tasks: {e}") from None
+    try:
+        check_fields(fields, specs)
+    except TaskError as e:
+        raise ConfigError(f"--fields: {e}") from None
+    by_name = {task_name(s): s for s in specs} | {s: s for s in specs}
+    for name, split in task_splits.items():
+        spec = by_name.get(name)
+        if spec is None:
+            raise ConfigError(f"--task-splits: {name!r} is not one of the --tasks ({', '.join(specs)})")
+        if split not in SPLITS:
+            raise ConfigError(f"--task-splits: {name}={split!r} is not one of {', '.join(SPLITS)}")
+        if is_file_spec(spec) and not spec.startswith(HUB_PREFIX):
+            raise ConfigError(f"--task-splits: {spec} is a file, read whole: it has no splits")
+        if spec.startswith(HUB_PREFIX) and parse_hub(spec).split:
+            raise ConfigError(f"--task-splits: {spec} names its split already (@{parse_hub(spec).split})")
+
+
 def check_finite(cfg: Any) -> None:
     """Every float field a finite number: NaN passes every comparison-based check, inf makes no sense here."""
     for f in dataclasses.fields(cfg):
@@ -94,6 +123,13 @@ def check_finite(cfg: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- stage configs
+
+FIELDS_HELP = (
+    "Columns of file tasks: ROLE=COLUMN for every file task, TASK.ROLE=COLUMN for one (TASK: the file stem); "
+    "roles: prompt, answer, messages, options, label, id; e.g. prompt=question,answer=reply. A YAML config may "
+    "also give TASK: {ROLE: COLUMN}."
+)
+SPLITS = ("train", "validation", "test")
 
 # The demo mixture: examples per demo task (the tasks themselves: pipeline.tasks.demo.DEMO_TASKS).
 DEMO_MIXTURE = {
@@ -114,10 +150,16 @@ class TeacherCacheConfig:
     teacher: str = option("models/tiny-t5-teacher", "Teacher: a Hugging Face hub id or a local directory.")
     revision: str | None = option(None, "Hub revision (branch, tag or commit) of the teacher.")
     tasks: dict[str, int] = option(
-        help="Mixture: task=examples pairs, e.g. boolq=1000,squad=1000.", factory=lambda: dict(DEMO_MIXTURE)
+        help="Mixture: task=examples pairs, e.g. boolq=1000,squad=1000; a task may be your own file "
+        "(data/support.jsonl=2000: .jsonl, .json, .csv or .parquet) or hf:ORG/NAME[:CONFIG][@SPLIT].",
+        factory=lambda: dict(DEMO_MIXTURE),
     )
+    fields: dict[str, str] = option(help=FIELDS_HELP, factory=dict)
     data_dir: str | None = option(None, "Folder of original release files, <data-dir>/<task>/; default: the hub.")
     split: str = option("train", "Split of each task the mixture is drawn from.")
+    task_splits: dict[str, str] = option(
+        help="Per-task split overrides, e.g. xsum=test (XSum's release files ship a test split only).", factory=dict
+    )
     seed: int = option(0, "Seed of the mixture (examples, templates, order).")
     limit: int | None = option(None, "Cache only the first N examples of the mixture.")
     field_caps: dict[str, int] = option(help="Cap named prompt fields to N words, e.g. passage=300.", factory=dict)
@@ -215,6 +257,7 @@ class TeacherCacheConfig:
         for name, n in self.tasks.items():
             if not isinstance(n, int) or n <= 0:
                 raise ConfigError(f"--tasks: {name}={n!r} must be a positive number of examples")
+        check_file_tasks(tuple(self.tasks), self.fields, self.task_splits)
         if self.shard_rows % self.chunk_rows:
             raise ConfigError(f"--shard-rows: {self.shard_rows} is not a multiple of --chunk-rows {self.chunk_rows}")
         if self.answers == "teacher" and self.answer_overflow != "cut":
@@ -240,7 +283,14 @@ class TeacherCacheConfig:
 
         source = "files" if self.data_dir else "hub"
         return mixture_spec(
-            self.tasks, split=self.split, seed=self.seed, limit=self.limit, caps=self.field_caps, source=source
+            self.tasks,
+            split=self.split,
+            seed=self.seed,
+            limit=self.limit,
+            caps=self.field_caps,
+            source=source,
+            fields=self.fields,
+            task_splits=self.task_splits,
         )
 
 
@@ -403,6 +453,12 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{flag_name(name)}: expected a mapping, got {value!r}")
+        if args[1] is str:  # a nested mapping of text, {a: {b: c}}, is the flat {a.b: c} (per-task field maps)
+            value = {
+                f"{k}.{k2}" if isinstance(v, dict) else k: v2
+                for k, v in value.items()
+                for k2, v2 in (v.items() if isinstance(v, dict) else [(None, v)])
+            }
         return {str(k): _coerce(name, args[1], v) for k, v in value.items()}
     if origin is tuple:
         if isinstance(value, str) or not isinstance(value, list | tuple):
@@ -566,7 +622,18 @@ class EvalConfig:
         help="Short name per --model, in the same order (default: from the path).", factory=tuple
     )
     tasks: tuple[str, ...] = option(
-        help="Tasks to evaluate, comma-separated or repeated.", factory=lambda: tuple(DEMO_MIXTURE), comma_list=True
+        help="Tasks to evaluate, comma-separated or repeated; a task may be your own file (.jsonl, .json, .csv, "
+        ".parquet) or hf:ORG/NAME[:CONFIG][@SPLIT].",
+        factory=lambda: tuple(DEMO_MIXTURE),
+        comma_list=True,
+    )
+    fields: dict[str, str] = option(help=FIELDS_HELP, factory=dict)
+    metric: tuple[str, ...] = option(
+        help="Metrics of file tasks that generate, comma-separated or repeated (rouge_l, squad, bleu, accuracy, "
+        "bertscore); default: rouge_l, plus squad (exact match, F1) when the references are short. Options files "
+        "are rank-classified (acc, acc_norm) whatever this says; built-in tasks keep their own metrics.",
+        factory=tuple,
+        comma_list=True,
     )
     data_dir: str | None = option(None, "Folder of original release files, <data-dir>/<task>/; default: the hub.")
     split: str = option("validation", "Split of each task to evaluate on.", choices=("validation", "test"))
@@ -627,8 +694,10 @@ class EvalConfig:
             raise ConfigError(f"--name: names must be unique folder names, got {list(self.names)!r}")
         if not self.tasks:
             raise ConfigError("--tasks: no task to evaluate")
-        for name, split in self.task_splits.items():
-            if name not in self.tasks:
-                raise ConfigError(f"--task-splits: {name!r} is not one of the --tasks ({', '.join(self.tasks)})")
-            if split not in ("train", "validation", "test"):
-                raise ConfigError(f"--task-splits: {name}={split!r} is not one of train, validation, test")
+        check_file_tasks(self.tasks, self.fields, self.task_splits)
+        from pipeline.evaluation.metrics import METRIC_KEYS
+
+        for name in self.metric:
+            if name not in METRIC_KEYS or name == "coverage":
+                known = ", ".join(m for m in METRIC_KEYS if m != "coverage")
+                raise ConfigError(f"--metric: {name!r} is not one of {known} (coverage needs concepts)")

@@ -14,7 +14,9 @@ Layouts (``TextSpec.layout``):
 - ``chat`` (instruct models, ``--chat-template``): the tokenizer's chat template renders the prompt as the
   user turn and opens the assistant turn; the answer is the assistant content, followed by the template's own
   end-of-turn token, which plays the part of EOS. Uncut, the prompt ids equal
-  ``tokenizer.apply_chat_template([user], add_generation_prompt=True)``.
+  ``tokenizer.apply_chat_template([user], add_generation_prompt=True)``. A chat history from a user's file
+  reaches this module as one prompt text (``pipeline.tasks.files``: its earlier turns as ``role: content``
+  lines), because a cache stores one prompt text per example for every model to read; that text is the user turn.
 
 Every text is tokenized without the tokenizer's own special tokens; the layout adds BOS / EOS itself, so a
 tokenizer that adds BOS by default (Llama) and one that does not (GPT-2) follow the same rule.

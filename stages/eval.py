@@ -1,9 +1,11 @@
 """Stage 3, eval: several models side by side on the evaluation split of the tasks.
 
-validate → check every model can be found → load every task's records (template 0), leaving out the ones a model
-was trained on → per model: load it once, then per task rank-classify the options (option tasks) or generate greedily
-(the others), score with :func:`pipeline.evaluation.metrics.score` and write ``predictions/<model>/<task>.jsonl`` →
-write ``results.json``, ``results.md`` and ``results.png`` (:mod:`pipeline.evaluation.report`).
+validate → check every model can be found → load every task's records (template 0; a task may be the user's own
+file, ``pipeline.tasks.files``, whose metrics follow its references unless ``--metric`` names them), leaving out the
+ones a model was trained on → per model: load it once, then per task rank-classify the options (option tasks) or
+generate greedily (the others), score with :func:`pipeline.evaluation.metrics.score` and write
+``predictions/<model>/<task>.jsonl`` → write ``results.json``, ``results.md`` and ``results.png``
+(:mod:`pipeline.evaluation.report`).
 
 Option tasks report lm-eval's two accuracies under lm-eval's names and definitions: ``acc`` (argmax of the
 summed log-likelihood of the option's tokens, no end token) and ``acc_norm`` (argmax of that sum divided by the
@@ -35,7 +37,7 @@ import os
 import platform
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -50,7 +52,8 @@ from pipeline.evaluation import harness, metrics, report
 from pipeline.evaluation.inference import EvalModel
 from pipeline.models import load_model, pick_device, source_kwargs
 from pipeline.student import model_card
-from pipeline.tasks import Record, Task, TaskError, get_task, render
+from pipeline.tasks import Record, Task, TaskError, render, resolve_tasks, task_split
+from pipeline.tasks.files import FileSource, eval_metrics
 from pipeline.text import TEXT_FILE, chat_template_for
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,7 @@ class _TaskData:
     max_new_tokens: int
     source: str  # the file read, or the Hub dataset
     trained_on: dict  # records left out (or included) as ones a model was trained on, and what was checked
+    file: dict | None = None  # a file task's provenance: sha256, rows, the columns read
 
 
 @dataclass(frozen=True)
@@ -80,13 +84,13 @@ class EvalResult:
 
 def run(cfg: EvalConfig) -> EvalResult:
     """Evaluate every model of ``cfg`` on every task and write the results under ``cfg.out``."""
-    _check_inputs(cfg)
+    resolved = _check_inputs(cfg)
     device = pick_device(cfg.device)
     names = model_names(cfg.models, cfg.names)
     for path in cfg.models:
         _check_model(path)
     trained = _training_records(cfg)
-    tasks = [_load_task(name, cfg, trained) for name in cfg.tasks]
+    tasks = [_load_task(spec, task, cfg, trained) for spec, task in zip(cfg.tasks, resolved, strict=True)]
     out = Path(cfg.out)
     _set_aside_other_runs(out, names, [t.task.name for t in tasks])
     models: dict[str, dict] = {}
@@ -131,17 +135,18 @@ def model_names(paths: tuple[str, ...], names: tuple[str, ...] = ()) -> list[str
 # ---- inputs ---------------------------------------------------------------------------------------------------
 
 
-def _check_inputs(cfg: EvalConfig) -> None:
-    """What the config names exists: its tasks in the registry, its folders on disk."""
-    for name in cfg.tasks:
-        try:
-            get_task(name)
-        except ValueError as e:
-            raise ConfigError(f"--tasks: {e}") from None
+def _check_inputs(cfg: EvalConfig) -> list[Task]:
+    """What the config names exists: its tasks (built-in, or files with the columns asked), its folders on disk."""
+    splits = {spec: task_split(spec, cfg.split, cfg.task_splits) for spec in cfg.tasks}
+    try:
+        tasks = resolve_tasks(list(cfg.tasks), cfg.fields, splits)
+    except ValueError as e:
+        raise ConfigError(f"--tasks: {e}") from None
     if cfg.data_dir is not None and not Path(cfg.data_dir).is_dir():
         raise ConfigError(f"--data-dir: no such folder {cfg.data_dir}")
     if cfg.bertscore_model is not None and not Path(cfg.bertscore_model).is_dir():
         raise ConfigError(f"--bertscore-model: no such folder {cfg.bertscore_model}")
+    return tasks
 
 
 def _training_records(cfg: EvalConfig) -> list[trained_on.TrainedOn]:
@@ -166,9 +171,9 @@ def _training_records(cfg: EvalConfig) -> list[trained_on.TrainedOn]:
     return found
 
 
-def _load_task(name: str, cfg: EvalConfig, trained: list[trained_on.TrainedOn]) -> _TaskData:
-    task = get_task(name)
-    split = cfg.task_splits.get(name, cfg.split)
+def _load_task(spec: str, task: Task, cfg: EvalConfig, trained: list[trained_on.TrainedOn]) -> _TaskData:
+    name = task.name
+    split = task_split(spec, cfg.split, cfg.task_splits)
     # leaving trained-on records out, the next records of the split take their place: read them all
     read_limit = cfg.limit if cfg.include_trained or not trained else None
     try:
@@ -185,6 +190,13 @@ def _load_task(name: str, cfg: EvalConfig, trained: list[trained_on.TrainedOn]) 
         raise TaskError(
             f"task {name!r}: no usable records in its {split!r} split (skipped: {dict(loaded.skipped)}{left_out})"
         )
+    if unanswered := sum(not r.targets for r in records):
+        raise TaskError(
+            f"{loaded.source or spec}: {unanswered} of its {len(records)} rows read have no answer to score against; "
+            "evaluate on data with answers"
+        )
+    if isinstance(task.load, FileSource):
+        task = replace(task, metrics=eval_metrics(task, records, cfg.metric))
     if loaded.skipped:
         log.warning("%s: left out malformed rows %s", name, dict(loaded.skipped))
     if overlap.get("left_out"):
@@ -193,7 +205,8 @@ def _load_task(name: str, cfg: EvalConfig, trained: list[trained_on.TrainedOn]) 
         log.warning("%s: %d of the evaluated records are ones the models were trained on", name, overlap["included"])
     prompts = [render(task, r, TEMPLATE_ID, cfg.field_caps)[0] for r in records]
     max_new = min(task.max_new_tokens, cfg.max_new_tokens or task.max_new_tokens)
-    return _TaskData(task, split, records, prompts, dict(loaded.skipped), max_new, loaded.source, overlap)
+    provenance = task.load.provenance(split) if isinstance(task.load, FileSource) else None
+    return _TaskData(task, split, records, prompts, dict(loaded.skipped), max_new, loaded.source, overlap, provenance)
 
 
 def _without_trained(
@@ -249,6 +262,8 @@ def _task_entry(data: _TaskData, cfg: EvalConfig) -> dict:
         "limit": cfg.limit,
         "trained_on": data.trained_on,
     }
+    if data.file is not None:
+        entry["file"] = data.file
     if task.kind == "generate":
         entry["max_new_tokens"] = data.max_new_tokens
     if "coverage" in task.metrics:  # the ceiling: the human references' own coverage of their concepts
@@ -486,6 +501,7 @@ def _stamp(path: str, data: _TaskData, cfg: EvalConfig, device: torch.device, ch
         "model": path,
         "model_files": files,
         "task": data.task.name,
+        "metrics": list(data.task.metrics),
         "split": data.split,
         "limit": cfg.limit,
         "n": len(data.records),

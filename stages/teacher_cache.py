@@ -1,8 +1,9 @@
 """Stage 1, teacher-cache: run the teacher once over the mixture and write its top-k answer distributions.
 
-validate → build the mixture → load the teacher → tokenize and plan length-bucketed batches → for each batch
-not yet committed: forward (or generate), softmax(logits / T) and top-k on the device → hand the rows to a
-background writer that commits whole batches → finalize (examples.parquet, checksums, complete).
+validate → build the mixture (a bad file task fails here, before any model loads) → load the teacher → tokenize
+and plan length-bucketed batches → for each batch not yet committed: forward (or generate), softmax(logits / T)
+and top-k on the device → hand the rows to a background writer that commits whole batches → finalize
+(examples.parquet, checksums, complete).
 
 The batch plan depends only on the config, and committed work is marked per range of batches, so a run
 killed at any moment and started again computes the remaining batches exactly as the first run would have.
@@ -106,16 +107,17 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
     if device.type == "cuda" and workers > 1 and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process under torchrun
     _check_top_k(cfg)
-    model, tokenizer, teacher_info = load_model(
-        cfg.teacher, revision=cfg.revision, quantize=cfg.quantize, device=device, role="teacher"
-    )
     prepare_start = time.monotonic()
+    # the data first: a bad file or column fails in a second, before the teacher loads
     mixture = build_mixture(
         cfg.tasks,
         split=cfg.split,
         data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
         seed=cfg.seed,
         caps=cfg.field_caps,
+        fields=cfg.fields,
+        task_splits=cfg.task_splits,
+        require_answers=cfg.answers == "gold",
     )
     examples = mixture.examples[: cfg.limit] if cfg.limit else mixture.examples
     if not examples:
@@ -124,6 +126,11 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
             f"the mixture holds no example: {where} gave no usable {cfg.split} row for "
             f"{', '.join(cfg.tasks)} (skipped: {json.dumps(cache_schema.nonzero_counts(mixture.skipped))})"
         )
+    mixture_seconds = time.monotonic() - prepare_start
+    model, tokenizer, teacher_info = load_model(
+        cfg.teacher, revision=cfg.revision, quantize=cfg.quantize, device=device, role="teacher"
+    )
+    prepare_start = time.monotonic()
     text = _teacher_text(cfg, model, tokenizer)
     prepared, skipped, truncated = _tokenize(examples, text, cfg)
     skipped = {"source": mixture.skipped, **skipped}
@@ -161,7 +168,7 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
         return TeacherCacheResult(
             out, counts["examples"], counts["rows"], 0.0, len(plan), already_complete=True, workers=workers
         )
-    prepare_seconds = time.monotonic() - prepare_start
+    prepare_seconds = mixture_seconds + time.monotonic() - prepare_start
     resumed_from = writer.next_batch
     if resumed_from:
         log.info("resuming %s: %d of %d batches already committed", out, resumed_from, len(plan))
@@ -298,6 +305,7 @@ def _write_batches(
                     "prompt": it.example.prompt,
                     "answer": it.example.answer if cfg.answers == "gold" else text.decode_answer(a[:-1]),
                     "n_rows": len(a),
+                    "source_id": it.example.source_id,
                 }
                 for it, a in zip(items, rows_of.answers, strict=True)
             ]

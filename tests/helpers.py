@@ -6,11 +6,13 @@ A test module imports from here (or from ``tests.conftest``), never from another
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import zarr
 
 import cache_schema as cs
@@ -229,6 +231,15 @@ def forge_attrs(path: Path, **changes) -> None:
     attrs.update(changes)
     attrs[cs.ATTR_DIGEST] = cs.attrs_digest(attrs)
     group.attrs.put(attrs)
+
+
+def as_older_version(path: Path, version) -> None:
+    """Make a cache written now look as a writer of ``version`` (before v1.3) left it: no source_id column."""
+    table = pq.read_table(path / cs.EXAMPLES_FILE)
+    pq.write_table(table.drop_columns([cs.SOURCE_ID]), path / cs.EXAMPLES_FILE)
+    checksums = zarr.open_group(zarr.storage.LocalStore(path)).attrs[cs.ATTR_CHECKSUMS]
+    checksums[cs.EXAMPLES_FILE] = hashlib.sha256((path / cs.EXAMPLES_FILE).read_bytes()).hexdigest()
+    forge_attrs(path, **{cs.ATTR_VERSION: version, cs.ATTR_CHECKSUMS: checksums})
 
 
 def edit_array_meta(path: Path, array: str, edit) -> None:

@@ -66,7 +66,7 @@ def test_merged_parts_equal_the_one_worker_cache(runs):
     assert merged["examples"] == single["examples"]  # same examples in the same order, same row offsets
     for key in ("probs", "tail", "ids", "topk_ids"):
         np.testing.assert_array_equal(merged[key], single[key])
-    assert merged["meta"][cs.ATTR_VERSION] == "1.3" and (merged["topk_ids"][:, 5:] == cs.UNKNOWN_ID).all()
+    assert merged["meta"][cs.ATTR_VERSION] == cs.SCHEMA_VERSION and (merged["topk_ids"][:, 5:] == cs.UNKNOWN_ID).all()
     assert merged["meta"][cs.ATTR_CHECKSUMS] == single["meta"][cs.ATTR_CHECKSUMS]  # byte-identical files
     assert merged["meta"][cs.ATTR_COUNTS] == single["meta"][cs.ATTR_COUNTS]
     assert merged["meta"][cs.ATTR_MERGED]["parts"] == 2 and cs.ATTR_WORKER not in merged["meta"]
@@ -155,5 +155,5 @@ def test_torchrun_writes_one_part_per_rank_and_rank0_merges(runs, demo_models):
     assert merged["examples"] == single["examples"]
     for key in ("probs", "tail", "ids", "topk_ids"):
         np.testing.assert_array_equal(merged[key], single[key])
-    assert merged["meta"][cs.ATTR_VERSION] == "1.3" and (merged["topk_ids"][:, 5:] == cs.UNKNOWN_ID).all()
+    assert merged["meta"][cs.ATTR_VERSION] == cs.SCHEMA_VERSION and (merged["topk_ids"][:, 5:] == cs.UNKNOWN_ID).all()
     assert cs.verify_cache(cs.merged_path(str(out)))["examples"] == 48

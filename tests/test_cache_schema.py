@@ -10,7 +10,37 @@ import pytest
 import zarr
 
 import cache_schema as cs
-from tests.helpers import cache_identity, edit_array_meta, forge_attrs, peaked_rows, write_known_rows_cache
+from tests.helpers import (
+    as_older_version,
+    cache_identity,
+    edit_array_meta,
+    forge_attrs,
+    peaked_rows,
+    write_known_rows_cache,
+)
+
+
+def test_source_ids_are_stored_null_where_a_record_has_none_and_older_caches_read_without(tmp_path):
+    writer = cs.CacheWriter(tmp_path / "c", cache_identity(4), max_rows=3, store_ids=False, chunk_rows=4, shard_rows=8)
+    records = [
+        {"key": cs.example_key("t", 0, p, "x"), "task": "t", "template_id": 0, "prompt": p, "answer": "x", "n_rows": 1}
+        for p in ("p1", "p2", "p3")
+    ]
+    records = [{**records[0], "source_id": "qid-1"}, records[1], {**records[2], "source_id": None}]
+    probs, tail = peaked_rows(np.random.default_rng(0), 3, 4)
+    writer.commit(0, 1, records, probs, tail, np.zeros(3, np.int32))
+    writer.finalize(cs.counts_attrs(3, 3, {}, {}, {}))
+    cache = cs.open_cache(tmp_path / "c")
+    assert cache.meta[cs.ATTR_VERSION] == cs.SCHEMA_VERSION == "1.3"
+    assert cache.source_ids == ["qid-1", None, None] and cache.examples.schema.equals(cs.EXAMPLE_COLUMNS)
+    assert cs.verify_cache(tmp_path / "c")["examples"] == 3
+    as_older_version(tmp_path / "c", "1.2")  # as kdpipe wrote caches before v1.3
+    old = cs.open_cache(tmp_path / "c")
+    assert old.source_ids == [None, None, None] and old.examples.schema.equals(cs.EXAMPLE_COLUMNS_V1)
+    forge_attrs(tmp_path / "c", **{cs.ATTR_VERSION: "1.3"})  # a v1.3 cache must have the column
+    columns = r"columns key: string, .*, row_start: int64 differ from the v1.3 schema's key: .*, source_id: string$"
+    with pytest.raises(cs.CacheError, match=columns):
+        cs.open_cache(tmp_path / "c")
 
 
 def test_encoding_round_trip_is_within_the_documented_tolerance():
@@ -292,7 +322,7 @@ def _object_dtype(path: Path) -> None:
 def _more_examples_than_attrs(path: Path) -> None:
     n = 200_000
     columns = {"key": ["k"] * n, "task": ["t"] * n, "template_id": [0] * n, "prompt": ["p"] * n}
-    columns |= {"answer": ["a"] * n, "n_rows": [1] * n, "row_start": list(range(n))}
+    columns |= {"answer": ["a"] * n, "n_rows": [1] * n, "row_start": list(range(n)), "source_id": [None] * n}
     pq.write_table(pa.table(columns, schema=cs.EXAMPLE_COLUMNS), path / cs.EXAMPLES_FILE)
 
 
@@ -338,7 +368,7 @@ def test_provenance_names_where_the_cache_comes_from(tmp_path):
     cache = cs.open_cache(tmp_path / "c")
     p = cs.provenance(cache)
     assert (p["teacher"], p["revision"], p["quantization"]) == ("google/flan-t5-xxl", "abc123", "nf4")
-    assert (p["top_k"], p["temperature"], p["schema_version"]) == (8, 1.0, "1.1")  # every id stored
+    assert (p["top_k"], p["temperature"], p["schema_version"]) == (8, 1.0, cs.SCHEMA_VERSION)
     assert p["mixture_fingerprint"] == cs.fingerprint({"tasks": {"a": 3}})
     assert p["tool_version"] and p["created_at"] and p["created_on"]
     json.dumps(p)  # recordable as is beside a student

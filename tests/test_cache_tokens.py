@@ -9,6 +9,7 @@ import cache_schema as cs
 from pipeline.cli import main
 from tests.helpers import (
     TEACHER_VOCAB,
+    as_older_version,
     cache_identity,
     edit_array_meta,
     forge_attrs,
@@ -26,7 +27,7 @@ def _token_writer(path, **overrides) -> cs.CacheWriter:
 def test_token_layout_reads_back(tmp_path):
     written = write_known_rows_cache(tmp_path / "c", store_ids=True, token_layout=True)
     cache = cs.open_cache(tmp_path / "c")
-    assert cache.meta[cs.ATTR_VERSION] == "1.3"  # the token layout: its spans are byte-exact (v1.3)
+    assert cache.meta[cs.ATTR_VERSION] == cs.SCHEMA_VERSION == "1.3"  # every new cache has source_id (v1.3)
     assert cache.has_token_spans and cache.has_topk_ids
     assert cache.teacher_vocab() == TEACHER_VOCAB
     start = 0
@@ -46,7 +47,7 @@ def test_token_layout_reads_back(tmp_path):
 
 def test_a_v1_cache_still_opens_verifies_and_says_it_has_no_token_layout(tmp_path):
     write_known_rows_cache(tmp_path / "c", store_ids=True)
-    forge_attrs(tmp_path / "c", **{cs.ATTR_VERSION: 1})  # what kdpipe's v1 writer left: no token_spans flag
+    as_older_version(tmp_path / "c", 1)  # what kdpipe's v1 writer left: no token_spans flag, no source_id
     cache = cs.open_cache(tmp_path / "c")
     assert not cache.has_token_spans and cache[0].spans is None and cache[0].label_probs is None
     assert cs.verify_cache(tmp_path / "c")["token_layout"] is False
@@ -66,19 +67,10 @@ def test_ids_of_entries_stored_as_zero_are_stored_as_zero(tmp_path):
     np.testing.assert_array_equal(cs.open_cache(tmp_path / "c")[0].topk_ids, [[5, 6, 0, 0], [9, 0, 0, 0]])
 
 
-def test_a_cache_is_labelled_with_the_lowest_version_that_describes_it(tmp_path):
-    write_known_rows_cache(tmp_path / "v1.1", store_ids=True)
-    write_known_rows_cache(tmp_path / "v1.2", store_ids=True, ids_k=3)
-    write_known_rows_cache(tmp_path / "v1.3", store_ids=True, ids_k=3, token_layout=True)
-    for version in ("1.1", "1.2", "1.3"):
-        assert cs.open_cache(tmp_path / f"v{version}").meta[cs.ATTR_VERSION] == version
-    assert cs.SCHEMA_VERSION == "1.3" and cs.SCHEMA_VERSION in cs.READABLE_VERSIONS
-
-
-def test_ids_of_the_first_entries_only_make_a_v1_2_cache(tmp_path):
+def test_ids_of_the_first_entries_only_are_kept_in_the_layout(tmp_path):
     written = write_known_rows_cache(tmp_path / "c", store_ids=True, token_layout=True, ids_k=3)
     cache = cs.open_cache(tmp_path / "c")
-    assert cache.meta[cs.ATTR_VERSION] == "1.3"  # v1.2's ids with the token layout
+    assert cache.meta[cs.ATTR_VERSION] == cs.SCHEMA_VERSION
     assert cache.meta[cs.ATTR_LAYOUT]["ids_k"] == 3 and cache.ids_k == 3
     _, _, _, topk = cache.read_rows(0, cache.total_rows)
     full = cs.mask_zero_ids(cs.encode_probs(written["probs"]), written["topk"])
