@@ -13,7 +13,7 @@ import cache_schema as cs
 from pipeline.cli import main
 from pipeline.config import ConfigError, TeacherCacheConfig
 from stages import teacher_cache
-from tests.helpers import small_teacher_cache_config
+from tests.helpers import as_older_version, small_teacher_cache_config
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,13 @@ def _forged_copy(src: Path, dst: Path, **changes) -> Path:
     return dst
 
 
+def _older_copy(src: Path, dst: Path) -> Path:
+    """A copy of a part as a v1.2 writer would have left it (no source_id column; its spans then mean v1.2's)."""
+    shutil.copytree(src, dst)
+    as_older_version(dst, "1.2")
+    return dst
+
+
 def test_merge_refuses_a_missing_a_duplicated_and_a_foreign_part(runs, tmp_path):
     part0, part1 = runs["parts"] / "worker-0-of-2", runs["parts"] / "worker-1-of-2"
     cases = [
@@ -99,13 +106,10 @@ def test_merge_refuses_a_missing_a_duplicated_and_a_foreign_part(runs, tmp_path)
         ([part0, _forged_copy(part1, tmp_path / "hot", **{cs.ATTR_TEMPERATURE: 2.0})], "its temperature 2.0 differs"),
         ([part0, runs["single"]], f"{runs['single']}: not a worker part"),
         ([tmp_path], "neither a cache nor a folder of worker parts"),
+        ([part0, _older_copy(part1, tmp_path / "v1.2")], 'its schema_version "1.2" differs'),
         (
-            [part0, _forged_copy(part1, tmp_path / "v1.2", **{cs.ATTR_VERSION: "1.2"})],
-            'its schema_version "1.2" differs',
-        ),
-        (
-            [_forged_copy(p, tmp_path / f"old{i}", **{cs.ATTR_VERSION: "1.2"}) for i, p in enumerate((part0, part1))],
-            "a v1.2 part, and this kdpipe writes such a cache as v1.3",  # its spans would change meaning
+            [_older_copy(p, tmp_path / f"old{i}") for i, p in enumerate((part0, part1))],
+            "a v1.2 part, and this kdpipe writes v1.3 caches",  # its spans would change meaning
         ),
     ]
     for paths, message in cases:

@@ -9,6 +9,9 @@ distribution is compared with the teacher's top-k, so the ratio is the cost of t
 Then the token-aware losses on the same batch (``--token-aware``, on by default): student and teacher tokens of
 1-6 and 1-8 bytes over the same answers, grouped by bytes; prints the CPU cost of forming the groups (what the
 reader thread does per batch) and the forward + backward time of uld-aligned and hybrid against uld.
+
+Then the KL family (``--kl``, on by default): the same rows, the teacher's top-k given distinct student ids, and the
+forward + backward time of kl, rkl and jsd against uld, interleaved.
 """
 
 import argparse
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.losses import IGNORE_INDEX
+from pipeline.losses.kl import kl_family_loss
 from pipeline.losses.token_aware import hybrid_loss, uld_aligned_loss
 from pipeline.losses.uld import uld_loss
 from pipeline.student.alignment import TeacherRows, align_batch, vocab_map
@@ -82,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-token-aware", dest="token_aware", action="store_false", help="skip uld-aligned/hybrid")
+    parser.add_argument("--no-kl", dest="kl", action="store_false", help="skip kl/rkl/jsd")
     parser.add_argument("--teacher-vocab", type=int, default=32_128, help="teacher vocabulary (token-aware part)")
     return parser
 
@@ -128,6 +133,12 @@ def main():
         print(f"token-aware ({token['groups']} groups in the batch; teacher vocabulary {args.teacher_vocab}):")
         print(f"  reader thread, align_batch with the id map: {token['align_ms']:.1f} ms/batch (CPU)")
         for name, ms in token["times"].items():
+            print(f"{name:>15}: {statistics.median(ms):9.1f} ms/call  ({statistics.median(ms) / base:.2f}x uld)")
+    if args.kl:
+        times = measure_kl(args, make_batch(args, torch.device(args.device), getattr(torch, args.dtype)))
+        base = statistics.median(times["uld"])
+        print("KL family (the teacher's top-k ids mapped to distinct student ids):")
+        for name, ms in times.items():
             print(f"{name:>15}: {statistics.median(ms):9.1f} ms/call  ({statistics.median(ms) / base:.2f}x uld)")
 
 
@@ -183,3 +194,31 @@ def measure_token_aware(args: argparse.Namespace, inputs) -> dict:
 
 if __name__ == "__main__":
     main()
+
+
+def measure_kl(args: argparse.Namespace, inputs) -> dict:
+    """Median ms per forward + backward of uld and of each KL-family loss on the same rows, interleaved."""
+    device = torch.device(args.device)
+    logits, labels, teacher, lengths = inputs
+    gen = torch.Generator().manual_seed(args.seed)
+    ids = torch.rand(teacher.shape[0], teacher.shape[1], args.vocab, generator=gen).topk(args.top_k).indices
+    ids = ids.to(device)  # [B, Tt, k] distinct student ids per row
+    implementations = {
+        "uld": lambda *x: uld_loss(*x),
+        **{
+            name: (
+                lambda logits, labels, t, lengths, name=name: kl_family_loss(
+                    logits, labels, t, ids, lengths, divergence=name
+                )
+            )
+            for name in ("kl", "rkl", "jsd")
+        },
+    }
+    for _ in range(args.warmup):
+        for loss_fn in implementations.values():
+            forward_backward(loss_fn, inputs, device)
+    times = {name: [] for name in implementations}
+    for _ in range(args.repeats):
+        for name, loss_fn in implementations.items():
+            times[name].append(forward_backward(loss_fn, inputs, device)[1])
+    return times
