@@ -1,14 +1,14 @@
 """The demo's evidence, measured by one protocol: every arm tuned on the dev split with the same budget, then trained
 over seeds and reported on a split nothing was tuned on.
 
-Arms (``configs/demo-arms.yaml``). Regime 1, the seed's: FT and CE + λ·{uld, uld-aligned, hybrid}, all from the
+Arms (``benchmarks/demo_arms.yaml``). Regime 1, the seed's: FT and CE + λ·{uld, uld-aligned, hybrid}, all from the
 labelled cache (gold answers). Regime 2, the transfer set: CE on the teacher's own greedy answers over prompts
 nobody labelled (sequence-level KD) and CE + λ·{uld, uld-aligned, hybrid}, all from the transfer cache. Every arm
 trains for the same number of optimizer steps of the same batch size (the file's ``steps``), λ is the official 1.5,
 and the learning rate is each arm's one tuned hyperparameter, searched over the same grid for every arm.
 
     python benchmarks/demo_protocol.py tune  --labelled runs/demo/cache --transfer runs/demo/cache-transfer \\
-        --out runs/demo/protocol --write configs/demo-arms.yaml      # make demo-tune: the grid on the dev split
+        --out runs/demo/protocol --write benchmarks/demo_arms.yaml  # make demo-tune: the grid on the dev split
     python benchmarks/demo_protocol.py seeds --labelled ... --transfer ... --seeds 0,1,2 --out runs/demo/protocol
                                                                       # make demo-seeds: every arm over seeds
     python benchmarks/demo_protocol.py flags ARM                      # the chosen distill flags of an arm
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.config import ConfigError, DistillConfig, EvalConfig, TeacherCacheConfig, load  # noqa: E402
 from pipeline.tasks import get_task  # noqa: E402
 
-ARMS_FILE = Path(__file__).resolve().parent.parent / "configs" / "demo-arms.yaml"
+ARMS_FILE = Path(__file__).resolve().parent / "demo_arms.yaml"
 HEADLINE = {"accuracy": "acc", "squad": "f1", "rouge_l": "rouge_l"}  # the value each task is read by
 
 

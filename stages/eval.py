@@ -184,16 +184,16 @@ def _load_task(spec: str, task: Task, cfg: EvalConfig, trained: list[trained_on.
             f"task {name!r}: cannot load {hub} from the Hugging Face Hub ({e}); give --data-dir, a folder with "
             f"the task's release files in <data-dir>/{getattr(task.load, 'folder', name)}/"
         ) from None
+    if unanswered := sum(not r.targets for r in loaded.records):
+        raise TaskError(
+            f"{loaded.source or spec}: {unanswered} of its {len(loaded.records)} rows read have no answer to score "
+            "against; evaluate on data with answers"
+        )
     records, overlap = _without_trained(task, loaded.records, trained, cfg)
     if not records:
         left_out = f", {overlap['left_out']} left out as trained on" if overlap.get("left_out") else ""
         raise TaskError(
             f"task {name!r}: no usable records in its {split!r} split (skipped: {dict(loaded.skipped)}{left_out})"
-        )
-    if unanswered := sum(not r.targets for r in records):
-        raise TaskError(
-            f"{loaded.source or spec}: {unanswered} of its {len(records)} rows read have no answer to score against; "
-            "evaluate on data with answers"
         )
     if isinstance(task.load, FileSource):
         task = replace(task, metrics=eval_metrics(task, records, cfg.metric))

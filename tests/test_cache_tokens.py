@@ -155,7 +155,7 @@ def test_a_cache_before_v1_3_may_share_a_span_over_the_rows_of_a_character(tmp_p
     _write_with(tmp_path / "c", np.array([[0, 2], [0, 2], [2, 3]]))
     with pytest.raises(cs.CacheError, match="start before the previous one ends"):
         cs.verify_cache(tmp_path / "c")
-    forge_attrs(tmp_path / "c", **{cs.ATTR_VERSION: "1.2"})
+    as_older_version(tmp_path / "c", "1.2")
     cache = cs.open_cache(tmp_path / "c")
     assert not cs.byte_exact_spans(cache.meta) and cs.verify_cache(tmp_path / "c")["token_layout"]
     assert "token layout yes (schema v1.1)" in cs.describe(cache)

@@ -77,7 +77,15 @@ def test_operational_fields_are_marked_on_the_fields():
     """What a resumed distill run may change: how it runs, never what it computes."""
     from pipeline.config import operational_fields
 
-    expected = {"prefetch", "checkpoint_every", "keep_checkpoint", "parallel", "accept_cache", "cache_checksums"}
+    expected = {
+        "prefetch",
+        "checkpoint_every",
+        "keep_checkpoint",
+        "parallel",
+        "accept_cache",
+        "cache_checksums",
+        "report_to",
+    }
     assert operational_fields(DistillConfig) == expected | {"cache", "out", "resume", "expected_mixture"}
     # a cache records its config without where it was written or by which worker, so parts and copies agree
     assert operational_fields(TeacherCacheConfig) == {"out", "worker", "num_workers"}

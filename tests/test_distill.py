@@ -23,9 +23,9 @@ from pipeline.student import objective, training
 from stages import distill, teacher_cache
 from tests.conftest import REPO
 from tests.helpers import (
+    as_older_version,
     cache_identity,
     cli_flags,
-    forge_attrs,
     one_line_error,
     small_teacher_cache_config,
     step_metrics,
@@ -400,7 +400,7 @@ def _split_character_cache(path: Path, spans, version: str, answers: str = "gold
     )  # fmt: skip
     writer.finalize(cs.counts_attrs(1, 5, {}, {}, {}))
     if version != cs.SCHEMA_VERSION:
-        forge_attrs(path, **{cs.ATTR_VERSION: version})  # what an older kdpipe wrote
+        as_older_version(path, version)  # what an older kdpipe wrote
     return path
 
 

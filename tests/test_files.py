@@ -717,4 +717,4 @@ def test_cli_bad_rows_are_one_line_each_and_counted_in_the_cache_and_results(dem
     )
     assert ev.returncode == 0, ev.stderr
     table = (tmp_path / "e" / "results.md").read_text()
-    assert "| bad | validation | 2 | " + ", ".join(f"{r}: 1" for r in reasons.values()) in table
+    assert "| bad | validation | 2 | not checked | " + ", ".join(f"{r}: 1" for r in reasons.values()) in table
