@@ -35,8 +35,8 @@ def kl_family_loss(
     n_b = min(S_b, L_b), the student's EOS row left out with ``skip_student_eos``), both distributions are put on the
     same k + 1 buckets: one per teacher top-k entry that has a student id and a non-zero probability, and one rest
     bucket. The teacher's buckets are its stored probabilities t_i, its rest 1 − Σ t_i (the cache's tail plus the
-    entries without a student id); the student's are p_i = softmax(z / τ)[id_i] and its rest 1 − Σ p_i, the student
-    mass on every other id (a log-sum-exp of those logits, so no cancellation). Then, over the buckets,
+    entries without a student id); the student's are p_i = softmax(z / τ)[id_i] (their logs taken as z_i − logsumexp z,
+    exactly) and its rest 1 − Σ p_i, the student mass on every other id. Then, over the buckets,
 
         kl:  KL(t ‖ p) = Σ t log(t / p)                                  (forward; Megatron-LM, MaxText, DistillKit)
         rkl: KL(p ‖ t) = Σ p log(p / t)                                  (reverse)
@@ -78,22 +78,27 @@ def kl_family_loss(
     if b_idx.numel() == 0:
         return student_logits[..., :0].sum().float()
 
-    log_p_all = torch.log_softmax(student_logits[b_idx, t_idx].float() / student_temperature, dim=-1)  # [N, Vs]
+    z = student_logits[b_idx, t_idx].float()  # [N, Vs]
+    if student_temperature != 1.0:
+        z = z / student_temperature
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)  # [N, 1]: the only passes over the whole vocabulary
     t = teacher_probs[b_idx, r_idx].float()  # [N, k]
     ids = teacher_ids[b_idx, r_idx]  # [N, k]
     bucket = (ids >= 0) & (ids < vocab) & (t > 0)  # [N, k]
-    safe = torch.where(bucket, ids, 0)  # [N, k]
-    log_p = log_p_all.gather(1, safe)  # [N, k]
-    in_bucket = torch.zeros_like(log_p_all, dtype=torch.bool).scatter(1, safe, bucket)  # [N, Vs]
-    log_p_rest = log_p_all.masked_fill(in_bucket, float("-inf")).logsumexp(dim=-1, keepdim=True)  # [N, 1]
+    log_p = z.gather(1, torch.where(bucket, ids, 0)) - lse  # [N, k] exact log-probabilities at the bucket ids
+    p_b = torch.where(bucket, log_p.exp(), 0.0)  # [N, k]
     t_b = torch.where(bucket, t, 0.0)  # [N, k]
-    # an empty rest (every student id is a bucket, as with k = V) holds nothing on either side, whatever the teacher's
-    # stored probabilities leave to 1 by rounding
-    has_rest = (~in_bucket).any(dim=-1, keepdim=True)  # [N, 1]
-    t_rest = torch.where(has_rest, (1.0 - t_b.sum(dim=-1, keepdim=True)).clamp(min=0.0), 0.0)  # [N, 1]
+    # The rests: what the buckets leave to 1, summed in float64. An empty rest (every student id is a bucket, as with
+    # k = V) holds nothing on either side, whatever the stored probabilities leave to 1 by rounding; elsewhere a rest
+    # is off by float32 rounding at most (~1e-6), and enters the divergence scaled by its own mass.
+    has_rest = bucket.sum(dim=-1, keepdim=True) < vocab  # [N, 1] (a row's ids are distinct)
+    p_rest = torch.where(has_rest, (1.0 - p_b.double().sum(dim=-1, keepdim=True)).clamp(min=0.0).float(), 0.0)
+    t_rest = torch.where(has_rest, (1.0 - t_b.double().sum(dim=-1, keepdim=True)).clamp(min=0.0).float(), 0.0)
     teacher = torch.cat([t_b, t_rest], dim=-1)  # [N, k + 1]
-    student = torch.cat([torch.where(bucket, log_p.exp(), 0.0), log_p_rest.exp()], dim=-1)  # [N, k + 1]
-    log_t, log_s = teacher.clamp(min=_TINY).log(), student.clamp(min=_TINY).log()  # [N, k + 1]
+    student = torch.cat([p_b, p_rest], dim=-1)  # [N, k + 1]
+    log_t = teacher.clamp(min=_TINY).log()  # [N, k + 1]
+    floor = math.log(_TINY)
+    log_s = torch.cat([torch.where(bucket, log_p, floor), p_rest.clamp(min=_TINY).log()], dim=-1)  # [N, k + 1]
     if divergence == "kl" or (divergence == "jsd" and beta == 0.0):
         distance = _kl(teacher, log_t, log_s)
     elif divergence == "rkl" or beta == 1.0:
