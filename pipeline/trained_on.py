@@ -68,8 +68,11 @@ def from_cache(cache) -> TrainedOn:
 
     mixture = cache.meta.get(cache_schema.ATTR_MIXTURE) or {}
     tasks, prompts = cache.examples.column("task").to_pylist(), cache.examples.column("prompt").to_pylist()
-    source = f"cache {cache.path} (attrs digest {cache.meta.get(cache_schema.ATTR_DIGEST)})"
-    return from_examples(zip(tasks, prompts, strict=True), mixture.get("field_caps") or {}, source)
+    digests = frozenset(digest(task, prompt) for task, prompt in zip(tasks, prompts, strict=True))
+    # named by what it holds, not by its attributes (they carry a creation time): the same examples, the same name
+    held = hashlib.blake2b(b"".join(sorted(digests)), digest_size=8).hexdigest()
+    source = f"cache {cache.path} ({len(digests)} examples, digest {held})"
+    return TrainedOn(source, dict(mixture.get("field_caps") or {}), digests)
 
 
 def write(folder: str | Path, trained: TrainedOn) -> Path:

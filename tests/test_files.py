@@ -480,19 +480,21 @@ def test_round_trip_cache_distill_and_eval_from_each_format(demo_models, shared_
             checkpoint_every=0,
         )
     )
-    result = eval_stage.run(
-        EvalConfig(
-            models=(str(student),),
-            tasks=tuple(str(p) for p in made.values()),
-            limit=N,
-            max_new_tokens=8,
-            device="cpu",
-            out=str(tmp_path / "eval"),
-        )
+    scored = EvalConfig(
+        models=(str(student),),
+        tasks=tuple(str(p) for p in made.values()),
+        limit=N,
+        max_new_tokens=8,
+        device="cpu",
+        out=str(tmp_path / "eval"),
     )
+    # the student trained on every record of these files: eval leaves them all out, and says so
+    with pytest.raises(TaskError, match="left out as trained on"):
+        eval_stage.run(scored)
+    result = eval_stage.run(replace(scored, include_trained=True))  # the format round trip, not a score
     values = {t: set(r["values"]) for t, r in result.results["models"]["student"]["results"].items()}
     assert values == {
-        "my_boolq": {"acc", "acc_norm"},
+        "my_boolq": {"acc", "acc_norm", "acc_eos"},
         "my_squad": {"rouge_l", "exact_match", "f1", "no_eos"},
         "my_samsum": {"rouge_l", "no_eos"},
     }

@@ -274,11 +274,26 @@ class Bounded:
     stderr: str
     seconds: float  # wall time
     cpu_seconds: float  # user + system time of the child: its own cost, whatever else loads the machine
-    peak_rss: int  # bytes, of the child alone (wait4)
+    peak_rss: int  # bytes: the child's own high-water mark (VmHWM), as it wrote it at exit
+
+
+# Run in the child: the CLI, then its own VmHWM into the file named by the first argument. wait4's ru_maxrss
+# would not do: Linux records the parent's high-water mark in the child's at exec, so a child of a 2.5 GiB
+# pytest reads 2.5 GiB whatever it used itself.
+_MEASURED = """
+import atexit, sys
+def _hwm(path=sys.argv.pop(1)):
+    kib = next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:'))
+    open(path, 'w').write(kib)
+atexit.register(_hwm)
+sys.argv[0] = 'kdpipe'
+from pipeline.cli import main
+main()
+"""
 
 
 def run_bounded(*args: str, timeout: float = 60.0, env: dict | None = None) -> Bounded:
-    """``python -m pipeline.cli ARGS`` in a child whose own peak RSS (``wait4``) and wall time are measured.
+    """The kdpipe CLI with ARGS in a child whose own peak RSS (VmHWM), CPU time and wall time are measured.
 
     The child's data segment is capped at 6 GiB so that a regression fails the test instead of the machine.
     """
@@ -286,10 +301,11 @@ def run_bounded(*args: str, timeout: float = 60.0, env: dict | None = None) -> B
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (6 * GiB, 6 * GiB))
 
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryDirectory() as tmp:
+        hwm = Path(tmp) / "hwm"
         began = time.monotonic()
         child = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", *args],
+            [sys.executable, "-c", _MEASURED, str(hwm), *args],
             cwd=REPO,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -313,5 +329,5 @@ def run_bounded(*args: str, timeout: float = 60.0, env: dict | None = None) -> B
             err.read().decode(errors="replace"),
             seconds,
             usage.ru_utime + usage.ru_stime,
-            usage.ru_maxrss * 1024,
+            int(hwm.read_text()) * 1024 if hwm.exists() else 0,  # none when killed: the exit status fails it
         )
