@@ -136,7 +136,7 @@ def build_demo_models(out: str, force: bool) -> None:
     from pipeline.devtools import demo_models
 
     result = demo_models.build(Path(out), force=force)
-    click.echo(f"teacher: {result['teacher']}\nstudent: {result['student']}")
+    click.echo(f"teacher: {result['teacher']}\nstudent: {result['student']}\ntransfer set: {result['transfer']}")
 
 
 @main.command("fetch-real-teacher")

@@ -1,10 +1,15 @@
 import json
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+import cache_schema as cs
 from pipeline.devtools import demo_models as builder
-from pipeline.tasks import build_mixture, get_task, render
+from pipeline.tasks import TaskError, build_mixture, get_task, render
 from pipeline.tasks.demo import DEMO_TASKS
 
 
@@ -140,3 +145,49 @@ def test_a_build_is_kept_for_other_clones_and_copied_only_when_whole(tmp_path, m
     assert [p.name for p in (tmp_path / "kept").iterdir()] == [kept.name]  # no partial copy left behind
     monkeypatch.setenv(builder.KEEP_ENV, "off")
     assert builder.kept_builds() is None
+
+
+def test_the_transfer_set_holds_prompts_in_neither_the_cache_nor_an_eval_split(demo_models, tmp_path):
+    transfer = Path(demo_models["teacher"]).parent / builder.TRANSFER_FILE
+    rows = [json.loads(line) for line in transfer.read_text().splitlines()]
+    assert rows == builder.transfer_prompts()  # make models writes it beside the models, up to date
+    assert all(set(row) == {"id", "prompt"} for row in rows) and len({row["id"] for row in rows}) == len(rows)
+    per_task = Counter(row["id"].split("/")[0] for row in rows)
+    assert set(per_task) == set(builder.DEMO_MIXTURE) and min(per_task.values()) > builder.DEMO_MIXTURE["demo_qa"]
+    # every rendering, under every template, of what the students see: the cache's examples and the eval splits
+    seen = set()
+    for name, cached in builder.DEMO_MIXTURE.items():
+        task = get_task(name)
+        records = task.load("train", None, cached, builder.CACHE_SEED).records
+        for split in builder.EVAL_SPLITS:
+            records += task.load(split, None, builder.EVAL_HELD, builder.CACHE_SEED).records
+        for record in records:
+            seen.update(render(task, record, t)[0] for t in range(len(task.templates)))
+            # an option task's prompt lists its options in the drawn order: compare it without them
+            seen.update(render(task, replace(record, options=()), t)[0] for t in range(len(task.templates)))
+    prompts = [row["prompt"] for row in rows]
+    assert not seen & set(prompts)
+    without_options = {p.split("\nOPTIONS:")[0] for p in prompts}
+    assert not {s.split("\nOPTIONS:")[0] for s in seen} & without_options
+
+
+def test_the_transfer_set_is_a_prompts_only_task_the_teacher_answers(demo_models, tmp_path):
+    from stages import teacher_cache
+    from tests.helpers import small_teacher_cache_config
+
+    transfer = Path(demo_models["teacher"]).parent / builder.TRANSFER_FILE
+    with pytest.raises(TaskError, match=r"demo-transfer.jsonl: 12 of its 12 rows read have no answer"):
+        teacher_cache.run(
+            small_teacher_cache_config(demo_models["teacher"], tasks={str(transfer): 12}, out=str(tmp_path / "gold"))
+        )
+    cfg = small_teacher_cache_config(
+        demo_models["teacher"],
+        tasks={str(transfer): 12},
+        answers="teacher",
+        answer_overflow="cut",
+        out=str(tmp_path / "cache"),
+    )
+    teacher_cache.run(cfg)
+    cache = cs.open_cache(tmp_path / "cache")
+    assert len(cache) == 12 and set(cache.tasks) == {"demo-transfer"}
+    assert all(answer for answer in cache.examples["answer"].to_pylist())  # the teacher's greedy answers

@@ -51,7 +51,7 @@ from transformers import (
 
 from pipeline.config import DEMO_MIXTURE
 from pipeline.losses import IGNORE_INDEX
-from pipeline.tasks import build_mixture
+from pipeline.tasks import build_mixture, get_task, render
 from pipeline.text import TextEncoder, TextSpec
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,11 @@ TEACHER_DIR = "tiny-t5-teacher"
 STUDENT_DIR = "tiny-gpt2-student"
 BUILD_VERSION = 5  # bump when the recipe changes: existing models/ are then rebuilt
 STAMP = "kdpipe-demo-model.json"
+TRANSFER_FILE = "demo-transfer.jsonl"  # beside the models: the demo's prompts-only transfer set
+TRANSFER_PER_TASK = 640  # 4x the demo cache's 160 labelled examples per task
+TRANSFER_SEED = 7  # the train-split generators' seed for it: neither the cache's (CACHE_SEED) nor the teacher's
+EVAL_SPLITS = ("validation", "test")  # the transfer set holds none of their inputs
+EVAL_HELD = 200  # records of each eval split whose inputs it avoids: the demo's evaluations read at most that many
 KEEP_ENV = "KDPIPE_DEMO_MODELS"  # where builds are kept for other clones (see kept_builds)
 DEMO_THREADS = 2  # torch threads of the build: float sums depend on the count, so it is fixed; 2 (the smallest
 # machine we target) builds the teacher 1.5x faster than 1
@@ -181,6 +186,51 @@ def teacher_examples(seed: int, per_task: int = TEACHER_EXAMPLES) -> list[tuple[
     return [(e.prompt, e.answer) for e in mixture.examples if e.key not in held]
 
 
+def _inputs(task, record) -> tuple:
+    """What a model is shown of ``record`` whatever the template: its fields (the options are drawn anew)."""
+    return (task.name, tuple(sorted(record.fields.items())))
+
+
+def transfer_prompts(per_task: int = TRANSFER_PER_TASK) -> list[dict]:
+    """The demo's transfer set: ``per_task`` prompts of each demo task, with no answers, whose inputs are in
+    neither the demo cache (``cache_mixture``) nor the first ``EVAL_HELD`` records of an eval split. A task whose
+    small world runs out of unseen inputs (demo_concepts has 720) gets fewer.
+
+    Drawn from the train-split generators with ``TRANSFER_SEED`` and rendered with the tasks' templates in turn,
+    as teacher-cache renders them; a row is ``{"id", "prompt"}``, the shape of a user's prompts-only file, so the
+    demo's transfer regime runs on ``--tasks models/demo-transfer.jsonl=N --answers teacher`` like theirs.
+    """
+    held = set()
+    for name, cached in DEMO_MIXTURE.items():
+        task = get_task(name)
+        held.update(_inputs(task, r) for r in task.load("train", None, cached, CACHE_SEED).records)
+        for split in EVAL_SPLITS:
+            held.update(_inputs(task, r) for r in task.load(split, None, EVAL_HELD, CACHE_SEED).records)
+    rows = []
+    for name in DEMO_MIXTURE:
+        task, seen = get_task(name), set(held)
+        drawn = iter(task.load("train", None, 50 * per_task, TRANSFER_SEED).records)
+        for i in range(per_task):
+            record = next((r for r in drawn if _inputs(task, r) not in seen), None)
+            if record is None:  # the task's world has no more unseen inputs
+                break
+            seen.add(_inputs(task, record))
+            prompt, _ = render(task, record, i % len(task.templates))
+            rows.append({"id": f"{name}/{record.source_id}", "prompt": prompt})
+    return rows
+
+
+def write_transfer(path: Path, per_task: int = TRANSFER_PER_TASK) -> Path:
+    """Write ``transfer_prompts`` to ``path`` (jsonl) in one rename; an up-to-date file is left as it is."""
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in transfer_prompts(per_task))
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return path
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    partial.write_text(text, encoding="utf-8")
+    partial.rename(path)
+    return path
+
+
 def _lr(step: int, steps: int, peak: float) -> float:
     """Linear warm-up over the first 5% of the steps, then a cosine down to zero."""
     warmup = max(1, steps // 20)
@@ -258,8 +308,14 @@ def untie_head(model: T5ForConditionalGeneration) -> None:
 
 
 def build(out: Path, *, seed: int = 0, force: bool = False, steps: int = TEACHER_STEPS) -> dict:
-    """Build both demo models under ``out``; returns what was built. Skips when an up-to-date build is there, and
-    copies the one this machine kept (``kept_builds``) when there is one; ``force`` builds anew either way."""
+    """Build both demo models under ``out``, and the transfer set beside them (``out/TRANSFER_FILE``); returns
+    what was built. Skips when an up-to-date build is there, and copies the one this machine kept
+    (``kept_builds``) when there is one; ``force`` builds anew either way."""
+    result = _build_models(out, seed=seed, force=force, steps=steps)
+    return {**result, "transfer": str(write_transfer(out / TRANSFER_FILE))}
+
+
+def _build_models(out: Path, *, seed: int, force: bool, steps: int) -> dict:
     teacher_dir, student_dir = out / TEACHER_DIR, out / STUDENT_DIR
     stamp = {"build_version": BUILD_VERSION, "seed": seed, "teacher_steps": steps}
     result = {"teacher": str(teacher_dir), "student": str(student_dir), "built": False}
