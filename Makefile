@@ -20,7 +20,8 @@ STAGE_PREREQ := setup
 endif
 # The demo prints the same table on any x86-64 machine: float results depend on the torch thread count and on
 # the CPU kernels (AVX-512 or AVX2, in torch and in MKL), so the demo targets pin both.
-DEMO_TARGETS := models teacher-cache distill finetune eval demo demo-seeds
+DEMO_TARGETS := models teacher-cache transfer-cache distill finetune eval demo demo-ft demo-regime1 demo-regime2 \
+	demo-tune demo-seeds
 $(DEMO_TARGETS): export OMP_NUM_THREADS := 1
 $(DEMO_TARGETS): export MKL_NUM_THREADS := 1
 $(DEMO_TARGETS): export ATEN_CPU_CAPABILITY := avx2
@@ -29,7 +30,7 @@ $(DEMO_TARGETS): export MKL_CBWR := AVX2
 REAL_TEACHER := models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 REAL_RUNS ?= runs/real-teacher
 
-.PHONY: setup setup-core models demo demo-seeds teacher-cache distill finetune eval test test-fast lint gpu-check real-teacher clean
+.PHONY: setup setup-core models demo demo-ft demo-regime1 demo-regime2 demo-tune demo-seeds transfer-cache teacher-cache distill finetune eval test test-fast lint gpu-check real-teacher clean
 
 # What the demo runs on: kdpipe and its core dependencies.
 $(VENV)/.installed-core: pyproject.toml
@@ -68,16 +69,31 @@ eval: $(STAGE_PREREQ)
 	$(KDPIPE) eval --config $(CONFIG) --config-teacher --model $(RUNS)/student-ft --model $(RUNS)/student-kd \
 		--out $(RUNS)/eval
 
-# teacher-cache -> check the cache -> distill (KD) and finetune (FT) from it -> eval. Rerunning resumes each step.
-# KD and FT train side by side, one torch thread each (as pinned above): on 2 cores, in little more than the time
-# of one (88 s for both, against about 160 s one after the other).
-demo: teacher-cache
+# The demo's transfer set (build-demo-models writes it): prompts nobody labelled, answered once by the teacher, its
+# greedy answers cached with its probabilities. TRANSFER_ROWS above the file's 3541 rows takes all of them.
+TRANSFER := models/demo-transfer.jsonl
+TRANSFER_ROWS ?= 4000
+transfer-cache: models
+	$(KDPIPE) teacher-cache --config $(DEMO_CONFIG) --tasks $(TRANSFER)=$(TRANSFER_ROWS) --answers teacher \
+		--answer-overflow cut --out $(RUNS)/cache-transfer
+
+# The demo's arms (benchmarks/demo_arms.yaml, chosen on the validation split by make demo-tune): FT, and the best
+# KD arm of each regime, each at its chosen learning rate and the arms' common step count, from its own cache.
+PROTOCOL := $(PY) benchmarks/demo_protocol.py
+demo-ft demo-regime1 demo-regime2: demo-%:
+	$(KDPIPE) distill --config $(DEMO_CONFIG) $$($(PROTOCOL) flags $(subst demo-,,$@)) --out $(RUNS)/student-$* --resume
+
+# teacher-cache and transfer-cache -> check them -> FT and the two headline KD students -> eval on the test split
+# (nothing was tuned on it). Rerunning resumes each step. The students train two at a time, one torch thread each.
+demo: teacher-cache transfer-cache
 	$(KDPIPE) cache verify $(RUNS)/cache
-	$(KDPIPE) cache info $(RUNS)/cache
-	@echo "training the KD and FT students side by side; each one's log follows when it ends"
-	$(MAKE) --no-print-directory -j2 --output-sync=target distill finetune DISTILL_FLAGS=--resume
-	$(KDPIPE) eval --config $(CONFIG) --config-teacher --model $(RUNS)/student-ft --model $(RUNS)/student-kd \
-		--out $(RUNS)/eval
+	$(KDPIPE) cache verify $(RUNS)/cache-transfer
+	$(KDPIPE) cache info $(RUNS)/cache-transfer
+	@echo "training FT and the best KD arm of each regime, two at a time; each one's log follows when it ends"
+	$(MAKE) --no-print-directory -j2 --output-sync=target demo-ft demo-regime1 demo-regime2
+	$(KDPIPE) eval --config $(DEMO_CONFIG) --config-teacher --model $(RUNS)/student-ft --name ft \
+		--model $(RUNS)/student-regime1 --name kd1-$$($(PROTOCOL) arm regime1) \
+		--model $(RUNS)/student-regime2 --name kd2-$$($(PROTOCOL) arm regime2) --out $(RUNS)/eval
 	cat $(RUNS)/eval/results.md
 
 $(REAL_TEACHER): | setup
@@ -99,10 +115,17 @@ real-teacher: $(REAL_TEACHER)
 		--out $(REAL_RUNS)/eval-chat
 	cat $(REAL_RUNS)/eval/results.md $(REAL_RUNS)/eval-chat/results.md
 
-# FT and KD students over several seeds from the demo cache: mean ± sd per task and over tasks (SEEDS=0,1,2).
+# The protocol (benchmarks/demo_protocol.py): demo-tune trains every arm at every learning rate of the grid (seed 0)
+# and evaluates on the validation split, writing the choices into benchmarks/demo_arms.yaml; demo-seeds trains
+# every arm at its chosen rate for each of SEEDS and reports on the test split (mean ± sd, paired differences to FT).
 SEEDS ?= 0,1,2
-demo-seeds: teacher-cache
-	$(PY) benchmarks/demo_seeds.py --config $(CONFIG) --cache $(RUNS)/cache --seeds $(SEEDS) --out $(RUNS)/seeds
+demo-tune: teacher-cache transfer-cache
+	$(PROTOCOL) tune --labelled $(RUNS)/cache --transfer $(RUNS)/cache-transfer --out $(RUNS)/protocol \
+		--write benchmarks/demo_arms.yaml
+
+demo-seeds: teacher-cache transfer-cache
+	$(PROTOCOL) seeds --labelled $(RUNS)/cache --transfer $(RUNS)/cache-transfer --seeds $(SEEDS) \
+		--out $(RUNS)/protocol
 
 # Everything, as CI runs it. The real-teacher test needs the GGUF file: without PyPI it skips (and says why).
 test: models setup

@@ -88,14 +88,14 @@ def _teacher(teacher: str, ecfg: EvalConfig) -> dict:
 
 
 class Protocol:
-    def __init__(self, config: str, labelled: str, transfer: str, out: str, jobs: int):
+    def __init__(self, config: str, labelled: str, transfer: str, out: str, jobs: int, arms: str):
         try:
             self.base = load(DistillConfig, config, "distill")
             self.teacher = load(TeacherCacheConfig, config, "teacher_cache").teacher
             self.ecfg = load(EvalConfig, config, "eval", {"models": (self.teacher,)})
         except ConfigError as e:
             raise click.UsageError(str(e)) from None
-        self.arms = read_arms()
+        self.arms = read_arms(Path(arms))
         self.caches = {"labelled": labelled, "transfer": transfer}
         self.root = Path(out)
         self.jobs = jobs
@@ -164,7 +164,13 @@ def _options(fn):
     fn = click.option("--transfer", default="runs/demo/cache-transfer", show_default=True, help="Regime 2.")(fn)
     fn = click.option("--out", default="runs/demo/protocol", show_default=True)(fn)
     fn = click.option("--jobs", default=2, show_default=True, help="Runs trained side by side.")(fn)
+    fn = _arms_option(fn)
     return fn
+
+
+def _arms_option(fn):
+    help_ = "The arms file."
+    return click.option("--arms", "arms_file", default=str(ARMS_FILE), show_default=True, help=help_)(fn)
 
 
 @click.group()
@@ -175,9 +181,9 @@ def main() -> None:
 @main.command()
 @_options
 @click.option("--write", type=click.Path(dir_okay=False), default=None, help="Record the choices in this arms file.")
-def tune(config: str, labelled: str, transfer: str, out: str, jobs: int, write: str | None) -> None:
+def tune(config: str, labelled: str, transfer: str, out: str, jobs: int, arms_file: str, write: str | None) -> None:
     """Every (arm, learning rate) with seed 0 on the dev split; the best rate per arm, the best arm per regime."""
-    protocol = Protocol(config, labelled, transfer, out, jobs)
+    protocol = Protocol(config, labelled, transfer, out, jobs, arms_file)
     arms, grid, split = protocol.arms, protocol.arms["lr_grid"], protocol.arms["dev_split"]
     keys = [(name, lr) for name in arms["arms"] for lr in grid]
     scores = protocol.run_all([protocol.job(name, lr, 0, split) for name, lr in keys])
@@ -231,9 +237,9 @@ def _record(path: Path, chosen: dict, best: dict) -> None:
 @main.command()
 @_options
 @click.option("--seeds", default="0,1,2", show_default=True)
-def seeds(config: str, labelled: str, transfer: str, out: str, jobs: int, seeds: str) -> None:
+def seeds(config: str, labelled: str, transfer: str, out: str, jobs: int, arms_file: str, seeds: str) -> None:
     """Every arm at its chosen rate, for each seed, on the reported split: mean ± sd and paired differences to FT."""
-    protocol = Protocol(config, labelled, transfer, out, jobs)
+    protocol = Protocol(config, labelled, transfer, out, jobs, arms_file)
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     if len(seed_list) < 2 or len(set(seed_list)) != len(seed_list):
         raise click.UsageError("--seeds: give at least two different seeds (an sd needs two)")
@@ -257,17 +263,34 @@ def seeds(config: str, labelled: str, transfer: str, out: str, jobs: int, seeds:
     click.echo(text)
 
 
-@main.command()
-@click.argument("arm")
-def flags(arm: str) -> None:
-    """Print the distill flags of ARM (or of `regime1` / `regime2`, the best arm of each) at its chosen rate."""
-    arms = read_arms()
+def _chosen(arm: str, arms_file: str) -> tuple[str, dict, dict]:
+    arms = read_arms(Path(arms_file))
     name = arms["headline"].get(arm, arm)
     if name not in arms["arms"]:
         raise click.UsageError(f"unknown arm {arm!r}; arms: {', '.join(arms['arms'])}, regime1, regime2")
-    spec = arms["arms"][name]
-    values = {**spec["flags"], "lr": spec["lr"], "steps": arms["steps"]}
+    return name, arms["arms"][name], arms
+
+
+@main.command()
+@click.argument("arm")
+@click.option("--labelled", default="runs/demo/cache", show_default=True, help="The regime-1 cache.")
+@click.option("--transfer", default="runs/demo/cache-transfer", show_default=True, help="Regime 2.")
+@_arms_option
+def flags(arm: str, labelled: str, transfer: str, arms_file: str) -> None:
+    """Print the distill flags of ARM (or of `regime1` / `regime2`, the best arm of each) at its chosen rate, its
+    cache first."""
+    _, spec, arms = _chosen(arm, arms_file)
+    cache = {"labelled": labelled, "transfer": transfer}[spec["cache"]]
+    values = {"cache": cache, **spec["flags"], "lr": spec["lr"], "steps": arms["steps"]}
     click.echo(" ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items()))
+
+
+@main.command()
+@click.argument("arm")
+@_arms_option
+def arm(arm: str, arms_file: str) -> None:
+    """Print the name of ARM (`regime1` / `regime2`: the best arm of that regime)."""
+    click.echo(_chosen(arm, arms_file)[0])
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ SHORT_DEMO = textwrap.dedent(
     from stages import distill, eval as evaluate, teacher_cache
 
     out = Path(sys.argv[1])
-    built = demo_models.build(out / "models", steps=12)
+    built = demo_models.build(out / "models", steps=12, pretrain_steps=12)
     tasks = {"demo_yesno": 8, "demo_mc4": 8, "demo_qa": 8, "demo_summary": 8}
     cache = out / "cache"
     teacher_cache.run(

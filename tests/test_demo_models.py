@@ -131,14 +131,14 @@ def _files(folder):
 
 def test_a_build_is_kept_for_other_clones_and_copied_only_when_whole(tmp_path, monkeypatch):
     monkeypatch.setenv(builder.KEEP_ENV, str(tmp_path / "kept"))
-    assert builder.build(tmp_path / "a", steps=2)["built"] is True
+    assert builder.build(tmp_path / "a", steps=2, pretrain_steps=2)["built"] is True
     (kept,) = (tmp_path / "kept").iterdir()
-    copied = builder.build(tmp_path / "b", steps=2)
+    copied = builder.build(tmp_path / "b", steps=2, pretrain_steps=2)
     assert copied["built"] is False and copied["kept"] == str(kept)
     assert _files(tmp_path / "b") == _files(tmp_path / "a")
 
     (kept / builder.TEACHER_DIR / builder.STAMP).unlink()  # a kept build without its stamp is not whole
-    assert builder.build(tmp_path / "c", steps=2)["built"] is True
+    assert builder.build(tmp_path / "c", steps=2, pretrain_steps=2)["built"] is True
     weights = [f"{name}/model.safetensors" for name in (builder.TEACHER_DIR, builder.STUDENT_DIR)]
     assert all((kept / w).read_bytes() == (tmp_path / "a" / w).read_bytes() for w in weights)  # rebuilt in place
     assert (kept / builder.TEACHER_DIR / builder.STAMP).is_file()
@@ -191,3 +191,33 @@ def test_the_transfer_set_is_a_prompts_only_task_the_teacher_answers(demo_models
     cache = cs.open_cache(tmp_path / "cache")
     assert len(cache) == 12 and set(cache.tasks) == {"demo-transfer"}
     assert all(answer for answer in cache.examples["answer"].to_pylist())  # the teacher's greedy answers
+
+
+def test_the_student_is_pretrained_on_world_text_without_task_formats_or_eval_examples(demo_models):
+    docs = builder.pretraining_text(0, n=2000)
+    held = set()
+    for name in builder.DEMO_MIXTURE:
+        task = get_task(name)
+        for split in builder.EVAL_SPLITS:
+            for record in task.load(split, None, builder.EVAL_HELD, builder.CACHE_SEED).records:
+                held.update(record.fields.values())
+                held.update(record.targets)
+    facts = {f for doc in docs for f in doc.replace(". It eats", "|It eats").split(". ")}
+    assert not any(h in doc for h in held if len(h.split(". ")) > 1 for doc in docs[:200])  # multi-sentence inputs
+    assert not {f.rstrip(".").replace("|", ". ") for f in facts} & {h.rstrip(".") for h in held}
+    templates = {line for task in DEMO_TASKS for t in task.templates for line in t.prompt.split("\n")}
+    words = {w for line in templates for w in line.replace("{", " ").replace("}", " ").split() if w[0].isupper()}
+    assert all(w not in doc.split() for w in words - {"The", "On"} for doc in docs[:200])  # no instructions
+    tok = AutoTokenizer.from_pretrained(demo_models["student"])
+    pretrained = AutoModelForCausalLM.from_pretrained(demo_models["student"])
+    torch.manual_seed(0)
+    fresh = type(pretrained)(pretrained.config)
+    unseen = builder.world_text(99, 8)  # other documents of the same world
+    ids = torch.tensor(
+        [[tok.bos_token_id, *tok(d)["input_ids"]][:64] for d in unseen if len(tok(d)["input_ids"]) >= 63]
+    )
+    with torch.no_grad():
+        trained_loss, fresh_loss = (m(input_ids=ids, labels=ids).loss.item() for m in (pretrained, fresh))
+    assert trained_loss < 1.5 < 5.0 < fresh_loss, (trained_loss, fresh_loss)
+    stamp = json.loads((Path(demo_models["student"]) / builder.STAMP).read_text())
+    assert stamp["pretraining"]["steps"] == builder.PRETRAIN_STEPS

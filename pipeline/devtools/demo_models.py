@@ -2,7 +2,9 @@
 
 Built deterministically from the demo tasks (no download): the teacher gets a SentencePiece-style Unigram
 tokenizer and the student a byte-level BPE one with a different vocabulary size, the real cross-tokenizer
-situation in miniature. The student starts from random weights. Both load with
+situation in miniature. The student is pretrained as a language model on plain text about the demo world
+(``pretraining_text``: the facts the task generators draw from, no task format, no eval example), as GPT-2 was
+before the seed distilled it, so FT and KD both start from a model that knows the world's words. Both load with
 ``AutoModel…/AutoTokenizer.from_pretrained(dir)`` like real checkpoints.
 
 The teacher is what a teacher is in a real run: stronger than the students, because it learned from far more
@@ -52,13 +54,14 @@ from transformers import (
 from pipeline.config import DEMO_MIXTURE
 from pipeline.losses import IGNORE_INDEX
 from pipeline.tasks import build_mixture, get_task, render
+from pipeline.tasks.demo import world_text
 from pipeline.text import TextEncoder, TextSpec
 
 log = logging.getLogger(__name__)
 
 TEACHER_DIR = "tiny-t5-teacher"
 STUDENT_DIR = "tiny-gpt2-student"
-BUILD_VERSION = 5  # bump when the recipe changes: existing models/ are then rebuilt
+BUILD_VERSION = 6  # bump when the recipe changes: existing models/ are then rebuilt
 STAMP = "kdpipe-demo-model.json"
 TRANSFER_FILE = "demo-transfer.jsonl"  # beside the models: the demo's prompts-only transfer set
 TRANSFER_PER_TASK = 640  # 4x the demo cache's 160 labelled examples per task
@@ -85,6 +88,11 @@ TEACHER_SHARE = {
     "demo_summary": 0.5,
     "demo_concepts": 0.5,
 }
+PRETRAIN_STEPS = 300  # the student's pretraining as a language model on world text (pretraining_text)
+PRETRAIN_BATCH = 32
+PRETRAIN_LR = 6e-3
+PRETRAIN_DOCS = 8000
+PRETRAIN_TOKENS = 128
 TEACHER_SPEC = TextSpec("seq2seq", max_prompt_tokens=256, max_answer_tokens=48)
 
 
@@ -231,6 +239,52 @@ def write_transfer(path: Path, per_task: int = TRANSFER_PER_TASK) -> Path:
     return path
 
 
+def pretraining_text(seed: int, n: int = PRETRAIN_DOCS) -> list[str]:
+    """The student's pretraining corpus: ``world_text`` documents, none of whose facts is an input or an answer
+    of the first ``EVAL_HELD`` records of an eval split (the facts are the world's, the examples are not)."""
+    avoid = set()
+    for name in DEMO_MIXTURE:
+        task = get_task(name)
+        for split in EVAL_SPLITS:
+            for record in task.load(split, None, EVAL_HELD, CACHE_SEED).records:
+                avoid.update(record.fields.values())
+                avoid.update(record.targets)
+    return world_text(seed, n, frozenset(avoid))
+
+
+def _pretrain_student(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, seed: int, steps: int) -> dict:
+    """Next-token CE on ``pretraining_text``, BOS first as the student's text contract has it, for a fixed number
+    of steps: the demo's miniature of the pretrained GPT-2 the seed distils into."""
+    ids = [[tok.bos_token_id, *tok(doc)["input_ids"]][:PRETRAIN_TOKENS] for doc in pretraining_text(seed)]
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.01)
+    model.train()
+    start, losses = time.monotonic(), []
+    bar = tqdm(range(steps), desc="pretrain demo student", unit="step", mininterval=1.0)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, steps, PRETRAIN_LR)
+        batch = rng.sample(ids, PRETRAIN_BATCH)
+        width = max(len(x) for x in batch)
+        input_ids = torch.tensor([x + [tok.eos_token_id] * (width - len(x)) for x in batch])  # [B, T]
+        labels = torch.tensor([x + [IGNORE_INDEX] * (width - len(x)) for x in batch])  # [B, T]
+        mask = (labels != IGNORE_INDEX).long()  # [B, T]
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    model.eval()
+    return {
+        "steps": steps,
+        "documents": len(ids),
+        "seconds": round(time.monotonic() - start, 1),
+        "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
+    }
+
+
 def _lr(step: int, steps: int, peak: float) -> float:
     """Linear warm-up over the first 5% of the steps, then a cosine down to zero."""
     warmup = max(1, steps // 20)
@@ -307,17 +361,19 @@ def untie_head(model: T5ForConditionalGeneration) -> None:
     model.all_tied_weights_keys.pop("lm_head.weight", None)
 
 
-def build(out: Path, *, seed: int = 0, force: bool = False, steps: int = TEACHER_STEPS) -> dict:
+def build(
+    out: Path, *, seed: int = 0, force: bool = False, steps: int = TEACHER_STEPS, pretrain_steps: int = PRETRAIN_STEPS
+) -> dict:
     """Build both demo models under ``out``, and the transfer set beside them (``out/TRANSFER_FILE``); returns
     what was built. Skips when an up-to-date build is there, and copies the one this machine kept
     (``kept_builds``) when there is one; ``force`` builds anew either way."""
-    result = _build_models(out, seed=seed, force=force, steps=steps)
+    result = _build_models(out, seed=seed, force=force, steps=steps, pretrain_steps=pretrain_steps)
     return {**result, "transfer": str(write_transfer(out / TRANSFER_FILE))}
 
 
-def _build_models(out: Path, *, seed: int, force: bool, steps: int) -> dict:
+def _build_models(out: Path, *, seed: int, force: bool, steps: int, pretrain_steps: int) -> dict:
     teacher_dir, student_dir = out / TEACHER_DIR, out / STUDENT_DIR
-    stamp = {"build_version": BUILD_VERSION, "seed": seed, "teacher_steps": steps}
+    stamp = {"build_version": BUILD_VERSION, "seed": seed, "teacher_steps": steps, "pretrain_steps": pretrain_steps}
     result = {"teacher": str(teacher_dir), "student": str(student_dir), "built": False}
     if not force and all(_stamp_matches(d, stamp) for d in (teacher_dir, student_dir)):
         log.info("demo models in %s are up to date", out)
@@ -328,7 +384,7 @@ def _build_models(out: Path, *, seed: int, force: bool, steps: int) -> dict:
             _copy_whole(kept / name, out / name)
         log.info("demo models: copied the build kept in %s (set %s=off to build anew)", kept, KEEP_ENV)
         return {**result, "kept": str(kept)}
-    built = _build(teacher_dir, student_dir, stamp, seed, steps)
+    built = _build(teacher_dir, student_dir, stamp, seed, steps, pretrain_steps)
     if kept is not None:
         _keep(out, kept)
     return {**result, **built}
@@ -382,7 +438,7 @@ def _keep(out: Path, kept: Path) -> None:
         log.warning("demo models not kept in %s: %s", kept, e)
 
 
-def _build(teacher_dir: Path, student_dir: Path, stamp: dict, seed: int, steps: int) -> dict:
+def _build(teacher_dir: Path, student_dir: Path, stamp: dict, seed: int, steps: int, pretrain_steps: int) -> dict:
     with deterministic():
         torch.manual_seed(seed)
         corpus = _corpus(seed)
@@ -406,11 +462,12 @@ def _build(teacher_dir: Path, student_dir: Path, stamp: dict, seed: int, steps: 
             eos_token_id=s_tok.eos_token_id,
         )
         student = GPT2LMHeadModel(s_cfg)
+        pretraining = _pretrain_student(student, s_tok, seed, pretrain_steps)
         student.generation_config = GenerationConfig(
             bos_token_id=s_tok.eos_token_id, eos_token_id=s_tok.eos_token_id, pad_token_id=s_tok.eos_token_id
         )
-        _save(student, s_tok, student_dir, stamp)
-    return {"built": True, "teacher_training": training}
+        _save(student, s_tok, student_dir, {**stamp, "pretraining": pretraining})
+    return {"built": True, "teacher_training": training, "student_pretraining": pretraining}
 
 
 def _save(model, tokenizer, path: Path, stamp: dict) -> None:

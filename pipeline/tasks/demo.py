@@ -101,6 +101,40 @@ def _concepts(r: random.Random) -> Record:
     )
 
 
+def world_text(seed: int, n: int, avoid: frozenset[str] = frozenset()) -> list[str]:
+    """``n`` short documents about the demo world, for pretraining a student as a language model: the facts the
+    task generators draw from (who lives and sleeps where, who is taller, who bought what, who meets whom, what
+    an animal does where), strung together as plain prose. No instruction, question, option list or answer
+    format of any task is in them, and no fact that is one of ``avoid`` (the caller's eval inputs and answers:
+    ``pipeline.devtools.demo_models.pretraining_text``) is drawn."""
+    r = random.Random(f"world:{seed}")
+
+    def fact() -> str:
+        while (text := draw()) in avoid:
+            pass
+        return text
+
+    def draw() -> str:
+        kind = r.randrange(6)
+        if kind == 0:
+            animal, color, place = r.choice(ANIMALS), r.choice(COLORS), r.choice(PLACES)
+            return f"The {color} {animal} lives near the {place}. It eats {r.choice(FOODS)} every day."
+        if kind == 1:
+            return f"The {r.choice(ANIMALS)} sleeps by the {r.choice(PLACES)}."
+        if kind == 2:
+            a, b = r.sample(NAMES, 2)
+            return f"{a} is {r.choice(['taller', 'shorter', 'older', 'younger', 'faster'])} than {b}."
+        if kind == 3:
+            return f"On {r.choice(DAYS)}, {r.choice(NAMES)} bought {r.choice(FOODS)} at the market."
+        if kind == 4:
+            a, b = r.sample(NAMES, 2)
+            return f"{a} met {b} at the {r.choice(PLACES)} on {r.choice(DAYS)}."
+        thing = r.choice(sorted(VERBS))
+        return f"The {r.choice(ANIMALS)} {VERBS[thing]} a {thing} near the {r.choice(PLACES)}."
+
+    return [" ".join(fact() for _ in range(r.randint(3, 8))) for _ in range(n)]
+
+
 def _loader(name: str, make):
     def load(split: str, data_dir: Path | None, limit: int | None, seed: int) -> Loaded:
         n = 1000 if limit is None else limit

@@ -1,0 +1,80 @@
+"""`make demo-tune` and `make demo-seeds` (benchmarks/demo_protocol.py) end to end, shortened: two arms (FT on the
+labelled cache, sequence-level KD on a transfer cache the teacher answered), two tasks, a few steps."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline.devtools import demo_models as builder
+from stages import teacher_cache
+from tests.conftest import REPO
+from tests.helpers import small_teacher_cache_config
+
+TASKS = {"demo_yesno": 8, "demo_qa": 8}
+
+
+def protocol(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "benchmarks/demo_protocol.py", *args], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.mark.slow
+def test_tune_picks_on_dev_and_seeds_reports_paired_differences_on_the_held_out_split(demo_models, tmp_path):
+    labelled, transfer = tmp_path / "labelled", tmp_path / "transfer"
+    teacher_cache.run(small_teacher_cache_config(demo_models["teacher"], tasks=TASKS, out=str(labelled)))
+    prompts = str(demo_models["teacher"].parent / builder.TRANSFER_FILE)
+    teacher_cache.run(
+        small_teacher_cache_config(
+            demo_models["teacher"], tasks={prompts: 16}, answers="teacher", answer_overflow="cut", out=str(transfer)
+        )
+    )
+    config = tmp_path / "demo.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "teacher_cache": {"teacher": str(demo_models["teacher"]), "tasks": TASKS},
+                "distill": {"student": str(demo_models["student"]), "batch_size": 8, "device": "cpu"},
+                "eval": {"tasks": list(TASKS), "limit": 4, "max_new_tokens": 4, "device": "cpu"},
+            }
+        )
+    )
+    arms = tmp_path / "arms.yaml"
+    arms.write_text(
+        "steps: 2\nlr_grid: [0.001, 0.01]\ndev_split: validation\nreport_split: test\narms:\n"
+        "  ft:\n    regime: 1\n    cache: labelled\n    flags: {uld_weight: 0.0}\n    lr: 0.002\n"
+        "  seqkd:\n    regime: 2\n    cache: transfer\n    flags: {uld_weight: 0.0}\n    lr: 0.002\n"
+        "  seqkd-uld:\n    regime: 2\n    cache: transfer\n    flags: {loss: uld, uld_weight: 1.5}\n    lr: 0.002\n"
+        "headline:\n  regime1: ft\n  regime2: seqkd\n"
+    )
+    common = ["--config", str(config), "--labelled", str(labelled), "--transfer", str(transfer), "--jobs", "1"]
+    out = tmp_path / "protocol"
+    tuned = protocol("tune", *common, "--arms", str(arms), "--out", str(out), "--write", str(arms))
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    grid = json.loads((out / "grid.json").read_text())
+    assert grid["split"] == "validation" and len(grid["rows"]) == 3 * 2  # every arm at every rate
+    for name, lr in grid["chosen"].items():
+        rows = [r for r in grid["rows"] if r["arm"] == name]
+        assert lr == max(rows, key=lambda r: r["mean"])["lr"]
+    written = yaml.safe_load(arms.read_text())
+    assert {n: a["lr"] for n, a in written["arms"].items()} == grid["chosen"]
+    assert written["headline"]["regime2"] in ("seqkd", "seqkd-uld") and written["headline"]["regime1"] == "ft"
+
+    flags = protocol("flags", "regime2", "--arms", str(arms), "--transfer", str(transfer))
+    name = written["headline"]["regime2"]
+    assert flags.stdout.split()[:2] == ["--cache", str(transfer)] and f"--lr {grid['chosen'][name]:g}" in flags.stdout
+
+    seeded = protocol("seeds", *common, "--arms", str(arms), "--out", str(out), "--seeds", "0,1")
+    assert seeded.returncode == 0, seeded.stderr[-3000:]
+    result = json.loads((out / "seeds.json").read_text())
+    assert result["split"] == "test" and result["seeds"] == [0, 1] and set(result["runs"]) == set(written["arms"])
+    runs = result["runs"]
+    mean = {n: {s: sum(v.values()) / len(v) for s, v in by_seed.items()} for n, by_seed in runs.items()}
+    diffs = [mean["seqkd"][s] - mean["ft"][s] for s in ("0", "1")]
+    paired = f"{sum(diffs) / 2:+.1f} ± {abs(diffs[0] - diffs[1]) / 2**0.5:.1f}"
+    line = next(x for x in (out / "seeds.md").read_text().splitlines() if x.startswith("| seqkd − ft |"))
+    assert line.rstrip(" |").endswith(paired), (line, paired)
+    assert seeded.stdout.startswith("# Every arm over seeds 0, 1 (test split")
