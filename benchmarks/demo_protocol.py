@@ -47,6 +47,11 @@ def headline(task: str) -> str:
     return HEADLINE[get_task(task).metrics[0]]
 
 
+def against(arms: dict, name: str) -> str:
+    """The FT arm that ``name``'s paired difference is to: ``ft``, or the arm's ``against`` (same student)."""
+    return arms["arms"][name].get("against", "ft")
+
+
 def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -146,15 +151,16 @@ def _seeds_table(runs: dict, tasks: list[str], teacher: dict, arms: dict) -> str
         cells = [mean_sd([v[c] for v in by_seed.values()]) for c in cols]
         regime = arms[name]["regime"]
         lines.append(f"| {name} | {regime} | " + " | ".join(f"{m:.1f} ± {sd:.1f}" for m, sd in cells) + " |")
-    lines += ["", "Paired difference to FT, per seed (mean ± sd of the differences):", ""]
-    lines += ["| arm − ft | regime | " + " | ".join(head) + " |", "|:--|:--|" + "--:|" * len(cols)]
-    ft = with_mean["ft"]
+    lines += ["", "Paired difference to FT of the same student, per seed (mean ± sd of the differences):", ""]
+    lines += ["| arm − FT | regime | " + " | ".join(head) + " |", "|:--|:--|" + "--:|" * len(cols)]
     for name, by_seed in with_mean.items():
-        if name == "ft":
+        base = arms[name].get("against", "ft")
+        if name == base:
             continue
+        ft = with_mean[base]
         diff = [mean_sd([by_seed[s][c] - ft[s][c] for s in by_seed]) for c in cols]
         regime = arms[name]["regime"]
-        lines.append(f"| {name} − ft | {regime} | " + " | ".join(f"{m:+.1f} ± {sd:.1f}" for m, sd in diff) + " |")
+        lines.append(f"| {name} − {base} | {regime} | " + " | ".join(f"{m:+.1f} ± {sd:.1f}" for m, sd in diff) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -200,8 +206,16 @@ def tune(config: str, labelled: str, transfer: str, out: str, jobs: int, arms_fi
     chosen = {name: max((r for r in rows if r["arm"] == name), key=lambda r: r["mean"])["lr"] for name in arms["arms"]}
     best = {}
     for regime in sorted({a["regime"] for a in arms["arms"].values()}):
-        candidates = [r for r in rows if r["regime"] == regime and r["arm"] != "ft" and chosen[r["arm"]] == r["lr"]]
-        best[f"regime{regime}"] = max(candidates, key=lambda r: r["mean"])["arm"]
+        candidates = [
+            r
+            for r in rows
+            if r["regime"] == regime
+            and r["arm"] != "ft"
+            and against(arms, r["arm"]) == "ft"
+            and chosen[r["arm"]] == r["lr"]
+        ]
+        if candidates:  # a regime of FT alone keeps its headline
+            best[f"regime{regime}"] = max(candidates, key=lambda r: r["mean"])["arm"]
     protocol.root.mkdir(parents=True, exist_ok=True)
     (protocol.root / "grid.json").write_text(json.dumps({"split": split, "rows": rows, "chosen": chosen}, indent=2))
     text = (

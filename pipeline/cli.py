@@ -132,11 +132,15 @@ def main(verbose: bool) -> None:
 )
 @_user_errors
 def build_demo_models(out: str, force: bool) -> None:
-    """Build the embedded default: tiny T5 teacher and tiny GPT-2 student with their own tokenizers."""
+    """Build the embedded default: tiny T5 teacher and tiny GPT-2 student with their own tokenizers (and a GPT-2
+    with the teacher's tokenizer), and the demo's transfer set."""
     from pipeline.devtools import demo_models
 
     result = demo_models.build(Path(out), force=force)
-    click.echo(f"teacher: {result['teacher']}\nstudent: {result['student']}\ntransfer set: {result['transfer']}")
+    click.echo(
+        f"teacher: {result['teacher']}\nstudent: {result['student']}\nstudent with the teacher's tokenizer: "
+        f"{result['shared']}\ntransfer set: {result['transfer']}"
+    )
 
 
 @main.command("fetch-real-teacher")

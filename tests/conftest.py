@@ -26,7 +26,7 @@ def demo_models() -> dict[str, Path]:
     from pipeline.devtools import demo_models as builder
 
     built = builder.build(REPO / "models")
-    return {"teacher": Path(built["teacher"]), "student": Path(built["student"])}
+    return {"teacher": Path(built["teacher"]), "student": Path(built["student"]), "shared": Path(built["shared"])}
 
 
 @pytest.fixture(scope="session")

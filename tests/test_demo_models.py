@@ -221,3 +221,14 @@ def test_the_student_is_pretrained_on_world_text_without_task_formats_or_eval_ex
     assert trained_loss < 1.5 < 5.0 < fresh_loss, (trained_loss, fresh_loss)
     stamp = json.loads((Path(demo_models["student"]) / builder.STAMP).read_text())
     assert stamp["pretraining"]["steps"] == builder.PRETRAIN_STEPS
+
+
+def test_the_shared_student_reads_the_teachers_own_tokenizer_and_is_pretrained(demo_models):
+    from pipeline.models import tokenizer_fingerprint
+
+    teacher, shared = (AutoTokenizer.from_pretrained(demo_models[k]) for k in ("teacher", "shared"))
+    assert tokenizer_fingerprint(teacher) == tokenizer_fingerprint(shared)  # KL's identity map: the same ids
+    model = AutoModelForCausalLM.from_pretrained(demo_models["shared"])
+    assert model.config.vocab_size == len(teacher) and model.config.n_layer == 2
+    stamp = json.loads((Path(demo_models["shared"]) / builder.STAMP).read_text())
+    assert stamp["pretraining"]["final_loss"] < 1.5

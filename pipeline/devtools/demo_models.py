@@ -2,9 +2,11 @@
 
 Built deterministically from the demo tasks (no download): the teacher gets a SentencePiece-style Unigram
 tokenizer and the student a byte-level BPE one with a different vocabulary size, the real cross-tokenizer
-situation in miniature. The student is pretrained as a language model on plain text about the demo world
-(``pretraining_text``: the facts the task generators draw from, no task format, no eval example), as GPT-2 was
-before the seed distilled it, so FT and KD both start from a model that knows the world's words. Both load with
+situation in miniature; a third model, ``tiny-gpt2-shared``, is the student's architecture on the teacher's own
+tokenizer (the shared-vocabulary case the KL-family losses are for). The students are pretrained as language
+models on plain text about the demo world (``pretraining_text``: the facts the task generators draw from, no
+task format, no eval example), as GPT-2 was before the seed distilled it, so FT and KD both start from a model
+that knows the world's words. Both load with
 ``AutoModel…/AutoTokenizer.from_pretrained(dir)`` like real checkpoints.
 
 The teacher is what a teacher is in a real run: stronger than the students, because it learned from far more
@@ -61,7 +63,9 @@ log = logging.getLogger(__name__)
 
 TEACHER_DIR = "tiny-t5-teacher"
 STUDENT_DIR = "tiny-gpt2-student"
-BUILD_VERSION = 6  # bump when the recipe changes: existing models/ are then rebuilt
+SHARED_DIR = "tiny-gpt2-shared"  # a third model: the student's architecture with the teacher's own tokenizer
+MODEL_DIRS = (TEACHER_DIR, STUDENT_DIR, SHARED_DIR)
+BUILD_VERSION = 7  # bump when the recipe changes: existing models/ are then rebuilt
 STAMP = "kdpipe-demo-model.json"
 TRANSFER_FILE = "demo-transfer.jsonl"  # beside the models: the demo's prompts-only transfer set
 TRANSFER_PER_TASK = 640  # 4x the demo cache's 160 labelled examples per task
@@ -255,7 +259,8 @@ def pretraining_text(seed: int, n: int = PRETRAIN_DOCS) -> list[str]:
 def _pretrain_student(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, seed: int, steps: int) -> dict:
     """Next-token CE on ``pretraining_text``, BOS first as the student's text contract has it, for a fixed number
     of steps: the demo's miniature of the pretrained GPT-2 the seed distils into."""
-    ids = [[tok.bos_token_id, *tok(doc)["input_ids"]][:PRETRAIN_TOKENS] for doc in pretraining_text(seed)]
+    bos = [] if tok.bos_token_id is None else [tok.bos_token_id]  # the teacher's tokenizer has none, like T5's
+    ids = [[*bos, *tok(doc)["input_ids"]][:PRETRAIN_TOKENS] for doc in pretraining_text(seed)]
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.01)
     model.train()
@@ -364,27 +369,27 @@ def untie_head(model: T5ForConditionalGeneration) -> None:
 def build(
     out: Path, *, seed: int = 0, force: bool = False, steps: int = TEACHER_STEPS, pretrain_steps: int = PRETRAIN_STEPS
 ) -> dict:
-    """Build both demo models under ``out``, and the transfer set beside them (``out/TRANSFER_FILE``); returns
-    what was built. Skips when an up-to-date build is there, and copies the one this machine kept
-    (``kept_builds``) when there is one; ``force`` builds anew either way."""
+    """Build the demo models under ``out`` (teacher, student, shared-tokenizer student), and the transfer set
+    beside them (``out/TRANSFER_FILE``); returns what was built. Skips when an up-to-date build is there, and
+    copies the one this machine kept (``kept_builds``) when there is one; ``force`` builds anew either way."""
     result = _build_models(out, seed=seed, force=force, steps=steps, pretrain_steps=pretrain_steps)
     return {**result, "transfer": str(write_transfer(out / TRANSFER_FILE))}
 
 
 def _build_models(out: Path, *, seed: int, force: bool, steps: int, pretrain_steps: int) -> dict:
-    teacher_dir, student_dir = out / TEACHER_DIR, out / STUDENT_DIR
     stamp = {"build_version": BUILD_VERSION, "seed": seed, "teacher_steps": steps, "pretrain_steps": pretrain_steps}
-    result = {"teacher": str(teacher_dir), "student": str(student_dir), "built": False}
-    if not force and all(_stamp_matches(d, stamp) for d in (teacher_dir, student_dir)):
+    result = {"teacher": str(out / TEACHER_DIR), "student": str(out / STUDENT_DIR), "shared": str(out / SHARED_DIR)}
+    result["built"] = False
+    if not force and _whole(out, stamp):
         log.info("demo models in %s are up to date", out)
         return result
     kept = _kept_path(stamp)
     if not force and kept is not None and _whole(kept, stamp):
-        for name in (TEACHER_DIR, STUDENT_DIR):
+        for name in MODEL_DIRS:
             _copy_whole(kept / name, out / name)
         log.info("demo models: copied the build kept in %s (set %s=off to build anew)", kept, KEEP_ENV)
         return {**result, "kept": str(kept)}
-    built = _build(teacher_dir, student_dir, stamp, seed, steps, pretrain_steps)
+    built = _build(out, stamp, seed, steps, pretrain_steps)
     if kept is not None:
         _keep(out, kept)
     return {**result, **built}
@@ -425,20 +430,21 @@ def _copy_whole(source: Path, target: Path) -> None:
 
 
 def _whole(folder: Path, stamp: dict) -> bool:
-    return all(_stamp_matches(folder / name, stamp) for name in (TEACHER_DIR, STUDENT_DIR))
+    return all(_stamp_matches(folder / name, stamp) for name in MODEL_DIRS)
 
 
 def _keep(out: Path, kept: Path) -> None:
     """Copy a finished build to ``kept``, in place of whatever is there; a failure costs only the reuse."""
     try:
-        for name in (TEACHER_DIR, STUDENT_DIR):
+        for name in MODEL_DIRS:
             _copy_whole(out / name, kept / name)
         log.info("demo models kept in %s for other clones on this machine", kept)
     except OSError as e:  # the disk is full or read-only, or another clone is keeping the same build
         log.warning("demo models not kept in %s: %s", kept, e)
 
 
-def _build(teacher_dir: Path, student_dir: Path, stamp: dict, seed: int, steps: int, pretrain_steps: int) -> dict:
+def _build(out: Path, stamp: dict, seed: int, steps: int, pretrain_steps: int) -> dict:
+    teacher_dir, student_dir, shared_dir = (out / name for name in MODEL_DIRS)
     with deterministic():
         torch.manual_seed(seed)
         corpus = _corpus(seed)
@@ -452,22 +458,28 @@ def _build(teacher_dir: Path, student_dir: Path, stamp: dict, seed: int, steps: 
         _save(teacher, t_tok, teacher_dir, {**stamp, "training": training})
 
         torch.manual_seed(seed + 1)
-        s_cfg = GPT2Config(
-            vocab_size=len(s_tok),
-            n_embd=96,
-            n_layer=2,
-            n_head=4,
-            n_positions=512,
-            bos_token_id=s_tok.eos_token_id,
-            eos_token_id=s_tok.eos_token_id,
-        )
-        student = GPT2LMHeadModel(s_cfg)
+        student = GPT2LMHeadModel(_student_config(len(s_tok), s_tok.eos_token_id))
         pretraining = _pretrain_student(student, s_tok, seed, pretrain_steps)
         student.generation_config = GenerationConfig(
             bos_token_id=s_tok.eos_token_id, eos_token_id=s_tok.eos_token_id, pad_token_id=s_tok.eos_token_id
         )
         _save(student, s_tok, student_dir, {**stamp, "pretraining": pretraining})
+
+        # the shared-vocabulary case: the same architecture and pretraining, on the teacher's tokenizer
+        torch.manual_seed(seed + 2)
+        shared = GPT2LMHeadModel(_student_config(len(t_tok), t_tok.eos_token_id))
+        shared_pretraining = _pretrain_student(shared, t_tok, seed, pretrain_steps)
+        shared.generation_config = GenerationConfig(
+            eos_token_id=t_tok.eos_token_id, pad_token_id=t_tok.pad_token_id, bos_token_id=t_tok.eos_token_id
+        )
+        _save(shared, t_tok, shared_dir, {**stamp, "pretraining": shared_pretraining})
     return {"built": True, "teacher_training": training, "student_pretraining": pretraining}
+
+
+def _student_config(vocab_size: int, eos: int) -> GPT2Config:
+    return GPT2Config(
+        vocab_size=vocab_size, n_embd=96, n_layer=2, n_head=4, n_positions=512, bos_token_id=eos, eos_token_id=eos
+    )
 
 
 def _save(model, tokenizer, path: Path, stamp: dict) -> None:
