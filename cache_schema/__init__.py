@@ -199,6 +199,10 @@ MAX_CHUNK_BYTES = 256 << 20
 MAX_CHUNKS_PER_SHARD = 1 << 16  # a shard's index (16 bytes per chunk) is read whole
 MAX_EXAMPLES = 1 << 28
 MAX_METADATA_BYTES = 64 << 20  # any zarr.json
+# ... and what it may parse into: values (each a Python object of up to ~70 bytes: 3 bytes of "{}," make a dict) and
+# nesting (the parser recurses per level). A large cache's checksum list or a part's batch sizes are ~10^5 items.
+MAX_METADATA_ITEMS = 1 << 21
+MAX_METADATA_DEPTH = 32
 MAX_VOCAB = 1 << 22  # teacher vocabulary entries
 MAX_VOCAB_BYTES = 1 << 28  # their byte strings together
 ALLOWED_CODECS = frozenset({"sharding_indexed", "bytes", "blosc", "zstd", "gzip", "crc32c", "transpose"})

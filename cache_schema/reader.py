@@ -15,7 +15,6 @@ declared size, and every decoded range is checked (finite, top-k + tail = 1) bef
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from collections.abc import Iterator
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zarr
 
@@ -75,8 +75,10 @@ from cache_schema.bounded import (
     check_data_files,
     check_local_tree,
     check_rows,
+    examples_text_bound,
     file_bound,
     install_codecs,
+    parse_json,
     read_bounded,
     shard_bound,
     shard_files,
@@ -85,6 +87,8 @@ from cache_schema.store import can_list, filesystem, is_local, join, sha256, sto
 
 install_codecs()
 CHECKSUM_MODES = ("none", "open", "stream")
+MAX_VOCAB_RATIO = 32  # decoded vocabulary (bytes and offsets) per stored byte ...
+VOCAB_FLOOR = 16 << 20  # ... unless it is this small anyway
 
 
 class Cache:
@@ -228,7 +232,7 @@ def open_cache(path: str | os.PathLike, *, checksums: str = "none") -> Cache:
     meta = read_attrs(path, fs, root)
     _check_meta(path, meta)
     examples, rows = _check_counts(path, meta)
-    footer = _examples_footer(path, fs, root, examples, meta.get(ATTR_VERSION))
+    examples_bytes = _examples_footer(path, fs, root, examples, meta.get(ATTR_VERSION))
     names = array_names(meta)
     needed, shard_rows = {}, {}
     for name in names:
@@ -236,15 +240,17 @@ def open_cache(path: str | os.PathLike, *, checksums: str = "none") -> Cache:
         array_meta, bound = _check_array_meta(path, fs, root, name, (rows, *width))
         shard_rows[name] = array_meta["chunk_grid"]["configuration"]["chunk_shape"][0]
         needed.update({rel: bound for rel in shard_files(name, array_meta, f"{path}/{name}")})
-    if has_token_spans(meta):
-        needed.update(_check_vocab_meta(path, fs, root, meta))
+    vocab_files = _check_vocab_meta(path, fs, root, meta) if has_token_spans(meta) else {}
+    needed.update(vocab_files)
     check_data_files(fs, root, path, needed, can_list(fs))
+    if vocab_files:
+        _check_vocab_stored(path, fs, root, meta, vocab_files)
     store = zarr_store(fs, root, read_only=True)
     try:
         arrays = {name: zarr.open_array(store, path=name, mode="r", zarr_format=3) for name in names}
     except Exception as e:  # zarr raises many types for a broken store; the user needs the path and the cause
         raise CacheError(f"{path}: cannot open the Zarr arrays: {e}") from e
-    table = _read_examples(path, footer)
+    table = _read_examples(path, examples_bytes, meta.get(ATTR_VERSION))
     _check_tiling(path, table, rows)
     cache = Cache(path, fs, root, arrays, meta, table, shard_rows, checksums)
     if checksums == "open":
@@ -282,16 +288,27 @@ def _check_vocab_meta(path: str, fs: fsspec.AbstractFileSystem, root: str, meta:
     return needed
 
 
+def _check_vocab_stored(path: str, fs: fsspec.AbstractFileSystem, root: str, meta: dict, files: dict) -> None:
+    """The vocabulary the attributes declare is at most MAX_VOCAB_RATIO times the bytes that store it: at the
+    schema's limits it decodes to 4 million byte strings (1.5 GB of Python objects) from a few hundred KB of
+    zeros, while a real one compresses about 3.4 times (SmolLM2's 49k tokens: 725 KB in 217 KB)."""
+    vocab = meta[ATTR_VOCAB]
+    decoded = vocab["bytes"] + 8 * (vocab["size"] + 1)
+    stored = sum(fs.size(join(root, rel)) or 0 for rel in files)
+    if decoded > max(VOCAB_FLOOR, MAX_VOCAB_RATIO * stored):
+        raise CacheError(
+            f"{path}/{VOCAB_BYTES}: a vocabulary of {vocab['size']} tokens and {vocab['bytes']} bytes stored in "
+            f"{stored} bytes, more than {MAX_VOCAB_RATIO} times that; refusing to decode it"
+        )
+
+
 def read_json(path: str, fs: fsspec.AbstractFileSystem, name: str, what: str) -> dict:
     """A zarr.json as a dict, refused when it is missing, not a regular file, oversized or not a JSON object."""
     local = is_local(fs)
     if not fs.exists(name) and not (local and os.path.islink(name)):
         raise CacheError(f"{path}: {what} missing")
     data = read_bounded(fs, name, MAX_METADATA_BYTES, f"{path}: {what}", root=os.path.dirname(name) if local else None)
-    try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CacheError(f"{path}: {what} is not valid JSON: {e}") from None
+    value = parse_json(data, f"{path}: {what}")
     if not isinstance(value, dict):
         raise CacheError(f"{path}: {what} is not a JSON object")
     return value
@@ -368,10 +385,8 @@ def _check_counts(path: str, meta: dict) -> tuple[int, int]:
     return examples, rows
 
 
-def _examples_footer(
-    path: str, fs: fsspec.AbstractFileSystem, root: str, examples: int, version: object
-) -> pq.ParquetFile:
-    """examples.parquet opened on its footer alone: columns and row count are checked before the data is read."""
+def _examples_footer(path: str, fs: fsspec.AbstractFileSystem, root: str, examples: int, version: object) -> bytes:
+    """The bytes of examples.parquet, once its footer alone (columns, row count, page sizes) passes the checks."""
     name = join(root, EXAMPLES_FILE)
     where = f"{path}/{EXAMPLES_FILE}"
     if not fs.exists(name) and not (is_local(fs) and os.path.islink(name)):
@@ -396,19 +411,57 @@ def _examples_footer(
         raise CacheError(
             f"{path}/{EXAMPLES_FILE}: claims {parquet.metadata.num_rows} examples, the attributes say {examples}"
         )
-    return parquet
+    return data
 
 
 def _columns(schema: pa.Schema) -> str:
     return ", ".join(f"{f.name}: {f.type}" for f in schema)
 
 
-def _read_examples(path: str, parquet: pq.ParquetFile) -> pa.Table:
+def _read_examples(path: str, data: bytes, version: object) -> pa.Table:
+    """The examples table of the (footer-checked) examples.parquet bytes ``data``, its text columns read still
+    dictionary-encoded: their decoded size, each value's length summed through the dictionary, must be within
+    :func:`examples_text_bound` before a value is decoded.
+
+    The footer counts a dictionary page once, while every row that refers to an entry decodes it again: a 5 KB
+    file whose one 3 MB entry each of 1,100 examples refers to decodes to 3.3 GB."""
+    where = f"{path}/{EXAMPLES_FILE}"
+    schema = example_columns(version)
+    text = [f.name for f in schema if pa.types.is_string(f.type)]
     try:
-        table = parquet.read()
+        table = pq.ParquetFile(io.BytesIO(data), read_dictionary=text).read(use_threads=False)
     except Exception as e:  # a corrupt page behind a sound footer
-        raise CacheError(f"{path}/{EXAMPLES_FILE}: unreadable: {e}") from e
-    return table.replace_schema_metadata(None)
+        raise CacheError(f"{where}: unreadable: {e}") from e
+    decoded = sum(_text_bytes(table.column(name)) for name in text)
+    bound = examples_text_bound(table.num_rows, len(data))
+    if decoded > bound:
+        raise CacheError(
+            f"{where}: its text decodes to {decoded} bytes, more than the {bound} a file of {len(data)} bytes for "
+            f"{table.num_rows} examples may hold (a dictionary entry repeated: refused before decoding it)"
+        )
+    columns = [
+        pa.chunked_array([_decoded(c) for c in table.column(f.name).chunks], f.type)
+        if f.name in text
+        else table[f.name]
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _text_bytes(column: pa.ChunkedArray) -> int:
+    """Bytes of a text column once decoded, counted without decoding it."""
+    total = 0
+    for chunk in column.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            lengths = pc.binary_length(chunk.dictionary)  # [entries]
+            total += int(pc.sum(lengths.take(chunk.indices)).as_py() or 0)
+        else:
+            total += chunk.nbytes
+    return total
+
+
+def _decoded(chunk: pa.Array) -> pa.Array:
+    return chunk.dictionary_decode() if pa.types.is_dictionary(chunk.type) else chunk
 
 
 def _check_array_meta(
