@@ -15,6 +15,7 @@ declared size, and every decoded range is checked (finite, top-k + tail = 1) bef
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -64,6 +65,7 @@ from cache_schema import (
     CacheError,
     CacheIncomplete,
     attrs_digest,
+    byte_exact_spans,
     decode_probs,
     decode_spans,
     decode_vocab,
@@ -118,6 +120,8 @@ class Cache:
         self.has_topk_ids = bool(meta[ATTR_LAYOUT]["store_ids"])
         self.ids_k = ids_width(meta) if self.has_topk_ids else 0  # leading entries of a row whose id is stored
         self.has_token_spans = has_token_spans(meta)  # v1.1 token layout: spans, label probs, teacher vocab
+        self.vocab_size = int(meta[ATTR_VOCAB]["size"]) if self.has_token_spans else 0  # checked at open
+        self.byte_exact = byte_exact_spans(meta)
         self.keys: list[str] = examples.column("key").to_pylist()
         # each example's id in its source (None: none, and always in a cache older than v1.3)
         self.source_ids: list[str | None] = (
@@ -126,12 +130,21 @@ class Cache:
         self.tasks: list[str] = examples.column("task").to_pylist()
         self.row_start = examples.column("row_start").to_numpy()
         self.n_rows = examples.column("n_rows").to_numpy()
+        self._answer_bytes: np.ndarray | None = None
         self._shard_rows = shard_rows or {}  # rows per shard file, by array (from its zarr.json)
         self._stream_checksums = checksums == "stream"
         self._hashed: set[str] = set()  # shard files already hashed ("stream")
 
     def __len__(self) -> int:
         return self.examples.num_rows
+
+    @property
+    def answer_bytes(self) -> np.ndarray:
+        """int64 [N]: UTF-8 bytes of each example's answer, the bound of its spans."""
+        if self._answer_bytes is None:
+            lengths = pc.binary_length(self.examples.column("answer"))
+            self._answer_bytes = lengths.to_numpy(zero_copy_only=False).astype(np.int64)
+        return self._answer_bytes
 
     def __getitem__(self, i: int) -> CachedExample:
         if not -len(self) <= i < len(self):
@@ -149,15 +162,72 @@ class Cache:
         probs = decode_probs(stored[PROBS])
         check_rows(self.path, start, stop, probs, stored[TAIL], self.top_k)
         ids = stored.get(TOPK_IDS)
+        if self.has_token_spans:
+            self._check_ids(start, stop, stored[TOKEN_IDS], ids)
         return probs, stored[TAIL], stored[TOKEN_IDS], None if ids is None else pad_ids(ids, self.top_k)
 
     def read_token_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Token layout rows ``[start, stop)``: spans int32 [n, 2] byte [start, end), label_probs float32 [n]."""
+        """Token layout rows ``[start, stop)``: spans int32 [n, 2] byte [start, end), label_probs float32 [n];
+        spans inside their answers and in order, label probabilities in [0, 1], as verify checks them."""
         if not self.has_token_spans:
             raise CacheError(f"{self.path}: the cache has no token layout (a v1 cache, or written without it)")
         if not 0 <= start <= stop <= self.total_rows:
             raise CacheError(f"rows [{start}, {stop}) outside the cache's {self.total_rows} rows")
-        return decode_spans(self._arrays[SPANS][start:stop]), self._arrays[LABEL_PROBS][start:stop].astype(np.float32)
+        spans = decode_spans(self._read_array(SPANS, self._arrays[SPANS], start, stop))
+        label = self._read_array(LABEL_PROBS, self._arrays[LABEL_PROBS], start, stop).astype(np.float32)
+        self._check_token_rows(start, stop, spans, label)
+        return spans, label
+
+    # ------------------------------------------------------------------------------ what every reader checks
+
+    def _check_ids(self, start: int, stop: int, token_ids: np.ndarray, stored_ids: np.ndarray | None) -> None:
+        """Token ids and stored top-k ids inside the teacher vocabulary (token layout: its size is known)."""
+        size = self.vocab_size
+        if ((token_ids < 0) | (token_ids >= size)).any():
+            raise CacheError(f"{self.path}: rows [{start}, {stop}) hold token ids beyond the {size}-token vocabulary")
+        if stored_ids is not None and ((stored_ids < 0) | (stored_ids >= size)).any():
+            raise CacheError(f"{self.path}/{TOPK_IDS}: rows [{start}, {stop}) hold ids beyond the {size} tokens")
+
+    def _check_token_rows(self, start: int, stop: int, spans: np.ndarray, label: np.ndarray) -> None:
+        """Spans inside each row's answer bytes and in order (from v1.3 none starting before the previous one
+        ends), label probabilities finite and in [0, 1]."""
+        owner = np.searchsorted(self.row_start, np.arange(start, stop), side="right") - 1  # [n] example of row
+        limit = self.answer_bytes[owner]  # [n] answer bytes of each row's example
+        if (spans[:, 0] < 0).any() or (spans[:, 1] < spans[:, 0]).any() or (spans[:, 1] > limit).any():
+            raise CacheError(f"{self.path}/{SPANS}: rows [{start}, {stop}) have spans outside their answer's bytes")
+        same = owner[1:] == owner[:-1]  # consecutive rows of one example
+        if (spans[1:, 1][same] < spans[:-1, 1][same]).any():
+            raise CacheError(
+                f"{self.path}/{SPANS}: rows [{start}, {stop}) have spans that end before the previous one"
+            )
+        if self.byte_exact and (spans[1:, 0][same] < spans[:-1, 1][same]).any():
+            raise CacheError(
+                f"{self.path}/{SPANS}: rows [{start}, {stop}) have spans that start before the previous one ends "
+                "(from v1.3 each row of a split character has its own bytes)"
+            )
+        if not np.isfinite(label).all() or (label < 0).any() or (label > 1).any():
+            raise CacheError(
+                f"{self.path}/{LABEL_PROBS}: rows [{start}, {stop}) have a label probability outside [0, 1] (NaN "
+                "or damaged)"
+            )
+
+    def check_label_probs(
+        self, start: int, stop: int, probs: np.ndarray, token_ids: np.ndarray, topk_ids: np.ndarray, label: np.ndarray
+    ) -> float:
+        """Each row's label probability equal to its top-k entry of the same id, where the row's own token is
+        among its stored top-k; returns the largest difference."""
+        hit = (topk_ids == token_ids[:, None]) & (probs > 0)  # [n, k] the row's own token among its top-k
+        rows, cols = hit.nonzero()
+        first = np.unique(rows, return_index=True)[1]
+        error = np.abs(probs[rows[first], cols[first]] - label[rows[first]])
+        # label_probs are float16 (relative error ≤ 2^-11), probs fixed point (absolute error ≤ 0.5 / 65535)
+        allowed = label[rows[first]] * 2.0**-10 + 1.0 / 65535 + 1e-6
+        if (error > allowed).any():
+            raise CacheError(
+                f"{self.path}/{LABEL_PROBS}: rows [{start}, {stop}) disagree with the top-k probability of the same "
+                "token"
+            )
+        return float(error.max(initial=0.0))
 
     def teacher_vocab(self) -> list[bytes]:
         """The teacher's tokens as byte strings, by id (token layout only); offsets are checked before use."""
@@ -201,7 +271,7 @@ class Cache:
         return np.concatenate(pieces) if len(pieces) != 1 else pieces[0]
 
     def _shard_file(self, name: str, index: int) -> str:
-        return f"{name}/c/{index}" + ("/0" if name in (PROBS, TOPK_IDS) else "")
+        return f"{name}/c/{index}" + ("/0" if name in (PROBS, TOPK_IDS, SPANS) else "")
 
     def _check_checksum(self, rel: str) -> None:
         listed = self.meta.get(ATTR_CHECKSUMS) or {}
@@ -239,6 +309,8 @@ def open_cache(path: str | os.PathLike, *, checksums: str = "none") -> Cache:
         width = {PROBS: (meta[ATTR_TOP_K],), TOPK_IDS: (ids_width(meta),), SPANS: (2,)}.get(name, ())
         array_meta, bound = _check_array_meta(path, fs, root, name, (rows, *width))
         shard_rows[name] = array_meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+        if name == PROBS:
+            _check_layout_rows(path, meta[ATTR_LAYOUT], array_meta)
         needed.update({rel: bound for rel in shard_files(name, array_meta, f"{path}/{name}")})
     vocab_files = _check_vocab_meta(path, fs, root, meta) if has_token_spans(meta) else {}
     needed.update(vocab_files)
@@ -357,14 +429,42 @@ def _check_meta(path: str, meta: dict) -> None:
     if not _is_int(k) or not 1 <= k <= MAX_TOP_K:
         raise CacheError(f"{path}: top_k {k!r} is not an integer in [1, {MAX_TOP_K}]")
     layout = meta.get(ATTR_LAYOUT)
-    if not isinstance(layout, dict) or not all(_is_int(layout.get(n)) for n in ("chunk_rows", "shard_rows")):
-        raise CacheError(f"{path}/{GROUP_META_FILE}: layout {layout!r} lacks integer chunk_rows and shard_rows")
+    if not isinstance(layout, dict) or not all(_is_int(layout.get(n)) and layout[n] > 0 for n in _ROW_LAYOUT):
+        raise CacheError(
+            f"{path}/{GROUP_META_FILE}: layout {_brief(layout)} lacks positive integer chunk_rows and shard_rows"
+        )
+    for flag in ("store_ids", "token_spans"):
+        if flag in layout and not isinstance(layout[flag], bool):
+            raise CacheError(f"{path}/{GROUP_META_FILE}: layout {flag} {_brief(layout[flag])} is not true or false")
     if "ids_k" in layout:
         ids_k = layout["ids_k"]
         if meta.get(ATTR_VERSION) not in ("1.2", "1.3") or not _is_int(ids_k) or not 1 <= ids_k < k:
             raise CacheError(
                 f"{path}/{GROUP_META_FILE}: layout ids_k {ids_k!r} is not an integer in [1, {k}) of a v1.2+ cache"
             )
+
+
+_ROW_LAYOUT = ("chunk_rows", "shard_rows")
+
+
+def _check_layout_rows(path: str, layout: dict, array_meta: dict) -> None:
+    """layout's chunk_rows and shard_rows are the chunk and shard rows of the probs array: the readers step
+    through the rows by them."""
+    outer = array_meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+    inner = next(
+        (c["configuration"]["chunk_shape"][0] for c in array_meta["codecs"] if c["name"] == "sharding_indexed"), outer
+    )
+    if (layout["chunk_rows"], layout["shard_rows"]) != (inner, outer):
+        raise CacheError(
+            f"{path}/{GROUP_META_FILE}: layout chunk_rows {layout['chunk_rows']} and shard_rows {layout['shard_rows']}"
+            f" differ from the {inner} and {outer} of {PROBS}/{GROUP_META_FILE}"
+        )
+
+
+def _brief(value: object) -> str:
+    """A JSON value for an error message, cut short."""
+    text = repr(value) if not isinstance(value, dict | list) else json.dumps(value)[:200]
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _is_int(value: object) -> bool:
@@ -403,10 +503,7 @@ def _examples_footer(path: str, fs: fsspec.AbstractFileSystem, root: str, exampl
         raise CacheError(f"{where}: its pages inflate to {inflated} bytes, more than the {bound} allowed")
     expected = example_columns(version)
     if not parquet.schema_arrow.equals(expected):
-        raise CacheError(
-            f"{path}/{EXAMPLES_FILE}: columns {_columns(parquet.schema_arrow)} differ from the v{version} schema's "
-            f"{_columns(expected)}"
-        )
+        raise CacheError(f"{where}: {_schema_difference(parquet.schema_arrow, expected, version)}")
     if parquet.metadata.num_rows != examples:
         raise CacheError(
             f"{path}/{EXAMPLES_FILE}: claims {parquet.metadata.num_rows} examples, the attributes say {examples}"
@@ -414,8 +511,22 @@ def _examples_footer(path: str, fs: fsspec.AbstractFileSystem, root: str, exampl
     return data
 
 
-def _columns(schema: pa.Schema) -> str:
-    return ", ".join(f"{f.name}: {f.type}" for f in schema)
+def _schema_difference(found: pa.Schema, expected: pa.Schema, version: object) -> str:
+    """The first column that differs from the schema's, in one line: the file's names and types are the writer's
+    to choose, so they are shown cut short and quoted (a name may hold newlines)."""
+    for i, want in enumerate(expected):
+        if i >= len(found):
+            return f"{len(found)} columns, the v{version} schema has {len(expected)} (no {want.name!r})"
+        have = found.field(i)
+        if have.name != want.name or not have.type.equals(want.type):
+            return (
+                f"column {i} is {_brief(have.name)}: {_brief(str(have.type))}, the v{version} schema's is "
+                f"{want.name!r}: {want.type}"
+            )
+    if len(found) > len(expected):
+        extra = _brief(found.field(len(expected)).name)
+        return f"{len(found)} columns, the v{version} schema has {len(expected)} (an extra {extra})"
+    return f"columns differ from the v{version} schema in nullability or field metadata"
 
 
 def _read_examples(path: str, data: bytes, version: object) -> pa.Table:
