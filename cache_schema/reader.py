@@ -39,6 +39,7 @@ from cache_schema import (
     ATTR_TOP_K,
     ATTR_VERSION,
     ATTR_VOCAB,
+    ATTR_WORKER,
     EXAMPLES_FILE,
     GROUP_META_FILE,
     LABEL_PROBS,
@@ -301,6 +302,7 @@ def open_cache(path: str | os.PathLike, *, checksums: str = "none") -> Cache:
         check_local_tree(root, path)
     meta = read_attrs(path, fs, root)
     _check_meta(path, meta)
+    _check_worker(path, meta)
     examples, rows = _check_counts(path, meta)
     examples_bytes = _examples_footer(path, fs, root, examples, meta.get(ATTR_VERSION))
     names = array_names(meta)
@@ -350,7 +352,7 @@ def _check_vocab_meta(path: str, fs: fsspec.AbstractFileSystem, root: str, meta:
     size, total = (vocab.get("size"), vocab.get("bytes")) if isinstance(vocab, dict) else (None, None)
     if not _is_int(size) or not 1 <= size <= MAX_VOCAB or not _is_int(total) or not 0 <= total <= MAX_VOCAB_BYTES:
         raise CacheError(
-            f"{path}: teacher vocabulary {vocab!r} is not a size in [1, {MAX_VOCAB}] and a byte count in "
+            f"{path}: teacher vocabulary {_brief(vocab)} is not a size in [1, {MAX_VOCAB}] and a byte count in "
             f"[0, {MAX_VOCAB_BYTES}]"
         )
     needed = {}
@@ -415,10 +417,10 @@ def _check_container(path: str, fs: fsspec.AbstractFileSystem, root: str) -> Non
 
 def _check_meta(path: str, meta: dict) -> None:
     if meta.get(ATTR_SCHEMA) != SCHEMA_NAME:
-        raise CacheError(f"{path}: schema is {meta.get(ATTR_SCHEMA)!r}, expected {SCHEMA_NAME!r}")
+        raise CacheError(f"{path}: schema is {_brief(meta.get(ATTR_SCHEMA))}, expected {SCHEMA_NAME!r}")
     if meta.get(ATTR_VERSION) not in READABLE_VERSIONS:
         raise CacheError(
-            f"{path}: schema version {meta.get(ATTR_VERSION)!r}, this kdpipe reads "
+            f"{path}: schema version {_brief(meta.get(ATTR_VERSION))}, this kdpipe reads "
             + " and ".join(map(str, READABLE_VERSIONS))
         )
     if meta.get(ATTR_COMPLETE) is not True:
@@ -427,7 +429,7 @@ def _check_meta(path: str, meta: dict) -> None:
         raise CacheError(f"{path}/{GROUP_META_FILE}: attributes were modified after the cache was written")
     k = meta.get(ATTR_TOP_K)
     if not _is_int(k) or not 1 <= k <= MAX_TOP_K:
-        raise CacheError(f"{path}: top_k {k!r} is not an integer in [1, {MAX_TOP_K}]")
+        raise CacheError(f"{path}: top_k {_brief(k)} is not an integer in [1, {MAX_TOP_K}]")
     layout = meta.get(ATTR_LAYOUT)
     if not isinstance(layout, dict) or not all(_is_int(layout.get(n)) and layout[n] > 0 for n in _ROW_LAYOUT):
         raise CacheError(
@@ -440,7 +442,8 @@ def _check_meta(path: str, meta: dict) -> None:
         ids_k = layout["ids_k"]
         if meta.get(ATTR_VERSION) not in ("1.2", "1.3") or not _is_int(ids_k) or not 1 <= ids_k < k:
             raise CacheError(
-                f"{path}/{GROUP_META_FILE}: layout ids_k {ids_k!r} is not an integer in [1, {k}) of a v1.2+ cache"
+                f"{path}/{GROUP_META_FILE}: layout ids_k {_brief(ids_k)} is not an integer in [1, {k}) of a "
+                "v1.2+ cache"
             )
 
 
@@ -476,13 +479,42 @@ def _check_counts(path: str, meta: dict) -> tuple[int, int]:
     counts = meta.get(ATTR_COUNTS)
     examples, rows = (counts.get("examples"), counts.get("rows")) if isinstance(counts, dict) else (None, None)
     if not _is_int(examples) or not 0 <= examples <= MAX_EXAMPLES:
-        raise CacheError(f"{path}: {examples!r} examples is not an integer in [0, {MAX_EXAMPLES}]")
+        raise CacheError(f"{path}: {_brief(examples)} examples is not an integer in [0, {MAX_EXAMPLES}]")
     if not _is_int(rows) or not examples <= rows <= examples * MAX_ROWS_PER_EXAMPLE:
         raise CacheError(
-            f"{path}: {rows!r} rows for {examples} examples is not an integer in "
+            f"{path}: {_brief(rows)} rows for {examples} examples is not an integer in "
             f"[{examples}, {examples} x {MAX_ROWS_PER_EXAMPLE}]"
         )
+    per_task = counts.get("per_task")
+    if per_task is not None and not (
+        isinstance(per_task, dict)
+        and all(
+            isinstance(c, dict) and all(_is_int(c.get(n)) for n in ("examples", "rows")) for c in per_task.values()
+        )
+    ):
+        raise CacheError(f"{path}: per-task counts {_brief(per_task)} are not examples and rows for each task")
+    for label in ("skipped", "truncated"):
+        if counts.get(label) is not None and not _is_tally(counts[label]):
+            raise CacheError(f"{path}: {label} counts {_brief(counts[label])} are not a mapping of counts")
     return examples, rows
+
+
+def _is_tally(value: object) -> bool:
+    """Counts by name, nested ({"source": {"boolq": 3}}) as the writer records skipped and cut examples."""
+    return isinstance(value, dict) and all(_is_int(v) or _is_tally(v) for v in value.values())
+
+
+def _check_worker(path: str, meta: dict) -> None:
+    """A worker's part (ATTR_WORKER present): index in [0, count) and the plan's batch count, all integers."""
+    if ATTR_WORKER not in meta:
+        return
+    worker = meta[ATTR_WORKER]
+    fields = [worker.get(n) for n in ("index", "count", "plan_batches")] if isinstance(worker, dict) else [None]
+    if not all(_is_int(v) for v in fields) or not 0 <= fields[0] < fields[1] or not 0 <= fields[2] <= MAX_EXAMPLES:
+        raise CacheError(
+            f"{path}/{GROUP_META_FILE}: worker record {_brief(worker)} is not an integer index in [0, count) and a "
+            "number of planned batches"
+        )
 
 
 def _examples_footer(path: str, fs: fsspec.AbstractFileSystem, root: str, examples: int, version: object) -> bytes:
@@ -587,19 +619,20 @@ def _check_array_meta(
     if meta.get("node_type") != "array" or meta.get("zarr_format") != 3:
         raise CacheError(f"{where}: not a Zarr v3 array")
     if meta.get("data_type") != ARRAY_DTYPES[name].name:
-        raise CacheError(f"{where}: dtype {meta.get('data_type')!r}, schema says {ARRAY_DTYPES[name].name!r}")
+        raise CacheError(f"{where}: dtype {_brief(meta.get('data_type'))}, schema says {ARRAY_DTYPES[name].name!r}")
     if meta.get("shape") != list(shape):
-        raise CacheError(f"{where}: shape {meta.get('shape')!r}, expected {list(shape)}")
+        raise CacheError(f"{where}: shape {_brief(meta.get('shape'))}, expected {list(shape)}")
     if meta.get("storage_transformers"):
-        raise CacheError(f"{where}: storage transformers {meta['storage_transformers']!r} are not allowed")
-    grid = meta.get("chunk_grid", {})
-    outer = grid.get("configuration", {}).get("chunk_shape") if isinstance(grid, dict) else None
+        raise CacheError(f"{where}: storage transformers {_brief(meta['storage_transformers'])} are not allowed")
+    grid = meta.get("chunk_grid")
+    config = grid.get("configuration") if isinstance(grid, dict) and grid.get("name") == "regular" else None
+    outer = config.get("chunk_shape") if isinstance(config, dict) else None
     _check_shape(where, "chunk shape", outer, len(shape))
     codecs = meta.get("codecs")
     inner = outer
     for codec in _walk_codecs(where, codecs):
         if codec["name"] == "sharding_indexed":
-            inner = codec.get("configuration", {}).get("chunk_shape")
+            inner = codec["configuration"].get("chunk_shape")
             _check_shape(where, "inner chunk shape", inner, len(shape))
             if any(o % i for o, i in zip(outer, inner, strict=True)):
                 raise CacheError(f"{where}: shard shape {outer} is not a multiple of chunk shape {inner}")
@@ -613,19 +646,21 @@ def _check_array_meta(
 
 def _check_shape(where: str, what: str, value: object, ndim: int) -> None:
     if not isinstance(value, list) or len(value) != ndim or not all(_is_int(v) and v > 0 for v in value):
-        raise CacheError(f"{where}: {what} {value!r} is not {ndim} positive integers")
+        raise CacheError(f"{where}: {what} {_brief(value)} is not {ndim} positive integers")
 
 
 def _walk_codecs(where: str, codecs: object) -> Iterator[dict]:
     """Every codec of a codec list, nested ones (a shard's inner and index codecs) included; unknown ones raise."""
     if not isinstance(codecs, list) or not codecs:
-        raise CacheError(f"{where}: codecs {codecs!r} is not a list of codecs")
+        raise CacheError(f"{where}: codecs {_brief(codecs)} is not a list of codecs")
     for codec in codecs:
-        if not isinstance(codec, dict) or codec.get("name") not in ALLOWED_CODECS:
-            name = codec.get("name") if isinstance(codec, dict) else codec
-            raise CacheError(f"{where}: codec {name!r} is not one of {', '.join(sorted(ALLOWED_CODECS))}")
+        name = codec.get("name") if isinstance(codec, dict) else codec
+        if not isinstance(name, str) or name not in ALLOWED_CODECS:
+            raise CacheError(f"{where}: codec {_brief(name)} is not one of {', '.join(sorted(ALLOWED_CODECS))}")
+        config = codec.setdefault("configuration", {})
+        if not isinstance(config, dict):
+            raise CacheError(f"{where}: codec {name!r} has the configuration {_brief(config)}, not a JSON object")
         yield codec
-        config = codec.get("configuration", {})
         for key in ("codecs", "index_codecs"):
             if isinstance(config, dict) and key in config:
                 yield from _walk_codecs(where, config[key])
