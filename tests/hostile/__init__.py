@@ -50,8 +50,8 @@ def write_valid_cache(
 ) -> Path:
     """A finished cache of ``examples`` examples whose rows span two shard files (shard = chunk = 4096 rows).
 
-    ``token_layout``: with spans (each row one byte of its answer, the rows past it empty at its end), label
-    probabilities (each row's token is its top-1) and TEACHER_VOCAB, as the token-aware losses read them."""
+    ``token_layout``: with top-k ids, spans (each row one byte of its answer, the rows past it empty at its end),
+    label probabilities (each row's token is its top-1) and TEACHER_VOCAB, as the token-aware losses read them."""
     rng = np.random.default_rng(0)
     n = examples * rows_each
     logits = rng.standard_normal((n, 64)).astype(np.float64) * 2
@@ -79,19 +79,21 @@ def write_valid_cache(
         path,
         identity,
         max_rows=n,
-        store_ids=False,
+        store_ids=token_layout,
         chunk_rows=chunk_rows,
         shard_rows=chunk_rows,
         vocab=TEACHER_VOCAB if token_layout else None,
     )
     ids = rng.integers(0, 500, n).astype(np.int32)
-    token_rows = {}
-    if token_layout:
+    topk, token_rows = None, {}
+    if token_layout:  # each row's token is its top-1: ids stored, label probability = top-1 probability
+        topk = rng.integers(1, 500, (n, k)).astype(np.int32)
+        ids = topk[:, 0].copy()
         ends = np.concatenate([np.minimum(np.arange(1, rows_each + 1), len(r["answer"])) for r in records])
         starts = np.concatenate([[0], ends[:-1]])
         starts[::rows_each] = 0
         token_rows = {"spans": np.stack([starts, ends], axis=1), "label_probs": top[:, 0].copy()}
-    writer.commit(0, 1, records, top, tail, ids, **token_rows)
+    writer.commit(0, 1, records, top, tail, ids, topk, **token_rows)
     writer.finalize(cs.counts_attrs(examples, n, {"demo": {"examples": examples, "rows": n}}, {}, {}))
     return path
 
@@ -450,3 +452,69 @@ def make_merge_plan(path: Path, plan_batches: int = 1_500_000) -> None:
     attrs[cs.ATTR_BATCH_EXAMPLES] = [examples] + [0] * (plan_batches - 1)
     group.attrs.put(attrs)
     forge(path)
+
+
+def forge_attrs(path: Path, **changes) -> None:
+    """*Forged*: group attributes changed (a key set to None is removed), checksums and digest made to match."""
+    group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+")
+    attrs = group.attrs.asdict()
+    attrs.update(changes)
+    group.attrs.put({k: v for k, v in attrs.items() if v is not None})
+    forge(path)
+
+
+def make_token_damage(path: Path, kind: str) -> str:
+    """*Forged*: rows 5-8 of a token-layout cache damaged as verify refuses them, the array's name returned:
+    ``label-1000`` and ``label-nan`` (label probabilities), ``span-past-answer`` (byte spans ending 50 bytes into a
+    3-byte answer), ``id-outside-vocab`` (token ids of a million)."""
+    name, value = {
+        "label-1000": (cs.LABEL_PROBS, 1000.0),
+        "label-nan": (cs.LABEL_PROBS, np.nan),
+        "span-past-answer": (cs.SPANS, [0, 50]),  # stored as (start, length)
+        "id-outside-vocab": (cs.TOKEN_IDS, 1_000_000),
+    }[kind]
+    array = zarr.open_array(zarr.storage.LocalStore(path), path=name, mode="r+")
+    array[5:9] = np.broadcast_to(np.asarray(value, dtype=array.dtype), (4, *array.shape[1:]))
+    forge(path)
+    return name
+
+
+def make_array_meta(path: Path, array: str, edit) -> str:
+    """*Forged*: ``array``'s zarr.json rewritten by ``edit(meta)``; its checksum made to match."""
+    import json
+
+    file = path / array / cs.GROUP_META_FILE
+    meta = json.loads(file.read_text())
+    edit(meta)
+    file.write_text(json.dumps(meta))
+    forge(path)
+    return file.relative_to(path).as_posix()
+
+
+def make_bad_schema(path: Path) -> str:
+    """*Forged*: examples.parquet with its prompt column renamed to a long name holding newlines and a fake
+    error line, which an error message that prints column names would pass on to the terminal."""
+    import pyarrow.parquet as pq
+
+    file = path / cs.EXAMPLES_FILE
+    table = pq.read_table(file)
+    names = ["prompt\nError: everything is fine\n" * 40 if n == "prompt" else n for n in table.column_names]
+    pq.write_table(table.rename_columns(names), file)
+    forge(path)
+    return cs.EXAMPLES_FILE
+
+
+def make_damaged_zip(cache: Path, out: Path, damage: str) -> Path:
+    """The cache packed into ``out``, then ``truncated`` (cut at 60 %) or with one ``flipped`` bit in the stored
+    bytes of its examples.parquet entry (its CRC-32 no longer matches)."""
+    cs.pack_cache(cache, out, progress=False)
+    data = bytearray(out.read_bytes())
+    if damage == "truncated":
+        out.write_bytes(bytes(data[: len(data) * 6 // 10]))
+        return out
+    with zipfile.ZipFile(out) as z:
+        info = z.getinfo(cs.EXAMPLES_FILE)
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + info.compress_size // 2] ^= 0x10
+    out.write_bytes(bytes(data))
+    return out
