@@ -152,7 +152,7 @@ def parse_json(data: bytes, where: str) -> object:
         data.count(b",") + data.count(b"[") + data.count(b"{")
     )  # every value but a container's first follows a comma
     if items > MAX_METADATA_ITEMS:
-        raise CacheError(f"{where}: holds about {items} JSON values, more than the {MAX_METADATA_ITEMS} allowed")
+        raise CacheError(f"{where}: holds up to {items} JSON values, more than the {MAX_METADATA_ITEMS} allowed")
     brackets = np.frombuffer(_JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS), dtype=np.uint8)
     steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1).astype(np.int32)
     depth = int(np.cumsum(steps).max(initial=0))
