@@ -262,7 +262,9 @@ def describe(cache: Cache) -> str:
             else "no (token-aware losses need a cache with it, written by teacher-cache)"
         ),
         "per task     "
-        + "  ".join(f"{t}: {c['examples']} ex / {c['rows']} rows" for t, c in (counts.get("per_task") or {}).items()),
+        + "  ".join(
+            f"{t}: {c.get('examples')} ex / {c.get('rows')} rows" for t, c in (counts.get("per_task") or {}).items()
+        ),
     ]
     lines += _file_lines(cache)
     if p["worker"]:

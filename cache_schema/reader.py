@@ -90,6 +90,7 @@ from cache_schema.store import can_list, filesystem, is_local, join, sha256, sto
 
 install_codecs()
 CHECKSUM_MODES = ("none", "open", "stream")
+_FIXED_COLUMN_BYTES = 16  # template_id, n_rows, row_start of one example, beside its text
 MAX_VOCAB_RATIO = 32  # decoded vocabulary (bytes and offsets) per stored byte ...
 VOCAB_FLOOR = 16 << 20  # ... unless it is this small anyway
 
@@ -486,13 +487,8 @@ def _check_counts(path: str, meta: dict) -> tuple[int, int]:
             f"[{examples}, {examples} x {MAX_ROWS_PER_EXAMPLE}]"
         )
     per_task = counts.get("per_task")
-    if per_task is not None and not (
-        isinstance(per_task, dict)
-        and all(
-            isinstance(c, dict) and all(_is_int(c.get(n)) for n in ("examples", "rows")) for c in per_task.values()
-        )
-    ):
-        raise CacheError(f"{path}: per-task counts {_brief(per_task)} are not examples and rows for each task")
+    if per_task is not None and not (isinstance(per_task, dict) and all(map(_is_tally, per_task.values()))):
+        raise CacheError(f"{path}: per-task counts {_brief(per_task)} are not counts for each task")
     for label in ("skipped", "truncated"):
         if counts.get(label) is not None and not _is_tally(counts[label]):
             raise CacheError(f"{path}: {label} counts {_brief(counts[label])} are not a mapping of counts")
@@ -531,8 +527,9 @@ def _examples_footer(path: str, fs: fsspec.AbstractFileSystem, root: str, exampl
         raise CacheError(f"{where}: unreadable: {e}") from e
     metadata = parquet.metadata
     inflated = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
-    if inflated > bound:
-        raise CacheError(f"{where}: its pages inflate to {inflated} bytes, more than the {bound} allowed")
+    allowed = examples_text_bound(examples, len(data)) + _FIXED_COLUMN_BYTES * examples
+    if inflated > allowed:
+        raise CacheError(f"{where}: its pages inflate to {inflated} bytes, more than the {allowed} allowed")
     expected = example_columns(version)
     if not parquet.schema_arrow.equals(expected):
         raise CacheError(f"{where}: {_schema_difference(parquet.schema_arrow, expected, version)}")
