@@ -1,12 +1,16 @@
 """Opening a cache: every metadata file is checked against the schema before a byte of data is read.
 
 Order of the checks in :func:`open_cache`, each raising CacheError that names the file and both values:
-group attributes (schema, version, completeness, digest, k, counts within the MAX_* bounds) → the footer of
-examples.parquet (its columns and row count, not its data) → each array's zarr.json (dtype, shape, chunk and
-shard sizes, codecs) → every shard file the arrays need, present and within its size bound → only then the
-examples table, which must tile the row axis of the arrays. On a local disk the whole tree is checked first:
-regular files only, links only inside the cache (``cache_schema.bounded``). Chunks decode into buffers of their
-declared size, and every decoded range is checked (finite, top-k + tail = 1) before a reader sees it.
+group attributes (schema, version, completeness, digest, k, layout, counts and worker record within the MAX_*
+bounds; the JSON's values and depth counted before it is parsed) → the footer of examples.parquet (its columns,
+row count and page sizes, not its data) → each array's zarr.json (dtype, shape, chunk and shard sizes, codecs;
+the layout's chunk rows those of probs) → every shard file the arrays need, present and within its size bound,
+and the vocabulary within MAX_VOCAB_RATIO of its stored bytes → only then the examples table, its text sized
+through its dictionary before it is decoded, which must tile the row axis of the arrays. On a local disk the
+whole tree is checked first: regular files only, links only inside the cache (``cache_schema.bounded``). Chunks
+decode into buffers of their declared size, and every decoded range is checked before a reader sees it: finite,
+top-k + tail = 1, and with the token layout ids inside the vocabulary, spans inside their answers, label
+probabilities in [0, 1] (the checks ``verify`` makes, so that what distill trains on is what verify passed).
 
 ``checksums``: "none" (the default: presence and sizes), "open" (every listed file hashed before
 ``open_cache`` returns) or "stream" (each shard file hashed the first time a read touches it).
@@ -365,8 +369,9 @@ def _check_vocab_meta(path: str, fs: fsspec.AbstractFileSystem, root: str, meta:
 
 def _check_vocab_stored(path: str, fs: fsspec.AbstractFileSystem, root: str, meta: dict, files: dict) -> None:
     """The vocabulary the attributes declare is at most MAX_VOCAB_RATIO times the bytes that store it: at the
-    schema's limits it decodes to 4 million byte strings (1.5 GB of Python objects) from a few hundred KB of
-    zeros, while a real one compresses about 3.4 times (SmolLM2's 49k tokens: 725 KB in 217 KB)."""
+    schema's limits it decodes to 4 million byte strings (1.5 GB of Python objects) from a few MB of zeros
+    and an arithmetic sequence, while a real one compresses about 3.4 times (SmolLM2's 49k tokens: 725 KB in
+    217 KB)."""
     vocab = meta[ATTR_VOCAB]
     decoded = vocab["bytes"] + 8 * (vocab["size"] + 1)
     stored = sum(fs.size(join(root, rel)) or 0 for rel in files)
