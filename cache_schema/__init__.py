@@ -77,7 +77,13 @@ character).
 
 A cache is untrusted data: nothing in it is executed or unpickled, dtypes and shapes are checked against
 this schema before anything is read (no pickle, no object dtype, only the codecs in ALLOWED_CODECS, sizes
-bounded by the MAX_* constants), and a mismatch raises :class:`CacheError` naming both values.
+bounded by the MAX_* constants), and a mismatch raises :class:`CacheError` naming both values. Every parse is
+bounded before it runs: a zarr.json's values and nesting are counted on its bytes (MAX_METADATA_ITEMS,
+MAX_METADATA_DEPTH), examples.parquet's text is sized through its dictionary before it is decoded, the
+vocabulary may decode to at most 32 times its stored bytes, and the counts an attribute declares (a part's
+planned batches) are capped by the cache's own examples. What a reader uses it checks first, with ``verify``'s
+checks: rows finite and summing to 1, spans inside their answers, label probabilities in [0, 1], ids inside the
+vocabulary (``Cache.read_rows``, ``Cache.read_token_rows``).
 
 Modules: this one names the format; ``store`` maps a path, zip or URL to files; ``reader`` opens and reads a
 cache; ``audit`` verifies and describes one; ``writer`` creates and resumes one; ``share`` copies and packs
@@ -199,6 +205,10 @@ MAX_CHUNK_BYTES = 256 << 20
 MAX_CHUNKS_PER_SHARD = 1 << 16  # a shard's index (16 bytes per chunk) is read whole
 MAX_EXAMPLES = 1 << 28
 MAX_METADATA_BYTES = 64 << 20  # any zarr.json
+# ... and what it may parse into: values (each a Python object of up to ~70 bytes: 3 bytes of "{}," make a dict) and
+# nesting (the parser recurses per level). A large cache's checksum list or a part's batch sizes are ~10^5 items.
+MAX_METADATA_ITEMS = 1 << 21
+MAX_METADATA_DEPTH = 32
 MAX_VOCAB = 1 << 22  # teacher vocabulary entries
 MAX_VOCAB_BYTES = 1 << 28  # their byte strings together
 ALLOWED_CODECS = frozenset({"sharding_indexed", "bytes", "blosc", "zstd", "gzip", "crc32c", "transpose"})

@@ -15,8 +15,10 @@ A cache comes from a teammate or a bucket, so each reader checks, before it read
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import stat
 import zlib
 from collections.abc import Iterator
@@ -33,6 +35,8 @@ from cache_schema import (
     GROUP_META_FILE,
     MAX_CHUNK_BYTES,
     MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_METADATA_ITEMS,
     PROBS,
     TAIL,
     CacheError,
@@ -45,6 +49,7 @@ ZIP_RATIO_FLOOR = 1 << 20  # ... unless it is this small anyway
 # plus EXAMPLES_SLACK for the footer and page headers; what a hostile table of N examples may cost, no more.
 MAX_EXAMPLE_BYTES = 1 << 18
 EXAMPLES_SLACK = 1 << 20
+EXAMPLES_TEXT_FLOOR = 64 << 20  # decoded text any examples.parquet may have, however small the file
 
 
 class ChunkTooLarge(CacheError):
@@ -61,6 +66,13 @@ def file_bound(rel: str, examples: int, shard_bytes: dict[str, int]) -> int:
     if rel == EXAMPLES_FILE:
         return EXAMPLES_SLACK + examples * MAX_EXAMPLE_BYTES
     return shard_bytes.get(rel.split("/")[0], 0)
+
+
+def examples_text_bound(examples: int, file_bytes: int) -> int:
+    """The most bytes the text columns of an examples.parquet of ``file_bytes`` for ``examples`` examples may decode
+    to: the per-example bound, and at most MAX_ZIP_RATIO times the file (text compresses 3-10 times; a dictionary
+    entry that every row repeats is what inflates further), with EXAMPLES_TEXT_FLOOR for small files."""
+    return min(EXAMPLES_SLACK + examples * MAX_EXAMPLE_BYTES, max(EXAMPLES_TEXT_FLOOR, MAX_ZIP_RATIO * file_bytes))
 
 
 def shard_bound(chunk_bytes: int, chunks_per_shard: int) -> int:
@@ -126,6 +138,30 @@ def read_bounded(fs: fsspec.AbstractFileSystem, name: str, limit: int, where: st
     if len(data) > limit:
         raise CacheError(f"{where}: longer than the {limit} bytes this file may have")
     return data
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string, escapes included
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def parse_json(data: bytes, where: str) -> object:
+    """``data`` parsed as JSON once it is known to stay within MAX_METADATA_ITEMS values and MAX_METADATA_DEPTH
+    levels: counted on the bytes, before the parser builds an object (the size bound alone bounds bytes, and 63 MB
+    of ``[{},{},...]`` parse into 21 million dicts)."""
+    items = (
+        data.count(b",") + data.count(b"[") + data.count(b"{")
+    )  # every value but a container's first follows a comma
+    if items > MAX_METADATA_ITEMS:
+        raise CacheError(f"{where}: holds up to {items} JSON values, more than the {MAX_METADATA_ITEMS} allowed")
+    brackets = np.frombuffer(_JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS), dtype=np.uint8)
+    steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1).astype(np.int32)
+    depth = int(np.cumsum(steps).max(initial=0))
+    if depth > MAX_METADATA_DEPTH:
+        raise CacheError(f"{where}: JSON nested {depth} levels deep, more than the {MAX_METADATA_DEPTH} allowed")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CacheError(f"{where}: not valid JSON: {e}") from None
 
 
 def check_zip_members(infos, where: str) -> None:

@@ -66,7 +66,14 @@ def find_parts(paths: list[str]) -> list[str]:
 def merge_parts(paths: list[str], out: str | os.PathLike, *, progress: bool = True) -> dict:
     """Merge the worker parts named by ``paths`` (see :func:`find_parts`) into the cache ``out``."""
     out = os.fspath(out)
-    parts = _check_parts([open_cache(p) for p in find_parts(paths)])
+    found = find_parts(paths)
+    for part in found:
+        if _same_place(part, out):
+            raise CacheError(
+                f"{out}: is one of the parts being merged (the last argument is the cache to write: "
+                f"kdpipe cache merge {' '.join(map(os.fspath, paths))} MERGED)"
+            )
+    parts = _check_parts([open_cache(p) for p in found])
     first = parts[0]
     layout = first.meta[ATTR_LAYOUT]
     if first.meta[ATTR_VERSION] != SCHEMA_VERSION:  # the merged cache would carry the parts' rows under another
@@ -103,11 +110,46 @@ def merge_parts(paths: list[str], out: str | os.PathLike, *, progress: bool = Tr
     return {"path": out, "parts": len(parts), "examples": writer.examples, "rows": writer.rows}
 
 
+def _same_place(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_worker(part: Cache) -> None:
+    """The part's worker record and batch sizes as a worker writes them, so that the plan they describe is no
+    longer than the part's own examples: every batch holds at least one (a forged plan of millions of empty
+    batches would be walked one by one)."""
+    worker = part.meta.get(ATTR_WORKER)
+    if not isinstance(worker, dict):
+        raise CacheError(f"{part.path}: not a worker part (no {ATTR_WORKER} attribute); it needs no merge")
+    index, count, plan = (worker.get(key) for key in ("index", "count", "plan_batches"))
+    if not all(_is_int(v) for v in (index, count, plan)) or not 0 <= index < count or plan < 0:
+        raise CacheError(
+            f"{part.path}: worker record {_show(worker)} is not an integer index in [0, count) and plan_batches"
+        )
+    sizes = part.meta.get(ATTR_BATCH_EXAMPLES)
+    expected = len(range(index, plan, count))
+    if (
+        not isinstance(sizes, list)
+        or len(sizes) != expected
+        or not all(_is_int(n) and n >= 1 for n in sizes)
+        or sum(sizes) != len(part)
+    ):
+        raise CacheError(
+            f"{part.path}: {ATTR_BATCH_EXAMPLES} does not describe {expected} batches of at least one example, "
+            f"{len(part)} in all"
+        )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_parts(parts: list[Cache]) -> list[Cache]:
     """The parts ordered by worker index: one per worker, all of one cache; else CacheError naming the part."""
     for part in parts:
-        if not isinstance(part.meta.get(ATTR_WORKER), dict):
-            raise CacheError(f"{part.path}: not a worker part (no {ATTR_WORKER} attribute); it needs no merge")
+        _check_worker(part)
     first = parts[0]
     shared = (*IDENTITY_ATTRS, ATTR_LAYOUT, ATTR_VERSION)
     for part in parts[1:]:
@@ -129,7 +171,7 @@ def _check_parts(parts: list[Cache]) -> list[Cache]:
                     f"{part.path}: written as one of {_show(part.meta[ATTR_WORKER])}, "
                     f"but {first.path} as one of {_show(first.meta[ATTR_WORKER])}"
                 )
-    count, plan_batches = first.meta[ATTR_WORKER]["count"], first.meta[ATTR_WORKER]["plan_batches"]
+    count = first.meta[ATTR_WORKER]["count"]
     by_index: dict[int, Cache] = {}
     for part in parts:
         index = part.meta[ATTR_WORKER]["index"]
@@ -144,13 +186,6 @@ def _check_parts(parts: list[Cache]) -> list[Cache]:
             raise CacheError(
                 f"the part of worker {index} of {count} ({missing}) is missing; parts given: "
                 + ", ".join(p.path for p in parts)
-            )
-        part = by_index[index]
-        sizes = part.meta.get(ATTR_BATCH_EXAMPLES)
-        expected = len(range(index, plan_batches, count))
-        if not isinstance(sizes, list) or len(sizes) != expected or sum(sizes) != len(part):
-            raise CacheError(
-                f"{part.path}: {ATTR_BATCH_EXAMPLES} does not describe {expected} batches of {len(part)} examples"
             )
     return [by_index[i] for i in range(count)]
 

@@ -105,6 +105,8 @@ def pack_cache(src: str | os.PathLike, out: str | os.PathLike, *, progress: bool
         raise CacheError(f"{out}: the packed cache is a local file ending in .zip (push or copy it afterwards)")
     cache = open_cache(src)
     listed = listed_files(cache)
+    if os.path.lexists(out):
+        _check_packed_destination(cache, out)
     partial = out + ".partial"
     try:
         nbytes = _write_zip(cache, listed, partial, progress)
@@ -116,6 +118,22 @@ def pack_cache(src: str | os.PathLike, out: str | os.PathLike, *, progress: bool
     packed = open_cache(out)
     check_files(packed.fs, packed.root, out, listed)
     return {"source": src, "zip": out, "files": len(listed) + 1, "bytes": nbytes}
+
+
+def _check_packed_destination(cache: Cache, out: str) -> None:
+    """An existing ``out`` is replaced only when it is a zip of this very cache (as push, pull and unpack
+    resume into their own copy and refuse another's)."""
+    try:
+        fs, root = filesystem(out)
+        theirs = read_attrs(out, fs, root).get(ATTR_DIGEST)
+    except (CacheError, OSError, zipfile.BadZipFile):
+        theirs = None
+    if theirs != cache.meta[ATTR_DIGEST]:
+        what = f"another cache (attrs digest {str(theirs)[:16]})" if theirs else "a file that is no packed cache"
+        raise CacheError(
+            f"{out}: already exists and holds {what}, not {cache.path} (attrs digest {cache.meta[ATTR_DIGEST][:16]}); "
+            "choose another name or remove it"
+        )
 
 
 def _write_zip(cache: Cache, listed: dict, out: str, progress: bool) -> int:

@@ -22,7 +22,8 @@ from cache_schema.bounded import check_zip_members
 # Plain web servers need not list folders: caches there are checked against their checksum list alone.
 _UNLISTABLE = {"http", "https"}
 # Packages whose exceptions mean "the storage failed" (not all subclass OSError, e.g. botocore's).
-_STORAGE_PACKAGES = {"aiobotocore", "aiohttp", "botocore", "fsspec", "gcsfs", "google", "s3fs"}
+# zipfile's BadZipFile: a truncated or damaged .zip, whose own reader cannot say more.
+_STORAGE_PACKAGES = {"aiobotocore", "aiohttp", "botocore", "fsspec", "gcsfs", "google", "s3fs", "zipfile"}
 
 
 def is_zip(path: str) -> bool:

@@ -10,6 +10,7 @@ import errno
 import functools
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ log = logging.getLogger("kdpipe")
 
 
 def _user_errors(fn):
-    """Turn the errors a user can cause into a one-line message and exit status 1."""
+    """Turn the errors a user, a bad file or the environment can cause into a one-line message and exit status 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -46,17 +47,49 @@ def _user_errors(fn):
         except (ConfigError, CacheError, ModelError, TaskError, TextError) as e:
             _close_progress_bars()
             raise click.ClickException(str(e)) from None
-        except (OSError, RuntimeError) as e:
-            message = _disk_full(e, kwargs.get("out") or kwargs.get("path") or ".")
+        except KeyboardInterrupt:
+            click.echo("interrupted: committed work is kept; rerun the same command to resume", err=True)
+            sys.exit(130)
+        except Exception as e:
+            message = _environment_error(e, _where(kwargs))
             if message is None:
                 raise
             _close_progress_bars()
             raise click.ClickException(message) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted: committed work is kept; rerun the same command to resume", err=True)
-            sys.exit(130)
 
     return wrapper
+
+
+def _where(kwargs: dict) -> str:
+    """The path a command writes or reads, for a message about a failure that names none."""
+    for key in ("out", "path", "cache", "zip_path", "url", "config_file"):
+        if kwargs.get(key):
+            return str(kwargs[key])
+    return "."
+
+
+def _environment_error(error: Exception, where: str) -> str | None:
+    """One line for a failure of the disk, the file system or an input file's shape, else None (a bug: the
+    traceback is kept)."""
+    import zipfile
+
+    full = _disk_full(error, where)
+    if full is not None:
+        return full
+    if isinstance(error, zipfile.BadZipFile):
+        return f"{where}: not a readable zip file ({error}); a truncated or damaged copy?"
+    if isinstance(error, RecursionError):
+        return f"{where}: an input is nested too deeply to read ({error})"
+    if isinstance(error, OSError) and error.errno is not None:
+        name = error.filename or where
+        reason = error.strerror or os.strerror(error.errno)
+        hint = {
+            errno.EROFS: "; choose a place on a writable file system",
+            errno.EACCES: "; check its permissions",
+            errno.EPERM: "; check its permissions",
+        }.get(error.errno, "")
+        return f"{name}: {reason}{hint}"
+    return None
 
 
 def _close_progress_bars() -> None:
@@ -67,17 +100,22 @@ def _close_progress_bars() -> None:
         bar.close()
 
 
-# How a full disk shows through torch.save (its zip writer) and safetensors (a Rust io::Error), besides ENOSPC.
-_WRITE_FAILED = ("unexpected pos", "PytorchStreamWriter failed", "file write failed", "StorageFull", "os error 28")
+# How a full disk shows through torch.save (its zip writer) and safetensors (a Rust io::Error), besides ENOSPC:
+# safetensors names ENOSPC itself, torch's zip writer only that a write failed (a full disk if little is left).
+_NO_SPACE = ("StorageFull", "os error 28")
+_WRITE_FAILED = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
 _NEARLY_FULL = 64 << 20  # bytes: a failed write with less than this free is put down to a full disk
 
 
 def _disk_full(error: BaseException, out: str) -> str | None:
     """One line for a write that failed because the disk is full (ENOSPC or quota), else None."""
-    seen, where = error, None
+    seen, where, certain = error, None, False
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            where = seen.filename or out
+            where, certain = seen.filename or out, True
+            break
+        if any(mark in str(seen) for mark in _NO_SPACE):
+            where, certain = out, True
             break
         if any(mark in str(seen) for mark in _WRITE_FAILED):
             where = out
@@ -92,9 +130,7 @@ def _disk_full(error: BaseException, out: str) -> str | None:
         free = shutil.disk_usage(folder).free
     except OSError:
         free = None
-    if not (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)) and (
-        free is None or free >= _NEARLY_FULL
-    ):
+    if not certain and (free is None or free >= _NEARLY_FULL):
         return None  # a write failure with room to spare: not a full disk, keep the original error
     room = f"{free / 2**20:.1f} MiB free on {folder}" if free is not None else "free space unknown"
     return (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from collections.abc import Callable
@@ -24,6 +25,23 @@ from pipeline import losses
 
 class ConfigError(ValueError):
     """A config file or flag value that cannot be used; the message names it."""
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxdict, _BRIEF.maxtuple, _BRIEF.maxstring, _BRIEF.maxother = (
+    2,
+    4,
+    4,
+    4,
+    60,
+    60,
+)
+
+
+def brief(value: Any) -> str:
+    """``repr(value)`` cut short: a few items of each container, two levels deep, so that a value from a
+    hostile config file costs the error message a bounded amount whatever it holds."""
+    return _BRIEF.repr(value)
 
 
 def option(
@@ -61,14 +79,14 @@ def check_choice(cfg: Any, name: str) -> None:
     choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(cfg)}[name]
     value = getattr(cfg, name)
     if choices and value not in choices:
-        raise ConfigError(f"{flag_name(name)}: {value!r} is not one of {', '.join(choices)}")
+        raise ConfigError(f"{flag_name(name)}: {brief(value)} is not one of {', '.join(choices)}")
 
 
 def check_positive(cfg: Any, *names: str, allow_zero: bool = False) -> None:
     for name in names:
         value = getattr(cfg, name)
         if value is not None and (value < 0 if allow_zero else value <= 0):
-            raise ConfigError(f"{flag_name(name)}: must be {'≥ 0' if allow_zero else '> 0'}, got {value!r}")
+            raise ConfigError(f"{flag_name(name)}: must be {'≥ 0' if allow_zero else '> 0'}, got {brief(value)}")
 
 
 def check_text_limits(cfg: Any) -> None:
@@ -119,7 +137,7 @@ def check_finite(cfg: Any) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{flag_name(f.name)}: must be a finite number, got {value!r}")
+            raise ConfigError(f"{flag_name(f.name)}: must be a finite number, got {brief(value)}")
 
 
 # ---------------------------------------------------------------------------------------------- stage configs
@@ -452,7 +470,7 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         return _coerce(name, args[0], value)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{flag_name(name)}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{flag_name(name)}: expected a mapping, got {brief(value)}")
         if args[1] is str:  # a nested mapping of text, {a: {b: c}}, is the flat {a.b: c} (per-task field maps)
             value = {
                 f"{k}.{k2}" if isinstance(v, dict) else k: v2
@@ -462,21 +480,21 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         return {str(k): _coerce(name, args[1], v) for k, v in value.items()}
     if origin is tuple:
         if isinstance(value, str) or not isinstance(value, list | tuple):
-            raise ConfigError(f"{flag_name(name)}: expected a list, got {value!r}")
+            raise ConfigError(f"{flag_name(name)}: expected a list, got {brief(value)}")
         return tuple(_coerce(name, args[0], v) for v in value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{flag_name(name)}: expected true or false, got {value!r}")
+            raise ConfigError(f"{flag_name(name)}: expected true or false, got {brief(value)}")
         return value
     if hint in (int, float, str):
         if hint is str and not isinstance(value, str | int | float):
-            raise ConfigError(f"{flag_name(name)}: expected text, got {value!r}")
+            raise ConfigError(f"{flag_name(name)}: expected text, got {brief(value)}")
         try:
             coerced = hint(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{flag_name(name)}: expected {hint.__name__}, got {value!r}") from None
+            raise ConfigError(f"{flag_name(name)}: expected {hint.__name__}, got {brief(value)}") from None
         if hint is int and coerced != value and not isinstance(value, str):
-            raise ConfigError(f"{flag_name(name)}: expected an integer, got {value!r}")
+            raise ConfigError(f"{flag_name(name)}: expected an integer, got {brief(value)}")
         return coerced
     return value
 
@@ -484,6 +502,35 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
 # The sections a config file may hold, one per stage that reads one.
 SECTIONS = ("teacher_cache", "distill", "eval")
 MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 16  # nested mappings and lists; a stage config needs 4
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe YAML without aliases and with bounded nesting: a config then holds at most what its bytes spell out.
+
+    An alias repeats a whole subtree for a few bytes, so nine levels of ten (515 bytes) stand for 10^9 items
+    that any walk, copy or message of the value expands (the "billion laughs"); a config has no need of them.
+    The composer recurses once per level, so depth is bounded before Python's stack is.
+    """
+
+    def compose_document(self):
+        self._depth = 0
+        return super().compose_document()
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a config file", self.peek_event().start_mark
+            )
+        self._depth += 1
+        if self._depth > MAX_CONFIG_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_CONFIG_DEPTH} levels deep", self.peek_event().start_mark
+            )
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def read_section(path: str | Path | None, section: str) -> dict:
@@ -498,7 +545,7 @@ def read_section(path: str | Path | None, section: str) -> dict:
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"--config: {path} is larger than {MAX_CONFIG_BYTES} bytes; is it really a config file?")
     try:
-        data = yaml.safe_load(raw.decode("utf-8")) or {}
+        data = yaml.load(raw.decode("utf-8"), Loader=_ConfigLoader) or {}
     except UnicodeDecodeError as e:
         raise ConfigError(f"--config: {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
@@ -508,7 +555,7 @@ def read_section(path: str | Path | None, section: str) -> dict:
         raise ConfigError(f"--config: {path} must hold a mapping of stage sections")
     unknown = sorted(str(k) for k in data if k not in SECTIONS)
     if unknown:
-        raise ConfigError(f"--config: unknown section {unknown[0]!r} in {path}; known: {', '.join(SECTIONS)}")
+        raise ConfigError(f"--config: unknown section {brief(unknown[0])} in {path}; known: {', '.join(SECTIONS)}")
     value = data.get(section, {}) or {}
     if not isinstance(value, dict):
         raise ConfigError(f"--config: section {section!r} of {path} must be a mapping")
@@ -522,7 +569,8 @@ def load(cls: type, path: str | Path | None, section: str, overrides: dict[str, 
     unknown = sorted(set(values) - set(hints))
     if unknown:
         raise ConfigError(
-            f"--config: unknown key {unknown[0]!r} in section {section!r} of {path}; known: {', '.join(sorted(hints))}"
+            f"--config: unknown key {brief(unknown[0])} in section {section!r} of {path}; "
+            f"known: {', '.join(sorted(hints))}"
         )
     values.update({k: v for k, v in (overrides or {}).items() if v not in (None, ()) and k in hints})
     try:

@@ -309,8 +309,10 @@ class BatchStream:
             lo = int(self.cache.row_start[first])
             hi = int(self.cache.row_start[last] + self.cache.n_rows[last])
             probs, _, token_ids, topk_ids = self.cache.read_rows(lo, hi)  # [hi - lo, k], one sequential read
-            if self.align is not None:
+            if self.align is not None:  # checked as verify checks them: spans, label probabilities, ids
                 spans, label_probs = self.cache.read_token_rows(lo, hi)
+                if topk_ids is not None:
+                    self.cache.check_label_probs(lo, hi, probs, token_ids, topk_ids, label_probs)
             self.stats.reads += 1
             self.stats.rows_read += hi - lo
             self.stats.max_group_rows = max(self.stats.max_group_rows, hi - lo)

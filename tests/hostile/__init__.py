@@ -37,10 +37,21 @@ INFLATED = 3 * GiB  # what every bomb inflates to
 # ---------------------------------------------------------------------------------------------- a valid cache
 
 
+TEACHER_VOCAB = [b"", *(f"t{i}".encode() for i in range(1, 500))]  # id 0 special (no bytes)
+
+
 def write_valid_cache(
-    path: Path, examples: int = 1100, rows_each: int = 4, k: int = 8, chunk_rows: int = 4096
+    path: Path,
+    examples: int = 1100,
+    rows_each: int = 4,
+    k: int = 8,
+    chunk_rows: int = 4096,
+    token_layout: bool = False,
 ) -> Path:
-    """A finished cache of ``examples`` examples whose rows span two shard files (shard = chunk = 4096 rows)."""
+    """A finished cache of ``examples`` examples whose rows span two shard files (shard = chunk = 4096 rows).
+
+    ``token_layout``: with top-k ids, spans (each row one byte of its answer, the rows past it empty at its end),
+    label probabilities (each row's token is its top-1) and TEACHER_VOCAB, as the token-aware losses read them."""
     rng = np.random.default_rng(0)
     n = examples * rows_each
     logits = rng.standard_normal((n, 64)).astype(np.float64) * 2
@@ -64,9 +75,25 @@ def write_valid_cache(
         mixture={"tasks": {"demo": examples}},
         config={},
     )
-    writer = cs.CacheWriter(path, identity, max_rows=n, store_ids=False, chunk_rows=chunk_rows, shard_rows=chunk_rows)
+    writer = cs.CacheWriter(
+        path,
+        identity,
+        max_rows=n,
+        store_ids=token_layout,
+        chunk_rows=chunk_rows,
+        shard_rows=chunk_rows,
+        vocab=TEACHER_VOCAB if token_layout else None,
+    )
     ids = rng.integers(0, 500, n).astype(np.int32)
-    writer.commit(0, 1, records, top, tail, ids)
+    topk, token_rows = None, {}
+    if token_layout:  # each row's token is its top-1: ids stored, label probability = top-1 probability
+        topk = rng.integers(1, 500, (n, k)).astype(np.int32)
+        ids = topk[:, 0].copy()
+        ends = np.concatenate([np.minimum(np.arange(1, rows_each + 1), len(r["answer"])) for r in records])
+        starts = np.concatenate([[0], ends[:-1]])
+        starts[::rows_each] = 0
+        token_rows = {"spans": np.stack([starts, ends], axis=1), "label_probs": top[:, 0].copy()}
+    writer.commit(0, 1, records, top, tail, ids, topk, **token_rows)
     writer.finalize(cs.counts_attrs(examples, n, {"demo": {"examples": examples, "rows": n}}, {}, {}))
     return path
 
@@ -331,3 +358,163 @@ def run_bounded(*args: str, timeout: float = 60.0, env: dict | None = None) -> B
             usage.ru_utime + usage.ru_stime,
             int(hwm.read_text()) * 1024 if hwm.exists() else 0,  # none when killed: the exit status fails it
         )
+
+
+# ---------------------------------------------------------------------------------------------- round two
+
+
+def make_yaml_bomb(path: Path, levels: int = 9, width: int = 10) -> Path:
+    """A config of a few hundred bytes whose aliases expand to ``width ** levels`` items where a mapping is
+    expected (``teacher_cache.fields``): any code that walks or prints the value expands it."""
+    lines = [f"  - &l0 [{', '.join(['x'] * width)}]"]
+    lines += [f"  - &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    path.write_text("teacher_cache:\n  fields:\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def _rewrite_json(file: Path, edit) -> None:
+    import json
+
+    file.write_text(edit(json.loads(file.read_text())))
+
+
+def make_json_amplification(path: Path, array: str | None = None, size: int = 63 << 20) -> str:
+    """A zarr.json (the group's, or ``array``'s) holding an attribute ``[{},{},...]`` of ``size`` bytes: within the
+    metadata size limit, each 3 bytes a Python dict once parsed. Written as text, never built as objects."""
+    import json
+
+    file = path / (f"{array}/" if array else "") / cs.GROUP_META_FILE
+    meta = json.loads(file.read_text())
+    meta.setdefault("attributes", {})["padding"] = "@PADDING@"
+    text = json.dumps(meta)
+    items = max(size // 3, 1)
+    file.write_text(text.replace('"@PADDING@"', "[" + "{}," * (items - 1) + "{}]"))
+    return file.relative_to(path).as_posix()
+
+
+def make_deep_json(path: Path, depth: int = 100_000) -> None:
+    """The group's attributes hold ``depth`` nested lists (a parser that recurses runs out of stack)."""
+    file = path / cs.GROUP_META_FILE
+    text = file.read_text()
+    cut = text.rindex("}")
+    file.write_text(text[:cut] + ', "deep": ' + "[" * depth + "]" * depth + text[cut:])
+
+
+def make_dictionary_bomb(path: Path, value_bytes: int = 3 << 20) -> str:
+    """*Forged*: examples.parquet rewritten (a few KB) with every prompt one dictionary entry of ``value_bytes``:
+    the dictionary page is counted once in the footer's sizes, decoded it is repeated for each example."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    file = path / cs.EXAMPLES_FILE
+    table = pq.read_table(file)
+    indices = pa.array(np.zeros(table.num_rows, dtype=np.int32))
+    bomb = pa.DictionaryArray.from_arrays(indices, pa.array(["A" * value_bytes]))
+    table = table.set_column(table.schema.get_field_index("prompt"), "prompt", bomb)
+    pq.write_table(
+        table, file, store_schema=False, compression="zstd", dictionary_pagesize_limit=2 * value_bytes + (1 << 20)
+    )
+    forge(path)
+    return cs.EXAMPLES_FILE
+
+
+def make_vocab_at_limits(path: Path, size: int = 1 << 22, nbytes: int = 1 << 28) -> None:
+    """*Forged*: a token-layout cache's vocabulary rewritten to ``size`` tokens of ``nbytes`` bytes in all (the
+    schema's limits), zeros and an arithmetic sequence of offsets that compress to a few hundred KB."""
+    store = zarr.storage.LocalStore(path)
+    for name, values in (
+        (cs.VOCAB_BYTES, None),
+        (cs.VOCAB_OFFSETS, np.arange(size + 1, dtype=np.int64) * (nbytes // size)),
+    ):
+        shape = (nbytes,) if values is None else values.shape
+        shutil.rmtree(path / name)
+        array = zarr.create_array(
+            store, name=name, shape=shape, chunks=(1 << 20,), dtype=cs.ARRAY_DTYPES[name], fill_value=0,
+            config={"write_empty_chunks": True},
+        )  # fmt: skip
+        for lo in range(0, shape[0], 1 << 24):  # in slices: never the whole array in memory at once
+            hi = min(lo + (1 << 24), shape[0])
+            array[lo:hi] = np.zeros(hi - lo, np.uint8) if values is None else values[lo:hi]
+    group = zarr.open_group(store, mode="r+")
+    attrs = group.attrs.asdict()
+    attrs[cs.ATTR_VOCAB] = {"size": size, "bytes": nbytes}
+    group.attrs.put(attrs)
+    forge(path)
+
+
+def make_merge_plan(path: Path, plan_batches: int = 1_500_000) -> None:
+    """*Forged*: a cache made worker 0 of 1 of a plan of ``plan_batches`` batches, all but the first empty (a
+    list of zeros a few MB long), which a merge would visit one by one."""
+    group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+")
+    attrs = group.attrs.asdict()
+    examples = attrs[cs.ATTR_COUNTS]["examples"]
+    attrs.update(cs.worker_attrs(0, 1, plan_batches))
+    attrs[cs.ATTR_BATCH_EXAMPLES] = [examples] + [0] * (plan_batches - 1)
+    group.attrs.put(attrs)
+    forge(path)
+
+
+def forge_attrs(path: Path, **changes) -> None:
+    """*Forged*: group attributes changed (a key set to None is removed), checksums and digest made to match."""
+    group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+")
+    attrs = group.attrs.asdict()
+    attrs.update(changes)
+    group.attrs.put({k: v for k, v in attrs.items() if v is not None})
+    forge(path)
+
+
+def make_token_damage(path: Path, kind: str) -> str:
+    """*Forged*: rows 5-8 of a token-layout cache damaged as verify refuses them, the array's name returned:
+    ``label-1000`` and ``label-nan`` (label probabilities), ``span-past-answer`` (byte spans ending 50 bytes into a
+    3-byte answer), ``id-outside-vocab`` (token ids of a million)."""
+    name, value = {
+        "label-1000": (cs.LABEL_PROBS, 1000.0),
+        "label-nan": (cs.LABEL_PROBS, np.nan),
+        "span-past-answer": (cs.SPANS, [0, 50]),  # stored as (start, length)
+        "id-outside-vocab": (cs.TOKEN_IDS, 1_000_000),
+    }[kind]
+    array = zarr.open_array(zarr.storage.LocalStore(path), path=name, mode="r+")
+    array[5:9] = np.broadcast_to(np.asarray(value, dtype=array.dtype), (4, *array.shape[1:]))
+    forge(path)
+    return name
+
+
+def make_array_meta(path: Path, array: str, edit) -> str:
+    """*Forged*: ``array``'s zarr.json rewritten by ``edit(meta)``; its checksum made to match."""
+    import json
+
+    file = path / array / cs.GROUP_META_FILE
+    meta = json.loads(file.read_text())
+    edit(meta)
+    file.write_text(json.dumps(meta))
+    forge(path)
+    return file.relative_to(path).as_posix()
+
+
+def make_bad_schema(path: Path) -> str:
+    """*Forged*: examples.parquet with its prompt column renamed to a long name holding newlines and a fake
+    error line, which an error message that prints column names would pass on to the terminal."""
+    import pyarrow.parquet as pq
+
+    file = path / cs.EXAMPLES_FILE
+    table = pq.read_table(file)
+    names = ["prompt\nError: everything is fine\n" * 40 if n == "prompt" else n for n in table.column_names]
+    pq.write_table(table.rename_columns(names), file)
+    forge(path)
+    return cs.EXAMPLES_FILE
+
+
+def make_damaged_zip(cache: Path, out: Path, damage: str) -> Path:
+    """The cache packed into ``out``, then ``truncated`` (cut at 60 %) or with one ``flipped`` bit in the stored
+    bytes of its examples.parquet entry (its CRC-32 no longer matches)."""
+    cs.pack_cache(cache, out, progress=False)
+    data = bytearray(out.read_bytes())
+    if damage == "truncated":
+        out.write_bytes(bytes(data[: len(data) * 6 // 10]))
+        return out
+    with zipfile.ZipFile(out) as z:
+        info = z.getinfo(cs.EXAMPLES_FILE)
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + info.compress_size // 2] ^= 0x10
+    out.write_bytes(bytes(data))
+    return out
