@@ -380,7 +380,8 @@ def _train(
             "step_s": round(seconds, 4),
             # a student that stops ending answers, or answers everything alike (pipeline.student.diagnostics; the
             # step's last micro-batch on this process)
-            **{k: round(v, 4) if math.isfinite(v) else None for k, v in health.items()},
+            # four significant digits: a pretrained student's EOS probability starts far below 1e-4
+            **{k: float(f"{v:.4g}") if math.isfinite(v) else None for k, v in health.items()},
         }
         if not math.isfinite(row["loss"]):
             raise ConfigError(f"--lr: the loss became {row['loss']} at step {step + 1}; try a lower --lr")
