@@ -296,7 +296,9 @@ def flags(arm: str, labelled: str, transfer: str, arms_file: str) -> None:
     _, spec, arms = _chosen(arm, arms_file)
     cache = {"labelled": labelled, "transfer": transfer}[spec["cache"]]
     values = {"cache": cache, **spec["flags"], "lr": spec["lr"], "steps": arms["steps"]}
-    click.echo(" ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items()))
+    # the transfer cache holds the transfer set, not the config's teacher_cache mixture: on purpose
+    accept = " --accept-cache" if spec["cache"] == "transfer" else ""
+    click.echo(" ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items()) + accept)
 
 
 @main.command()

@@ -65,6 +65,7 @@ def test_tune_picks_on_dev_and_seeds_reports_paired_differences_on_the_held_out_
     flags = protocol("flags", "regime2", "--arms", str(arms), "--transfer", str(transfer))
     name = written["headline"]["regime2"]
     assert flags.stdout.split()[:2] == ["--cache", str(transfer)] and f"--lr {grid['chosen'][name]:g}" in flags.stdout
+    assert flags.stdout.split()[-1] == "--accept-cache"  # the transfer set is not the config's mixture
 
     seeded = protocol("seeds", *common, "--arms", str(arms), "--out", str(out), "--seeds", "0,1")
     assert seeded.returncode == 0, seeded.stderr[-3000:]
