@@ -416,6 +416,8 @@ def eval_group(ctx: click.Context, config_file: str | None, config_teacher: bool
         if not config_file:
             raise click.ClickException("--config-teacher: give the --config file whose teacher to evaluate")
         teacher = load(TeacherCacheConfig, config_file, "teacher_cache").teacher
+        if flags["names"] and len(flags["names"]) == len(flags["models"] or ()):  # names for the other models
+            flags["names"] = ("teacher", *flags["names"])
         flags["models"] = (teacher, *(flags["models"] or ()))
     result = stage.run(load(EvalConfig, config_file, "eval", flags))
     click.echo(result.table)

@@ -19,6 +19,10 @@ def test_eval_config_teacher_evaluates_the_config_files_teacher_first(demo_model
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert list(results["models"]) == ["tiny-t5-teacher", "tiny-gpt2-student"]
+    # names given for the --model models alone: the config's teacher is "teacher"
+    named = CliRunner().invoke(main, [*args, "--name", "ft", "--out", str(tmp_path / "named")])
+    assert named.exit_code == 0, named.output
+    assert list(json.loads((tmp_path / "named" / "results.json").read_text())["models"]) == ["teacher", "ft"]
 
 
 def test_eval_config_teacher_needs_a_config_file(demo_models, tmp_path):
