@@ -81,7 +81,7 @@ transfer-cache: models
 # KD arm of each regime, each at its chosen learning rate and the arms' common step count, from its own cache.
 PROTOCOL := $(PY) benchmarks/demo_protocol.py
 demo-ft demo-regime1 demo-regime2: demo-%:
-	$(KDPIPE) distill --config $(DEMO_CONFIG) $$($(PROTOCOL) flags $(subst demo-,,$@)) --out $(RUNS)/student-$* --resume
+	$(KDPIPE) distill --config $(DEMO_CONFIG) $$($(PROTOCOL) flags $(subst demo-,,$@)) --out $(RUNS)/demo-$* --resume
 
 # teacher-cache and transfer-cache -> check them -> FT and the two headline KD students -> eval on the test split
 # (nothing was tuned on it). Rerunning resumes each step. The students train two at a time, one torch thread each.
@@ -91,9 +91,9 @@ demo: teacher-cache transfer-cache
 	$(KDPIPE) cache info $(RUNS)/cache-transfer
 	@echo "training FT and the best KD arm of each regime, two at a time; each one's log follows when it ends"
 	$(MAKE) --no-print-directory -j2 --output-sync=target demo-ft demo-regime1 demo-regime2
-	$(KDPIPE) eval --config $(DEMO_CONFIG) --config-teacher --model $(RUNS)/student-ft --name ft \
-		--model $(RUNS)/student-regime1 --name kd1-$$($(PROTOCOL) arm regime1) \
-		--model $(RUNS)/student-regime2 --name kd2-$$($(PROTOCOL) arm regime2) --out $(RUNS)/eval
+	$(KDPIPE) eval --config $(DEMO_CONFIG) --config-teacher --model $(RUNS)/demo-ft --name ft \
+		--model $(RUNS)/demo-regime1 --name kd1-$$($(PROTOCOL) arm regime1) \
+		--model $(RUNS)/demo-regime2 --name kd2-$$($(PROTOCOL) arm regime2) --out $(RUNS)/eval
 	cat $(RUNS)/eval/results.md
 
 $(REAL_TEACHER): | setup

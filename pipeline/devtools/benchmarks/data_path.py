@@ -9,7 +9,7 @@ default chunk and shard sizes) with ``cache_schema.CacheWriter`` into a temporar
   sampled every 10 % of the epoch (it must stay flat: memory does not grow with the rows read);
 * the fraction of step time the demo distill run spent waiting for data, from its metrics.jsonl.
 
-    PYTHONPATH=. python benchmarks/bench_data_path.py [--rows 1000000] [--metrics runs/demo/student-kd/metrics.jsonl]
+    PYTHONPATH=. python benchmarks/bench_data_path.py [--rows 1000000] [--metrics runs/demo/demo-regime1/metrics.jsonl]
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--shuffle-chunks", type=int, default=8)
     parser.add_argument("--tokenizer", default="models/tiny-gpt2-student", help="Student tokenizer (dir or hub id).")
-    parser.add_argument("--metrics", type=Path, default=Path("runs/demo/student-kd/metrics.jsonl"))
+    parser.add_argument("--metrics", type=Path, default=Path("runs/demo/demo-regime1/metrics.jsonl"))
     parser.add_argument("--dir", type=Path, default=None, help="Where to write the cache (default: a temp dir).")
     args = parser.parse_args()
 
