@@ -38,8 +38,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bare_forward(cfg: TeacherCacheConfig, device: torch.device, repeats: int) -> tuple[float, int, dict]:
-    """Seconds per pass and rows of the teacher's part alone over the stage's own batch plan, and host timings."""
+def bare_forward(cfg: TeacherCacheConfig, device: torch.device):
+    """(one pass, host timings): a function timing the teacher's part alone over the stage's own batch plan."""
     model, tok, _ = load_model(cfg.teacher, quantize=cfg.quantize, device=device)
     host = {}
     start = time.perf_counter()
@@ -53,25 +53,21 @@ def bare_forward(cfg: TeacherCacheConfig, device: torch.device, repeats: int) ->
     plan = plan_batches(prepared, cfg.batch_size, cfg.seed)
     host["plan"] = time.perf_counter() - start
     batches = [[prepared[i] for i in batch] for batch in plan]
-    best, rows = float("inf"), 0
-    for _ in range(repeats):
+
+    def one_pass() -> tuple[float, int]:
         sync(device)
         start = time.perf_counter()
         rows = sum(len(batch_rows(model, text, items, cfg, device).tail) for items in batches)
         sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best, rows, host
+        return time.perf_counter() - start, rows
+
+    return one_pass, host
 
 
-def stage(cfg: TeacherCacheConfig, repeats: int) -> tuple[float, int, teacher_cache.TeacherCacheResult]:
-    """Seconds of the whole stage after model loading (best of ``repeats`` fresh caches), its rows, the best run."""
-    best, rows, kept = float("inf"), 0, None
-    for _ in range(repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            result = teacher_cache.run(replace(cfg, out=str(Path(tmp) / "cache")))
-            if result.prepare_seconds + result.seconds < best:
-                best, rows, kept = result.prepare_seconds + result.seconds, result.rows, result
-    return best, rows, kept
+def stage(cfg: TeacherCacheConfig) -> teacher_cache.TeacherCacheResult:
+    """One run of the whole stage into a fresh cache."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return teacher_cache.run(replace(cfg, out=str(Path(tmp) / "cache")))
 
 
 def main() -> None:
@@ -82,7 +78,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=64)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--quantize", default="none", choices=("none", "nf4", "int8"))
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="Rounds of (bare pass, stage run); best of each.")
     args = parser.parse_args()
 
     per_task = -(-args.examples // 6)
@@ -98,8 +94,15 @@ def main() -> None:
     )
     cfg = replace(cfg, chunk_rows=4096, shard_rows=65536)
     device = pick_device(args.device)
-    bare_s, bare_rows, host = bare_forward(cfg, device, args.repeats)
-    stage_s, stage_rows, best = stage(cfg, args.repeats)
+    one_pass, host = bare_forward(cfg, device)
+    bare_s, stage_s, best = float("inf"), float("inf"), None
+    for _ in range(args.repeats):  # interleaved, so a change of load on the machine hits both sides alike
+        seconds, bare_rows = one_pass()
+        bare_s = min(bare_s, seconds)
+        result = stage(cfg)
+        if result.prepare_seconds + result.seconds < stage_s:
+            stage_s, best = result.prepare_seconds + result.seconds, result
+    stage_rows = best.rows
     assert bare_rows == stage_rows, (bare_rows, stage_rows)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(
@@ -116,6 +119,12 @@ def main() -> None:
         f"stage = preparation {best.prepare_seconds:.2f} s ("
         + ", ".join(f"{k} {v:.2f}" for k, v in host.items())
         + f") + teacher loop and finalize {best.seconds:.2f} s, {best.seconds - bare_s:+.2f} s beside the bare forward"
+    )
+    host_s = best.seconds - best.forward_seconds
+    print(
+        f"within that stage run: teacher batches {best.forward_seconds:.2f} s, host work in the loop and finalize "
+        f"{host_s:.2f} s; forward share of the stage {100 * best.forward_seconds / stage_s:.0f} % (the ratio a "
+        "change of load between the bare pass and the stage run cannot move)"
     )
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")

@@ -54,6 +54,7 @@ class TeacherCacheResult:
     seconds: float  # teacher loop and finalize
     resumed_from_batch: int
     prepare_seconds: float = 0.0  # mixture, tokenization and batch plan
+    forward_seconds: float = 0.0  # of ``seconds``, in the teacher's batches (forward, softmax, top-k, copy to host)
     already_complete: bool = False
     workers: int = 1  # > 1: ``path`` is this worker's part
     merged: str | None = None  # under a launcher: the cache rank 0 merged the parts into
@@ -150,7 +151,7 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
     if resumed_from:
         log.info("resuming %s: %d of %d batches already committed", out, resumed_from, len(plan))
     start = time.monotonic()
-    _write_batches(model, text, prepared, plan, writer, cfg, device)
+    forward_seconds = _write_batches(model, text, prepared, plan, writer, cfg, device)
     per_task = writer.per_task_counts()
     if cfg.answers == "teacher":  # greedy answers that reached the limit were cut there, EOS kept
         truncated = {**truncated, "answer": writer.examples_with_rows(cfg.max_answer_tokens)}
@@ -162,6 +163,7 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
         time.monotonic() - start,
         resumed_from,
         prepare_seconds,
+        forward_seconds=forward_seconds,
         skipped=skipped,
         truncated=truncated,
         workers=workers,
@@ -204,16 +206,21 @@ def _write_batches(
     writer: cache_schema.CacheWriter,
     cfg: TeacherCacheConfig,
     device: torch.device,
-) -> None:
-    """Compute the remaining batches; a background thread commits them so the teacher never waits on disk."""
+) -> float:
+    """Compute the remaining batches; a background thread commits them so the teacher never waits on disk.
+
+    Returns the seconds spent in the teacher's batches, so a run shows how much of it was host work.
+    """
     committer = _Committer(writer, cfg.shard_rows)
     done = sum(len(b) for b in plan[: writer.next_batch])
     bar = tqdm(total=sum(len(b) for b in plan), initial=done, desc="teacher-cache", unit="ex", mininterval=1.0)
-    rows, start = 0, time.monotonic()
+    rows, start, forward = 0, time.monotonic(), 0.0
     try:
         for b in range(writer.next_batch, len(plan)):
             items = [prepared[i] for i in plan[b]]
-            rows_of = batch_rows(model, text, items, cfg, device)
+            began = time.perf_counter()
+            rows_of = batch_rows(model, text, items, cfg, device)  # ends in a copy to the host: synchronised
+            forward += time.perf_counter() - began
             records = [
                 {
                     "key": it.example.key,
@@ -240,6 +247,7 @@ def _write_batches(
     finally:
         bar.close()
         committer.close()  # commits every finished batch, also when interrupted
+    return forward
 
 
 @dataclass(frozen=True)
