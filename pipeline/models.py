@@ -321,7 +321,8 @@ def load_model(
 
 
 def _device_map_target(device: torch.device):
-    return device.index or 0 if device.type == "cuda" else "cpu"
+    """Where ``device_map={"": ...}`` puts a quantized model: a CUDA index, or the CPU."""
+    return (device.index or 0) if device.type == "cuda" else "cpu"
 
 
 def _quantized_from(model, quantization, dtype: torch.dtype, device: torch.device):

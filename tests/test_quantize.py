@@ -59,8 +59,8 @@ def test_quantized_teacher_cache_on_the_cpu_is_quantized_and_close(quantize, unq
         assert agreement < 1.0, "4 bits move some top-1 tokens"
 
 
-def test_loaded_layers_are_bitsandbytes_ones():
-    model, _, info = models.load_model("models/tiny-t5-teacher", quantize="nf4", device=torch.device("cpu"))
+def test_loaded_layers_are_bitsandbytes_ones(demo_models):
+    model, _, info = models.load_model(str(demo_models["teacher"]), quantize="nf4", device=torch.device("cpu"))
     import bitsandbytes as bnb
 
     four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
