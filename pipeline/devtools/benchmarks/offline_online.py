@@ -8,9 +8,12 @@ teacher's top-k rows):
   the loss, backward and AdamW;
 * online, the step llm-recipes, TRL's GKD/GOLD and torchtune's KD recipe take: the teacher forward over the batch
   (``pipeline.teacher.rows.teacher_rows``: softmax over the full vocabulary and top-k on the device, exactly the
-  rows the cache holds), then the same student step. Both sides' tokens are prepared before the clock starts and
-  the teacher keeps the stage's economies (left padding, ``logits_to_keep``), so the online figure is a lower bound
-  of what those trainers pay.
+  rows the cache holds), then the same student step. Its tokens (teacher's and student's) are ready before its
+  clock starts and the teacher keeps the stage's economies (left padding, ``logits_to_keep``), so the online figure
+  is a lower bound of what those trainers pay.
+
+The two steps are taken in turns, each side training its own copy of the same student, so a change of load on a
+shared machine hits both alike.
 
 Over E epochs and S students the online trainer pays its teacher E·S times; offline pays the cache once (the
 stage's seconds for these examples, model loading excluded on both sides) plus its cheaper steps:
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import os
 import statistics
 import tempfile
@@ -87,14 +91,9 @@ def measure(args: argparse.Namespace) -> dict:
                 tokenizer, TextSpec("causal", 512, cfg.max_answer_tokens, "skip"), context_limit(student.config)
             )
         )
-        total = args.steps + 2  # two warm-up steps on each side
-        torch.manual_seed(0)
-        initial = {k: v.clone() for k, v in student.state_dict().items()}
-        offline_ms, batches = _offline(student, cache, encoder, args.batch_size, total, device)
-        student.load_state_dict(initial)  # the same student starts the online side
         teacher, teacher_tokenizer, info = load_model(args.teacher, device=device, role="teacher")
         text = teacher_text(cfg, teacher, teacher_tokenizer)
-        online_ms = _online(student, teacher, text, cache, batches, cfg, device)
+        offline_ms, online_ms = _interleaved(student, teacher, text, cache, encoder, cfg, args.steps + 2, device)
     steps_per_epoch = -(-len(cache) // args.batch_size)
     one_time = cached.seconds + cached.prepare_seconds
     saved = steps_per_epoch * (online_ms - offline_ms) / 1000  # seconds saved per epoch and student
@@ -138,38 +137,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _offline(student, cache, encoder, batch_size: int, steps: int, device: torch.device):
-    """Median ms of kdpipe's step (the stream's wait included) and the batches it trained on (host copies)."""
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
-    student.train()
-    times, batches = [], []
-    with BatchStream(cache, encoder, batch_size=batch_size, seed=0, shuffle_chunks=8) as stream:
+def _interleaved(student, teacher, text: TextEncoder, cache, encoder, cfg, steps: int, device: torch.device):
+    """Median ms of the offline and of the online step, taken in turns on the same batches (two warm-up steps left
+    out), so a change of load on the machine hits both alike. Each side trains its own copy of the student."""
+    online_student = copy.deepcopy(student)
+    sides = [(s, torch.optim.AdamW(s.parameters(), lr=1e-4)) for s in (student, online_student)]
+    for s, _ in sides:
+        s.train()
+    offline_ms, online_ms = [], []
+    with BatchStream(cache, encoder, batch_size=cfg.batch_size, seed=0, shuffle_chunks=8) as stream:
         for _ in range(steps):
             _sync(device)
-            start = time.perf_counter()
+            start = time.perf_counter()  # offline: the wait for the stream's next batch, then the step
             host = next(stream)
-            _step(student, optimizer, host.to(device), _autocast(device))
+            _step(*sides[0], host.to(device), _autocast(device))
             _sync(device)
-            times.append(1000 * (time.perf_counter() - start))
-            batches.append(host)
-    return statistics.median(times[2:]), batches
-
-
-def _online(student, teacher, text: TextEncoder, cache, batches: list[Batch], cfg, device: torch.device) -> float:
-    """Median ms of the online step over the same batches: the teacher's rows, then the same student step."""
-    encoded = [teacher_tokens(text, cache, batch) for batch in batches]  # before the clock starts
-    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
-    student.train()
-    times = []
-    for batch, (prompts, answers) in zip(batches, encoded, strict=True):
-        batch = batch.to(device)
-        _sync(device)
-        start = time.perf_counter()
-        probs, lengths = online_teacher_probs(teacher, text, prompts, answers, cfg, device)
-        _step(student, optimizer, replace(batch, teacher_probs=probs, teacher_lengths=lengths), _autocast(device))
-        _sync(device)
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times[2:])
+            offline_ms.append(1000 * (time.perf_counter() - start))
+            prompts, answers = teacher_tokens(text, cache, host)  # before the online clock starts
+            batch = host.to(device)
+            _sync(device)
+            start = time.perf_counter()  # online: the teacher's rows of the same batch, then the same step
+            probs, lengths = online_teacher_probs(teacher, text, prompts, answers, cfg, device)
+            _step(*sides[1], replace(batch, teacher_probs=probs, teacher_lengths=lengths), _autocast(device))
+            _sync(device)
+            online_ms.append(1000 * (time.perf_counter() - start))
+    return statistics.median(offline_ms[2:]), statistics.median(online_ms[2:])
 
 
 def teacher_tokens(text: TextEncoder, cache, batch: Batch) -> tuple[list[list[int]], list[list[int]]]:
