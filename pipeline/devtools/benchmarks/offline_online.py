@@ -16,7 +16,8 @@ The two steps are taken in turns, each side training its own copy of the same st
 shared machine hits both alike.
 
 Over E epochs and S students the online trainer pays its teacher E·S times; offline pays the cache once (the
-stage's seconds for these examples, model loading excluded on both sides) plus its cheaper steps:
+stage's seconds for these examples after a two-batch warm-up run, model loading excluded on both sides) plus its
+cheaper steps:
 
     offline = C + E·S·n·t_off,   online = E·S·n·t_on,   break-even E·S = C / (n · (t_on − t_off))
 
@@ -82,6 +83,8 @@ def measure(args: argparse.Namespace) -> dict:
     from stages import teacher_cache
 
     with tempfile.TemporaryDirectory() as tmp:
+        # a first run over two batches warms kernels and thread pools, as a long cache run has them warm
+        teacher_cache.run(replace(cfg, limit=2 * args.batch_size, out=str(Path(tmp) / "warm-up")))
         cached = teacher_cache.run(replace(cfg, out=str(Path(tmp) / "cache")))
         cache = cache_schema.open_cache(Path(tmp) / "cache")
         student, tokenizer = load_student(args.student, None)
