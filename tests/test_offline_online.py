@@ -36,7 +36,7 @@ def test_online_teacher_rows_are_the_cached_rows_of_the_same_batch(demo_models, 
 def test_break_even_follows_from_the_measured_steps(demo_models):
     args = offline_online.build_parser().parse_args(
         ["--teacher", str(demo_models["teacher"]), "--student", str(demo_models["student"]), "--examples", "24"]
-        + ["--batch-size", "8", "--steps", "1", "--top-k", "16", "--device", "cpu"]
+        + ["--batch-size", "8", "--steps", "1", "--top-k", "16", "--device", "cpu", "--cache-repeats", "1"]
     )
     r = offline_online.measure(args)
     assert r["examples"] == 24 and r["steps_per_epoch"] == 3 and r["offline_ms"] > 0 and r["online_ms"] > 0
