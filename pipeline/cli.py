@@ -204,6 +204,17 @@ def teacher_cache(config_file: str | None, **flags) -> None:
     from stages import teacher_cache as stage
 
     cfg = load(TeacherCacheConfig, config_file, "teacher_cache", flags)
+    if cfg.compare_unquantized:
+        from pipeline.teacher.compare import quantization_cost
+
+        cost = quantization_cost(cfg)
+        click.echo(
+            f"{cost.quantization} against unquantized, first {cost.examples} examples ({cost.rows} rows, top-"
+            f"{cfg.top_k}): top-1 agreement {100 * cost.top1_agreement:.1f} %, mean L1 of the top-k rows "
+            f"{cost.mean_l1:.4f}; teacher passes {cost.seconds[cost.quantization]:.1f} s against "
+            f"{cost.seconds['none']:.1f} s; no cache written"
+        )
+        return
     out = cfg.out
     _quiet_storage_logs()
     result = stage.run(cfg)

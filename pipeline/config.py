@@ -188,8 +188,14 @@ class TeacherCacheConfig:
     )
     quantize: str = option(
         "none",
-        "Teacher weights: NF4 4-bit, int8 (bitsandbytes, CUDA) or unquantized.",
+        "Teacher weights: NF4 4-bit, int8 (bitsandbytes, bf16 compute, CUDA or CPU) or unquantized.",
         choices=("none", "nf4", "int8"),
+    )
+    compare_unquantized: int | None = option(
+        None,
+        "Instead of caching, show what --quantize costs this teacher: top-1 agreement and mean L1 of its top-k rows "
+        "against the unquantized teacher's, over the first N examples (same batches and answers); writes nothing.",
+        operational=True,
     )
     device: str = option(
         "auto", "Where the teacher runs: auto picks CUDA when present.", choices=("auto", "cpu", "cuda")
@@ -255,8 +261,12 @@ class TeacherCacheConfig:
             "limit",
             "num_workers",
             "ids_k",
+            "compare_unquantized",
         )
         from cache_schema import MAX_CHUNK_BYTES, MAX_TOP_K
+
+        if self.compare_unquantized is not None and self.quantize == "none":
+            raise ConfigError("--compare-unquantized: compares a quantized teacher; give --quantize nf4 or int8")
 
         if self.ids_k is not None and self.ids_k > self.top_k:
             raise ConfigError(f"--ids-k: {self.ids_k} is more than the --top-k {self.top_k} entries of a row")
@@ -705,7 +715,7 @@ class EvalConfig:
     batch_size: int = option(16, "Sequences per forward pass (prompt+option pairs, or prompts to generate from).")
     quantize: str = option(
         "none",
-        "Weights of the evaluated models: NF4 4-bit, int8 (bitsandbytes, CUDA) or unquantized.",
+        "Weights of the evaluated models: NF4 4-bit, int8 (bitsandbytes, bf16 compute, CUDA or CPU) or unquantized.",
         choices=("none", "nf4", "int8"),
     )
     device: str = option(

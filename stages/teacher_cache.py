@@ -13,17 +13,13 @@ computes every N-th batch of that plan into a part of its own; ``kdpipe cache me
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
-import random
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,24 +28,22 @@ from tqdm import tqdm
 import cache_schema
 from pipeline import output_lock
 from pipeline.config import ConfigError, TeacherCacheConfig, operational_fields, to_dict
-from pipeline.models import context_limit, load_config_and_tokenizer, load_model, pick_device, tokenizer_fingerprint
+from pipeline.models import load_config_and_tokenizer, load_model, pick_device, tokenizer_fingerprint
 from pipeline.student.alignment import generated_spans
-from pipeline.tasks import MixtureExample, TaskError, build_mixture
-from pipeline.teacher.rows import Rows, teacher_rows
-from pipeline.text import Encoded, TextEncoder, layout_for, token_bytes
+from pipeline.teacher.batches import (
+    Prepared,
+    batch_rows,
+    encode_examples,
+    mixture_examples,
+    plan_batches,
+    teacher_text,
+)
+from pipeline.teacher.rows import Rows
+from pipeline.text import TextEncoder, token_bytes
 
 log = logging.getLogger(__name__)
 
 COMMIT_SECONDS = 30.0  # commit at least this often, so a kill loses at most this much teacher time
-BUCKET_BATCHES = 50  # examples are sorted by length within windows of this many batches
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    example: MixtureExample
-    prompt_ids: list[int]
-    answer_ids: list[int]  # gold answer tokens (EOS included unless the answer was cut); [] with --answers teacher
-    answer_spans: np.ndarray  # int32 [len(answer_ids), 2] their byte spans in the answer (cache v1.1)
 
 
 @dataclass
@@ -60,6 +54,7 @@ class TeacherCacheResult:
     seconds: float  # teacher loop and finalize
     resumed_from_batch: int
     prepare_seconds: float = 0.0  # mixture, tokenization and batch plan
+    forward_seconds: float = 0.0  # of ``seconds``, in the teacher's batches (forward, softmax, top-k, copy to host)
     already_complete: bool = False
     workers: int = 1  # > 1: ``path`` is this worker's part
     merged: str | None = None  # under a launcher: the cache rank 0 merged the parts into
@@ -108,33 +103,16 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process under torchrun
     _check_top_k(cfg)
     prepare_start = time.monotonic()
-    # the data first: a bad file or column fails in a second, before the teacher loads
-    mixture = build_mixture(
-        cfg.tasks,
-        split=cfg.split,
-        data_dir=Path(cfg.data_dir) if cfg.data_dir else None,
-        seed=cfg.seed,
-        caps=cfg.field_caps,
-        fields=cfg.fields,
-        task_splits=cfg.task_splits,
-        require_answers=cfg.answers == "gold",
-    )
-    examples = mixture.examples[: cfg.limit] if cfg.limit else mixture.examples
-    if not examples:
-        where = f"--data-dir {cfg.data_dir}" if cfg.data_dir else "the hub"
-        raise TaskError(
-            f"the mixture holds no example: {where} gave no usable {cfg.split} row for "
-            f"{', '.join(cfg.tasks)} (skipped: {json.dumps(cache_schema.nonzero_counts(mixture.skipped))})"
-        )
+    examples, source_skipped = mixture_examples(cfg)  # the data first: a bad file fails before the teacher loads
     mixture_seconds = time.monotonic() - prepare_start
     model, tokenizer, teacher_info = load_model(
         cfg.teacher, revision=cfg.revision, quantize=cfg.quantize, device=device, role="teacher"
     )
     prepare_start = time.monotonic()
-    text = _teacher_text(cfg, model, tokenizer)
-    prepared, skipped, truncated = _tokenize(examples, text, cfg)
-    skipped = {"source": mixture.skipped, **skipped}
-    plan = _plan_batches(prepared, cfg.batch_size, cfg.seed)
+    text = teacher_text(cfg, model, tokenizer)
+    prepared, skipped, truncated = encode_examples(examples, text, cfg)
+    skipped = {"source": source_skipped, **skipped}
+    plan = plan_batches(prepared, cfg.batch_size, cfg.seed)
     identity = cache_schema.identity_attrs(
         teacher=teacher_info,
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
@@ -173,7 +151,7 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
     if resumed_from:
         log.info("resuming %s: %d of %d batches already committed", out, resumed_from, len(plan))
     start = time.monotonic()
-    _write_batches(model, text, prepared, plan, writer, cfg, device)
+    forward_seconds = _write_batches(model, text, prepared, plan, writer, cfg, device)
     per_task = writer.per_task_counts()
     if cfg.answers == "teacher":  # greedy answers that reached the limit were cut there, EOS kept
         truncated = {**truncated, "answer": writer.examples_with_rows(cfg.max_answer_tokens)}
@@ -185,6 +163,7 @@ def _run(cfg: TeacherCacheConfig, out: str) -> TeacherCacheResult:
         time.monotonic() - start,
         resumed_from,
         prepare_seconds,
+        forward_seconds=forward_seconds,
         skipped=skipped,
         truncated=truncated,
         workers=workers,
@@ -219,84 +198,29 @@ def _config_attr(cfg: TeacherCacheConfig) -> dict:
     return {k: v for k, v in to_dict(cfg).items() if k not in operational_fields(TeacherCacheConfig)}
 
 
-def _teacher_text(cfg: TeacherCacheConfig, model, tokenizer) -> TextEncoder:
-    """The teacher's text contract: its layout (seq2seq, causal or chat) with the config's limits."""
-    return TextEncoder(
-        tokenizer, cfg.text_spec(layout_for(model.config, cfg.chat_template)), context_limit(model.config)
-    )
-
-
-def _tokenize(examples: list[MixtureExample], text: TextEncoder, cfg: TeacherCacheConfig):
-    """Token ids per example under the text contract, with every skip and cut counted by reason."""
-    skipped, truncated = Counter(), Counter()
-    prepared = []
-    for example in tqdm(examples, desc="tokenize", unit="ex", mininterval=1.0, leave=False):
-        if cfg.answers == "teacher":  # the teacher writes the answer: only the prompt is encoded here
-            prompt_ids, prompt_cut = text.encode_prompt(example.prompt, reserve=cfg.max_answer_tokens)
-            encoded = Encoded(prompt_ids, [], np.zeros((0, 2), np.int32), prompt_cut, 0)
-        else:
-            if not example.answer.strip():
-                skipped["empty_answer"] += 1
-                continue
-            encoded = text.encode(example.prompt, example.answer)
-            if encoded is None:
-                skipped["answer_over_limit"] += 1
-                continue
-        if encoded.prompt_cut:
-            if cfg.prompt_overflow == "skip":
-                skipped["prompt_over_limit"] += 1
-                continue
-            truncated["prompt"] += 1
-        truncated["answer"] += encoded.answer_cut > 0
-        prepared.append(_Prepared(example, encoded.prompt_ids, encoded.answer_ids, encoded.answer_spans))
-    return prepared, dict(skipped), {k: v for k, v in truncated.items() if v}
-
-
-def _plan_batches(prepared: list[_Prepared], batch_size: int, seed: int) -> list[list[int]]:
-    """Length-bucketed batches in a seeded order: few pad tokens, and the same plan on every run."""
-    order = list(range(len(prepared)))
-    rng = random.Random(seed)
-    rng.shuffle(order)
-    window = batch_size * BUCKET_BATCHES
-    batches = []
-    for w in range(0, len(order), window):
-        chunk = sorted(
-            order[w : w + window], key=lambda i: (len(prepared[i].prompt_ids) + len(prepared[i].answer_ids), i)
-        )
-        batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
 def _write_batches(
     model,
     text: TextEncoder,
-    prepared: list[_Prepared],
+    prepared: list[Prepared],
     plan: list[list[int]],
     writer: cache_schema.CacheWriter,
     cfg: TeacherCacheConfig,
     device: torch.device,
-) -> None:
-    """Compute the remaining batches; a background thread commits them so the teacher never waits on disk."""
+) -> float:
+    """Compute the remaining batches; a background thread commits them so the teacher never waits on disk.
+
+    Returns the seconds spent in the teacher's batches, so a run shows how much of it was host work.
+    """
     committer = _Committer(writer, cfg.shard_rows)
     done = sum(len(b) for b in plan[: writer.next_batch])
     bar = tqdm(total=sum(len(b) for b in plan), initial=done, desc="teacher-cache", unit="ex", mininterval=1.0)
-    rows, start = 0, time.monotonic()
+    rows, start, forward = 0, time.monotonic(), 0.0
     try:
         for b in range(writer.next_batch, len(plan)):
             items = [prepared[i] for i in plan[b]]
-            rows_of = teacher_rows(
-                model,
-                text.pad,
-                text.eos,
-                [it.prompt_ids for it in items],
-                [it.answer_ids for it in items] if cfg.answers == "gold" else None,
-                top_k=cfg.top_k,
-                temperature=cfg.temperature,
-                max_answer_tokens=cfg.max_answer_tokens,
-                store_ids=cfg.store_ids,
-                device=device,
-            )
+            began = time.perf_counter()
+            rows_of = batch_rows(model, text, items, cfg, device)  # ends in a copy to the host: synchronised
+            forward += time.perf_counter() - began
             records = [
                 {
                     "key": it.example.key,
@@ -323,6 +247,7 @@ def _write_batches(
     finally:
         bar.close()
         committer.close()  # commits every finished batch, also when interrupted
+    return forward
 
 
 @dataclass(frozen=True)

@@ -88,4 +88,5 @@ def test_operational_fields_are_marked_on_the_fields():
     }
     assert operational_fields(DistillConfig) == expected | {"cache", "out", "resume", "expected_mixture"}
     # a cache records its config without where it was written or by which worker, so parts and copies agree
-    assert operational_fields(TeacherCacheConfig) == {"out", "worker", "num_workers"}
+    # (--compare-unquantized writes no cache)
+    assert operational_fields(TeacherCacheConfig) == {"out", "worker", "num_workers", "compare_unquantized"}

@@ -32,6 +32,8 @@ def test_the_same_measurements_run_on_the_cpu_and_give_one_json_summary(demo_mod
         bench_vocab=1024,
         bench_medium=False,
         bench_rounds=1,
+        online_examples=24,
+        online_steps=1,
     )
     summary = gpu_check.measure(cfg, torch.device("cpu"), quantize="none", precision="fp32")
     assert json.loads((tmp_path / "check" / gpu_check.SUMMARY_FILE).read_text()) == summary
@@ -47,15 +49,17 @@ def test_the_same_measurements_run_on_the_cpu_and_give_one_json_summary(demo_mod
     assert details["distill"]["steps"] == 3 and details["uld"]["speedup"] > 0
     assert details["data_path"]["rows"] >= 3000 and details["data_path"]["delivered_rows_s"] > 0
     assert not (tmp_path / "check" / "data").exists()  # the synthetic cache is removed
+    online = details["offline_online"]  # 24 examples in batches of 16
+    assert online["steps_per_epoch"] == 2 and summary["online_over_offline_step"] == online["ratio"] > 0
 
 
 def test_the_benchmarks_gpu_check_runs_ship_inside_the_package():
     """An installed kdpipe (a wheel, no source checkout) has every module gpu-check imports."""
     import pipeline
-    from pipeline.devtools.benchmarks import data_path, step, uld
+    from pipeline.devtools.benchmarks import data_path, offline_online, step, uld
 
     package = Path(pipeline.__file__).resolve().parent
-    for module in (data_path, step, uld):
+    for module in (data_path, offline_online, step, uld):
         assert Path(module.__file__).resolve().is_relative_to(package), module.__file__
 
 

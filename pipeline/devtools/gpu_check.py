@@ -11,7 +11,9 @@ On any CUDA machine, offline, in a few minutes:
    fraction of step time spent waiting for data;
 3. ``pipeline.devtools.benchmarks.uld``: the top-k ULD against a full vocabulary sort (forward + backward);
 4. ``pipeline.devtools.benchmarks.step``: the ULD share of a GPT-2-medium training step (CE alone vs CE + top-k ULD);
-5. ``pipeline.devtools.benchmarks.data_path``: decode and delivery rates of a synthetic cache.
+5. ``pipeline.devtools.benchmarks.data_path``: decode and delivery rates of a synthetic cache;
+6. ``pipeline.devtools.benchmarks.offline_online``: kdpipe's training step from the cache against an online step
+   that runs the teacher on the same batches (same student and loss), and the break-even epochs x students.
 
 The benchmarks ship in the package (``benchmarks/bench_*.py`` are their command-line wrappers), so an installed
 kdpipe runs this too. Without a CUDA device the command stops at once with a one-line error.
@@ -50,9 +52,20 @@ class GpuCheckConfig:
     bench_vocab: int = option(50_257, "Student vocabulary of the ULD and step benchmarks (GPT-2's).")
     bench_medium: bool = option(True, "GPT-2-medium shapes in the step benchmark (else a 2-layer GPT-2).")
     bench_rounds: int = option(3, "Rounds of the step benchmark over its variants (the best median is kept).")
+    online_examples: int = option(192, "Examples of the offline-against-online benchmark (cached, then trained on).")
+    online_steps: int = option(12, "Timed steps of each side of the offline-against-online benchmark.")
 
     def __post_init__(self) -> None:
-        check_positive(self, "examples", "distill_steps", "data_rows", "bench_vocab", "bench_rounds")
+        check_positive(
+            self,
+            "examples",
+            "distill_steps",
+            "data_rows",
+            "bench_vocab",
+            "bench_rounds",
+            "online_examples",
+            "online_steps",
+        )
 
 
 class GpuCheckError(RuntimeError):
@@ -75,7 +88,7 @@ def measure(cfg: GpuCheckConfig, device: torch.device, *, quantize: str, precisi
     """All figures on ``device``; ``run`` uses CUDA, NF4 and bf16 (tests use the CPU, none and fp32)."""
     import torch
 
-    from pipeline.devtools.benchmarks import data_path, step, uld
+    from pipeline.devtools.benchmarks import data_path, offline_online, step, uld
 
     benches = {"bench_uld": uld, "bench_step": step, "bench_data_path": data_path}
     out = Path(cfg.out)
@@ -94,6 +107,7 @@ def measure(cfg: GpuCheckConfig, device: torch.device, *, quantize: str, precisi
         distill["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     uld = _uld(cfg, device, precision, benches["bench_uld"], benches["bench_step"])
     data = _data_path(cfg, out, benches["bench_data_path"])
+    online = _offline_online(cfg, device, offline_online)
     summary = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "teacher_rows_s": teacher["rows_s"],
@@ -101,11 +115,13 @@ def measure(cfg: GpuCheckConfig, device: torch.device, *, quantize: str, precisi
         "peak_gpu_memory_gib": distill.get("peak_gpu_memory_gib"),
         "uld_share_of_step": uld["share_of_step"],
         "data_wait_fraction": distill["data_wait"],
+        "online_over_offline_step": online["ratio"],
         "details": {
             "teacher_cache": teacher,
             "distill": distill,
             "uld": uld,
             "data_path": data,
+            "offline_online": online,
             "versions": _versions(),
             "seconds": round(time.monotonic() - began, 1),
         },
@@ -149,20 +165,16 @@ def _teacher(cfg: GpuCheckConfig, out: Path, device: torch.device, quantize: str
 
 def _compare_caches(a: Path, b: Path) -> tuple[float, float]:
     """Mean L1 distance between the sorted top-k rows of two caches of the same examples, and top-1 agreement."""
-    import numpy as np
-
     import cache_schema
+    from pipeline.teacher.compare import row_distance
 
     first, second = cache_schema.open_cache(a), cache_schema.open_cache(b)
     if first.total_rows != second.total_rows:
         raise GpuCheckError(f"gpu-check: {a} has {first.total_rows} rows and {b} {second.total_rows}")
-    distances, agree = [], 0
-    for lo, hi in first.iter_chunks():
-        probs_a, _, _, ids_a = first.read_rows(lo, hi)  # [n, k]
-        probs_b, _, _, ids_b = second.read_rows(lo, hi)  # [n, k]
-        distances.append(np.abs(probs_a - probs_b).sum(axis=1))
-        agree += int((ids_a[:, 0] == ids_b[:, 0]).sum())
-    return float(np.concatenate(distances).mean()), agree / first.total_rows
+    probs_a, _, _, ids_a = first.read_rows(0, first.total_rows)  # [R, k]
+    probs_b, _, _, ids_b = second.read_rows(0, second.total_rows)  # [R, k]
+    top1, l1 = row_distance(probs_a, ids_a, probs_b, ids_b)
+    return l1, top1
 
 
 def _distill(cfg: GpuCheckConfig, out: Path, device: torch.device, precision: str, bench_data_path) -> dict:
@@ -235,6 +247,17 @@ def _data_path(cfg: GpuCheckConfig, out: Path, bench) -> dict:
         "delivered_rows_s": round(delivered["rows_s"], 1),
         "delivered_examples_s": round(delivered["examples_s"], 1),
     }
+
+
+def _offline_online(cfg: GpuCheckConfig, device: torch.device, bench) -> dict:
+    """ms/step offline and online on the same batches, their ratio and the break-even epochs x students."""
+    args = bench.build_parser().parse_args(
+        ["--teacher", cfg.teacher, "--student", cfg.student, "--examples", str(cfg.online_examples)]
+        + ["--steps", str(cfg.online_steps), "--device", device.type]
+    )
+    result = bench.measure(args)
+    keep = ("offline_ms", "online_ms", "ratio", "cache_seconds", "steps_per_epoch", "break_even_epochs_x_students")
+    return {k: round(result[k], 4) if isinstance(result[k], float) else result[k] for k in keep}
 
 
 def _versions() -> dict:
