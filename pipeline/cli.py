@@ -22,12 +22,12 @@ from pipeline.config import (
     ConfigError,
     DistillConfig,
     EvalConfig,
+    GpuCheckConfig,
     TeacherCacheConfig,
     click_options,
     load,
     read_section,
 )
-from pipeline.devtools.gpu_check import GpuCheckConfig
 
 log = logging.getLogger("kdpipe")
 

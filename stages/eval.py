@@ -401,7 +401,7 @@ def _generate(lm: EvalModel, data: _TaskData, cfg: EvalConfig, desc: str) -> tup
     result = metrics.score(names, predictions, references, concepts=concepts, bertscore_model=cfg.bertscore_model)
     # A degenerate model runs on to the token budget: the share of generations that never emitted EOS shows it.
     no_eos = [0.0 if e else 100.0 for e in ended]
-    result.values["no_eos"] = metrics._mean(no_eos) if no_eos else 0.0
+    result.values["no_eos"] = metrics.mean(no_eos) if no_eos else 0.0
     result.stderr["no_eos"] = metrics.mean_stderr(no_eos)
     result.per_example["no_eos"] = no_eos
     rows = [

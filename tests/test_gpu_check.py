@@ -7,8 +7,8 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.cli import main
+from pipeline.config import GpuCheckConfig
 from pipeline.devtools import gpu_check
-from pipeline.devtools.gpu_check import GpuCheckConfig
 from tests.helpers import one_line_error, write_known_rows_cache
 
 

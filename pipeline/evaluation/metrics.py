@@ -80,7 +80,8 @@ def _check_lengths(predictions: Sequence[Any], others: Sequence[Any], what: str)
         raise MetricError("no predictions to score")
 
 
-def _mean(values: Sequence[float]) -> float:
+def mean(values: Sequence[float]) -> float:
+    """The mean of per-example values (what a metric reports; eval averages its own per-example figures too)."""
     return float(np.mean(values))
 
 
@@ -142,7 +143,7 @@ def paired_difference(a: Scores, b: Scores, key: str) -> Difference | None:
 
 
 def accuracy(predicted: Sequence[int | None], labels: Sequence[int]) -> dict[str, float]:
-    return {"acc": _mean(_hits(predicted, labels))}
+    return {"acc": mean(_hits(predicted, labels))}
 
 
 def _hits(predicted: Sequence[int | None], labels: Sequence[int]) -> list[float]:
@@ -216,7 +217,7 @@ def squad_per_example(predictions: Sequence[str], references: Sequence[Sequence[
 
 
 def squad(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
-    return {k: _mean(v) for k, v in squad_per_example(predictions, references).items()}
+    return {k: mean(v) for k, v in squad_per_example(predictions, references).items()}
 
 
 def _nonempty(refs: Sequence[str]) -> Sequence[str]:
@@ -248,7 +249,7 @@ def rouge_l_per_example(predictions: Sequence[str], references: Sequence[Sequenc
 
 def rouge_l(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
     """Mean ROUGE-L F-measure (stemmed); with several references the best one counts (``score_multi``)."""
-    return {"rouge_l": _mean(rouge_l_per_example(predictions, references)["rouge_l"])}
+    return {"rouge_l": mean(rouge_l_per_example(predictions, references)["rouge_l"])}
 
 
 def bleu_resample(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> Resample:
@@ -319,7 +320,7 @@ def coverage(predictions: Sequence[str], concepts: Sequence[Sequence[str]]) -> d
     The official CommonGen coverage lemmatises both sides too (with spaCy). A multi-word concept counts when all
     of its words are present.
     """
-    return {"coverage": _mean(coverage_per_example(predictions, concepts)["coverage"])}
+    return {"coverage": mean(coverage_per_example(predictions, concepts)["coverage"])}
 
 
 # --- BERTScore: only with a local scorer model directory ---
@@ -337,7 +338,7 @@ def bertscore(
     per_example = bertscore_per_example(
         predictions, references, model_dir, num_layers=num_layers, batch_size=batch_size
     )
-    return {k: _mean(v) for k, v in per_example.items()}
+    return {k: mean(v) for k, v in per_example.items()}
 
 
 def bertscore_per_example(
@@ -445,7 +446,7 @@ def score(
     stderr: dict[str, float | None] = {}
     for key in (k for name in metric_names for k in METRIC_KEYS[name]):
         if key in per_example:
-            values[key], stderr[key] = _mean(per_example[key]), mean_stderr(per_example[key])
+            values[key], stderr[key] = mean(per_example[key]), mean_stderr(per_example[key])
         elif key in resample:
             values[key], stderr[key] = resample[key](np.arange(n)), bootstrap_stderr(resample[key], n)
         else:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from cache_schema import example_key  # the cache's key column: one definition, which verify recomputes
+
 
 class TaskError(ValueError):
     """A task name, split, data folder or field that cannot be used; the message names it."""
@@ -87,15 +89,6 @@ def render(task: Task, record: Record, template_id: int, caps: Mapping[str, int]
     else:
         answer = record.targets[0] if record.targets else ""  # a prompt alone: the teacher answers it
     return template.prompt.format(**values).strip(), template.answer.format(answer=answer).strip()
-
-
-def example_key(task: str, template_id: int, prompt: str, answer: str) -> str:
-    """Stable content hash of one training example: the same text always gets the same key."""
-    h = hashlib.blake2b(digest_size=16)
-    for part in (task, str(template_id), prompt, answer):
-        h.update(part.encode("utf-8"))
-        h.update(b"\x00")
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
