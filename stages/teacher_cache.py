@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 import cache_schema
 from pipeline import output_lock
+from pipeline.alignment import generated_spans
 from pipeline.config import ConfigError, TeacherCacheConfig, operational_fields, to_dict
 from pipeline.models import load_config_and_tokenizer, load_model, pick_device, tokenizer_fingerprint
-from pipeline.student.alignment import generated_spans
 from pipeline.teacher.batches import (
     Prepared,
     batch_rows,

@@ -1,7 +1,7 @@
 import numpy as np
 from transformers import AutoTokenizer
 
-from pipeline.student.alignment import align_spans, vocab_map
+from pipeline.alignment import align_spans, vocab_map
 from pipeline.text import token_bytes
 
 

@@ -116,8 +116,8 @@ def test_distill_writes_metrics_checkpoint_config_curve_and_a_loadable_student(k
 
 
 def test_saved_student_pads_with_eos_batches_in_a_pipeline_and_has_a_model_card(kd_run, cache, demo_models, tmp_path):
+    from pipeline import model_card
     from pipeline.config import EvalConfig
-    from pipeline.student import model_card
     from stages import eval as eval_stage
 
     cfg, out, _ = kd_run

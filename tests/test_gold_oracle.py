@@ -9,7 +9,7 @@ things are set so that both compute the same quantity, and nothing else of GOLD'
   ``"observed"`` strategy slices the logits at the answer positions themselves (row j predicts token j + 1), so it
   is given the logits shifted by one position: its merge, the first row's distribution times the probabilities of
   the group's later tokens, is then kdpipe's. (GOLD's ``"bayesian"`` strategy has this row convention but merges
-  onto the group's last row; kdpipe does not offer it, see ``pipeline.student.alignment``.)
+  onto the group's last row; kdpipe does not offer it, see ``pipeline.alignment``.)
 - hybrid: GOLD compares the matched vocabulary entries with a generalized JSD, kdpipe with L1 (the reason is in
   ``pipeline.losses.hybrid_loss``), so GOLD's matched-token divergence is replaced by the L1 over the matched
   entries, averaged over the groups as GOLD averages its JSD; and GOLD is given kdpipe's byte-string vocabulary map
@@ -26,8 +26,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from pipeline.alignment import TeacherRows, align_batch, align_spans, vocab_map
 from pipeline.losses.token_aware import hybrid_loss, uld_aligned_loss
-from pipeline.student.alignment import TeacherRows, align_batch, align_spans, vocab_map
 from pipeline.text import TextEncoder, TextSpec, split_characters, token_bytes
 
 gold = pytest.importorskip("trl.experimental.gold.gold_trainer")

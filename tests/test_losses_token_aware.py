@@ -7,8 +7,8 @@ import torch
 from transformers import AutoTokenizer
 
 from cache_schema import UNKNOWN_ID
+from pipeline.alignment import TeacherRows, align_batch, vocab_map
 from pipeline.losses.token_aware import hybrid_loss, uld_aligned_loss
-from pipeline.student.alignment import TeacherRows, align_batch, vocab_map
 from pipeline.text import TextEncoder, TextSpec
 
 ANSWER = b"the cat sat"  # 11 bytes; EOS rows have the zero-width span (11, 11)

@@ -9,9 +9,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import cache_schema as cs
 from pipeline.config import TeacherCacheConfig
+from pipeline.devtools.smollm2 import GGUF_SHA256
 from pipeline.errors import ModelError
 from pipeline.models import load_config_and_tokenizer
-from pipeline.teacher.smollm2 import GGUF_SHA256
 from stages import eval as eval_stage
 from stages import teacher_cache
 

@@ -20,9 +20,9 @@ import torch
 from transformers import AutoTokenizer
 from transformers import pipeline as hf_pipeline
 
+from pipeline import model_card
 from pipeline.config import DistillConfig, EvalConfig
 from pipeline.models import load_model
-from pipeline.student import model_card
 from pipeline.tasks import get_task, render
 from pipeline.text import TEXT_FILE, TextEncoder, TextSpec
 from stages import distill, teacher_cache

@@ -16,10 +16,10 @@ from transformers import (
 )
 
 import cache_schema as cs
+from pipeline.alignment import generated_spans
 from pipeline.config import DistillConfig
 from pipeline.evaluation.inference import EvalModel
 from pipeline.losses import IGNORE_INDEX
-from pipeline.student.alignment import generated_spans
 from pipeline.student.cache_stream import StudentEncoder
 from pipeline.text import (
     TEXT_FILE,

@@ -1,6 +1,6 @@
 """Token-aware ULD for different tokenizers: rows paired by the byte spans of their tokens in the answer.
 
-Both losses read the groups that ``pipeline.student.alignment.align_batch`` formed on the reader thread (student
+Both losses read the groups that ``pipeline.alignment.align_batch`` formed on the reader thread (student
 and teacher tokens covering the same answer bytes, the teacher side already merged); see that module for the
 semantics.
 """
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from pipeline.losses import check_reduction
 
-# Both read the groups that ``pipeline.student.alignment.align_batch`` formed on the reader thread (student and teacher
+# Both read the groups that ``pipeline.alignment.align_batch`` formed on the reader thread (student and teacher
 # tokens covering the same answer bytes, the teacher side already merged); see that module for the semantics.
 
 
@@ -69,20 +69,20 @@ def uld_aligned_loss(
     """ULD on token groups paired by byte spans (TRL GOLD's extended ULD, https://huggingface.co/docs/trl/gold_trainer).
 
     For each group g (student rows and teacher rows that cover the same answer bytes, see
-    ``pipeline.student.alignment``), with s_g = c_g · softmax(z_first / τ) the merged student vector and t_g the merged
+    ``pipeline.alignment``), with s_g = c_g · softmax(z_first / τ) the merged student vector and t_g the merged
     cached teacher top-k (zero beyond k):
 
         D_g = Σ_i |sort↓(s_g)_i − sort↓(t_g)_i|,   loss_b = mean over b's groups,   loss = mean over b with groups.
 
     The anchor's semantics: GOLD ``use_extended_uld=True`` with the ``"observed"`` merge formula on rows that each
     predict their own token (GOLD's ``"bayesian"`` slice), as the cache stores them, which is neither of GOLD's two
-    strategies as shipped (``pipeline.student.alignment`` says why); tokens after the last common byte boundary are
+    strategies as shipped (``pipeline.alignment`` says why); tokens after the last common byte boundary are
     left out (GOLD pairs them). GOLD's code run on the same rows gives the same value and gradient
     (tests/test_gold_oracle.py).
 
     Args:
         student_logits: [B, T, Vs].
-        aligned: ``pipeline.student.alignment.Aligned`` of the batch (G groups).
+        aligned: ``pipeline.alignment.Aligned`` of the batch (G groups).
         student_temperature: τ.
         reduction: ``"mean"`` as above, or ``"sum"`` over examples (a batch split into parts then divides by its
             examples with ``aligned.groups > 0``).
@@ -124,7 +124,7 @@ def hybrid_loss(
 
     Args:
         student_logits: [B, T, Vs].
-        aligned: ``pipeline.student.alignment.Aligned`` with ``teacher_student_ids`` (G groups).
+        aligned: ``pipeline.alignment.Aligned`` with ``teacher_student_ids`` (G groups).
         student_matched: [Vs] bool, the student ids in M.
         matched_weight: w.
         student_temperature: τ.

@@ -25,7 +25,7 @@ collated micro-batches, whatever the size of the cache.
 Token-aware losses (``align=AlignOptions(...)``, distill ``--loss uld-aligned|hybrid``). The same thread also reads
 the v1.1 token layout (top-k ids, spans, label probabilities) with the probabilities, takes each student answer's
 byte spans from the text contract (``Encoded.answer_spans``) and forms the batch's groups with
-``pipeline.student.alignment.align_batch`` (the teacher side merged, its ids mapped to student ids by a vocabulary map
+``pipeline.alignment.align_batch`` (the teacher side merged, its ids mapped to student ids by a vocabulary map
 built once per run), so the training step only gathers and compares; ``stats.align_seconds`` is its cost.
 """
 
@@ -44,8 +44,8 @@ import numpy as np
 import torch
 
 from cache_schema import Cache
+from pipeline.alignment import Aligned, TeacherRows, VocabMap, align_batch
 from pipeline.losses import IGNORE_INDEX
-from pipeline.student.alignment import Aligned, TeacherRows, VocabMap, align_batch
 from pipeline.text import TextEncoder
 
 _POLL_SECONDS = 0.1  # how often a blocked producer checks whether it was asked to stop

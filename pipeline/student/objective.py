@@ -16,11 +16,11 @@ import pyarrow.compute as pc
 import torch
 
 import cache_schema
+from pipeline.alignment import VocabMap, vocab_map
 from pipeline.config import ConfigError, DistillConfig
 from pipeline.losses import LOSSES, NEEDS
 from pipeline.losses.uld import uld_pairs
 from pipeline.models import tokenizer_fingerprint
-from pipeline.student.alignment import VocabMap, vocab_map
 from pipeline.student.cache_stream import AlignOptions
 from pipeline.text import token_bytes
 

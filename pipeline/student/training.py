@@ -18,13 +18,12 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
-from pipeline import distributed
+from pipeline import distributed, model_card
 from pipeline.atomic import write_atomic
 from pipeline.config import ConfigError, DistillConfig
 from pipeline.distributed import World
 from pipeline.errors import ModelError
 from pipeline.models import load_config_and_tokenizer, source_kwargs
-from pipeline.student import model_card
 from pipeline.text import add_bos_by_default, layout_tokens
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,7 @@ def save_student(model, tokenizer, out: Path, world: World, checkpointed: bool, 
     """The trained student as a Hugging Face checkpoint: loads with from_pretrained and runs in a pipeline.
 
     Every rank takes part in gathering the weights (FSDP holds them sharded); rank 0 writes them, and with the
-    run ``record`` (config and cache provenance) a model card (:mod:`pipeline.student.model_card`). A tokenizer
+    run ``record`` (config and cache provenance) a model card (:mod:`pipeline.model_card`). A tokenizer
     without a pad token gets its EOS as pad (no new token, so no new embedding row; padding is masked anyway) and left
     padding, so ``pipeline("text-generation", batch_size=2)`` batches prompts as kdpipe's own evaluation does; a
     student trained in the causal layout gets a tokenizer that adds BOS by itself

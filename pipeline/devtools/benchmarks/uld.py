@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.alignment import TeacherRows, align_batch, vocab_map
 from pipeline.losses import IGNORE_INDEX
 from pipeline.losses.kl import kl_family_loss
 from pipeline.losses.token_aware import hybrid_loss, uld_aligned_loss
 from pipeline.losses.uld import uld_loss
-from pipeline.student.alignment import TeacherRows, align_batch, vocab_map
 
 
 def full_sort_uld(logits, labels, teacher_probs, teacher_lengths, temperature=1.0, skip_student_eos=True):
