@@ -129,6 +129,7 @@ def _files(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_build_is_kept_for_other_clones_and_copied_only_when_whole(tmp_path, monkeypatch):
     monkeypatch.setenv(builder.KEEP_ENV, str(tmp_path / "kept"))
     assert builder.build(tmp_path / "a", steps=2, pretrain_steps=2)["built"] is True

@@ -603,7 +603,7 @@ def test_an_interrupted_cache_of_a_file_task_resumes_and_refuses_a_changed_file(
     monkeypatch.setattr(ft.FileSource, "_record", read)
     assert not (tmp_path / "killed" / cs.GROUP_META_FILE).exists()  # nothing was written: a rerun starts afresh
     calls = {"n": 0}
-    real = teacher_cache.teacher_rows
+    real = teacher_cache.batch_rows
 
     def dies_after_three_batches(*args, **kwargs):
         calls["n"] += 1
@@ -611,11 +611,11 @@ def test_an_interrupted_cache_of_a_file_task_resumes_and_refuses_a_changed_file(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(teacher_cache, "teacher_rows", dies_after_three_batches)
+    monkeypatch.setattr(teacher_cache, "batch_rows", dies_after_three_batches)
     killed = replace(cfg, out=str(tmp_path / "killed"))
     with pytest.raises(KeyboardInterrupt):
         teacher_cache.run(killed)
-    monkeypatch.setattr(teacher_cache, "teacher_rows", real)
+    monkeypatch.setattr(teacher_cache, "batch_rows", real)
     assert list((tmp_path / "killed" / cs.PARTS_DIR).glob("*.parquet"))  # some batches were committed
     original = path.read_bytes()
     path.write_bytes(original.replace(b"even number", b"odd number", 1))
