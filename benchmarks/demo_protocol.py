@@ -107,7 +107,9 @@ class Protocol:
         self.tasks = list(self.ecfg.tasks)
 
     def eval_config(self, split: str, out: Path) -> EvalConfig:
-        return replace(self.ecfg, split=split, out=str(out))
+        """Every model, the teacher too, is scored on the same records: those in neither cache (a student leaves
+        out what it trained on by itself; without this, an arm of the other cache would be scored on others)."""
+        return replace(self.ecfg, split=split, out=str(out), exclude_cache=tuple(self.caches.values()))
 
     def run_all(self, jobs: list[tuple[DistillConfig, EvalConfig]]) -> list[dict]:
         if self.jobs == 1:

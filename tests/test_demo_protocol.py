@@ -78,3 +78,9 @@ def test_tune_picks_on_dev_and_seeds_reports_paired_differences_on_the_held_out_
     line = next(x for x in (out / "seeds.md").read_text().splitlines() if x.startswith("| seqkd − ft |"))
     assert line.rstrip(" |").endswith(paired), (line, paired)
     assert seeded.stdout.startswith("# Every arm over seeds 0, 1 (test split")
+    # every arm is scored on the same records, those in neither cache, whichever cache it trained on
+    ids = {
+        name: [json.loads(x)["id"] for x in (run / "eval-test/predictions/student/demo_qa.jsonl").open()]
+        for name, run in ((n, out / "runs" / f"{n}-lr{written['arms'][n]['lr']:g}-seed1") for n in ("ft", "seqkd"))
+    }
+    assert ids["ft"] == ids["seqkd"] and len(ids["ft"]) == 4
