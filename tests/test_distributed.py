@@ -4,6 +4,7 @@ Tolerance (also in the README): per step, loss, CE, ULD and gradient norm within
 one-process run with the same global batch, and the saved weights within 5e-5 absolute. Measured on the
 2-core CPU machine after these 12 steps: DDP 5.7e-7 relative on those metrics and 8.6e-6 on the weights,
 FSDP 1.9e-7 and 4.4e-6. What differs is only the order of float sums (micro-batch padding, the all-reduce).
+The attention's key biases are the exception (see assert_same_run).
 """
 
 import json
@@ -84,8 +85,22 @@ def assert_same_run(out: Path, reference: Path) -> None:
     for a, b in zip(rows, expected, strict=True):
         assert {k: a[k] for k in COMPARED} == pytest.approx({k: b[k] for k in COMPARED}, rel=METRICS_REL)
     a, b = AutoModelForCausalLM.from_pretrained(out), AutoModelForCausalLM.from_pretrained(reference)
+    width = a.config.n_embd
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        if name.endswith("attn.c_attn.bias"):
+            # the key bias adds the same number to every score of a query, which softmax ignores: its gradient is
+            # zero but for float noise, which Adam scales up to steps of the learning rate's size (5e-4 apart here
+            # after 12 steps). Query and value biases are compared as the rest; the key biases of the two runs only to
+            # within what Adam's steps can move them apart (at most the learning rate each, per run and step).
+            key = slice(width, 2 * width)
+            torch.testing.assert_close(p[key], q[key], rtol=0, atol=2 * STEPS * a_lr(out), msg=name)
+            p, q = torch.cat([p[:width], p[2 * width :]]), torch.cat([q[:width], q[2 * width :]])
         torch.testing.assert_close(p, q, rtol=0, atol=WEIGHTS_ABS, msg=name)
+
+
+def a_lr(out: Path) -> float:
+    """The run's peak learning rate, from its saved distill config."""
+    return json.loads((out / "kdpipe_distill_config.json").read_text())["config"]["lr"]
 
 
 @pytest.mark.slow
