@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cache_schema  # noqa: E402
 from pipeline.config import EvalConfig  # noqa: E402
+from pipeline.tasks import render_options  # noqa: E402
 
-MARK = "\nOPTIONS:\n- "
+MARK = "\n" + render_options(("",))  # what precedes the first option in a rendered prompt
 
 
 def option_rows(cache_path: str, per_task: int) -> dict[str, list[dict]]:

@@ -47,9 +47,9 @@ def headline(task: str) -> str:
     return HEADLINE[get_task(task).metrics[0]]
 
 
-def against(arms: dict, name: str) -> str:
-    """The FT arm that ``name``'s paired difference is to: ``ft``, or the arm's ``against`` (same student)."""
-    return arms["arms"][name].get("against", "ft")
+def against(arm: dict) -> str:
+    """The FT arm an arm's paired difference is to: ``ft``, or the arm's ``against`` (same student)."""
+    return arm.get("against", "ft")
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -156,7 +156,7 @@ def _seeds_table(runs: dict, tasks: list[str], teacher: dict, arms: dict) -> str
     lines += ["", "Paired difference to FT of the same student, per seed (mean ± sd of the differences):", ""]
     lines += ["| arm − FT | regime | " + " | ".join(head) + " |", "|:--|:--|" + "--:|" * len(cols)]
     for name, by_seed in with_mean.items():
-        base = arms[name].get("against", "ft")
+        base = against(arms[name])
         if name == base:
             continue
         ft = with_mean[base]
@@ -213,7 +213,7 @@ def tune(config: str, labelled: str, transfer: str, out: str, jobs: int, arms_fi
             for r in rows
             if r["regime"] == regime
             and r["arm"] != "ft"
-            and against(arms, r["arm"]) == "ft"
+            and against(arms["arms"][r["arm"]]) == "ft"
             and chosen[r["arm"]] == r["lr"]
         ]
         if candidates:  # a regime of FT alone keeps its headline

@@ -13,6 +13,7 @@ of the task name and the prompt.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -68,11 +69,10 @@ def from_cache(cache) -> TrainedOn:
 
     mixture = cache.meta.get(cache_schema.ATTR_MIXTURE) or {}
     tasks, prompts = cache.examples.column("task").to_pylist(), cache.examples.column("prompt").to_pylist()
-    digests = frozenset(digest(task, prompt) for task, prompt in zip(tasks, prompts, strict=True))
+    trained = from_examples(zip(tasks, prompts, strict=True), mixture.get("field_caps") or {}, "")
     # named by what it holds, not by its attributes (they carry a creation time): the same examples, the same name
-    held = hashlib.blake2b(b"".join(sorted(digests)), digest_size=8).hexdigest()
-    source = f"cache {cache.path} ({len(digests)} examples, digest {held})"
-    return TrainedOn(source, dict(mixture.get("field_caps") or {}), digests)
+    held = hashlib.blake2b(b"".join(sorted(trained.digests)), digest_size=8).hexdigest()
+    return dataclasses.replace(trained, source=f"cache {cache.path} ({len(trained.digests)} examples, digest {held})")
 
 
 def write(folder: str | Path, trained: TrainedOn) -> Path:

@@ -159,9 +159,7 @@ def test_the_transfer_set_holds_prompts_in_neither_the_cache_nor_an_eval_split(d
     seen = set()
     for name, cached in builder.DEMO_MIXTURE.items():
         task = get_task(name)
-        records = task.load("train", None, cached, builder.CACHE_SEED).records
-        for split in builder.EVAL_SPLITS:
-            records += task.load(split, None, builder.EVAL_HELD, builder.CACHE_SEED).records
+        records = task.load("train", None, cached, builder.CACHE_SEED).records + builder.eval_records(task)
         for record in records:
             seen.update(render(task, record, t)[0] for t in range(len(task.templates)))
             # an option task's prompt lists its options in the drawn order: compare it without them
@@ -198,11 +196,9 @@ def test_the_student_is_pretrained_on_world_text_without_task_formats_or_eval_ex
     docs = builder.pretraining_text(0, n=2000)
     held = set()
     for name in builder.DEMO_MIXTURE:
-        task = get_task(name)
-        for split in builder.EVAL_SPLITS:
-            for record in task.load(split, None, builder.EVAL_HELD, builder.CACHE_SEED).records:
-                held.update(record.fields.values())
-                held.update(record.targets)
+        for record in builder.eval_records(get_task(name)):
+            held.update(record.fields.values())
+            held.update(record.targets)
     facts = {f for doc in docs for f in doc.replace(". It eats", "|It eats").split(". ")}
     assert not any(h in doc for h in held if len(h.split(". ")) > 1 for doc in docs[:200])  # multi-sentence inputs
     assert not {f.rstrip(".").replace("|", ". ") for f in facts} & {h.rstrip(".") for h in held}

@@ -198,6 +198,11 @@ def teacher_examples(seed: int, per_task: int = TEACHER_EXAMPLES) -> list[tuple[
     return [(e.prompt, e.answer) for e in mixture.examples if e.key not in held]
 
 
+def eval_records(task) -> list:
+    """The records of ``task`` the demo's evaluations can read: the first ``EVAL_HELD`` of each eval split."""
+    return [r for split in EVAL_SPLITS for r in task.load(split, None, EVAL_HELD, CACHE_SEED).records]
+
+
 def _inputs(task, record) -> tuple:
     """What a model is shown of ``record`` whatever the template: its fields (the options are drawn anew)."""
     return (task.name, tuple(sorted(record.fields.items())))
@@ -216,8 +221,7 @@ def transfer_prompts(per_task: int = TRANSFER_PER_TASK) -> list[dict]:
     for name, cached in DEMO_MIXTURE.items():
         task = get_task(name)
         held.update(_inputs(task, r) for r in task.load("train", None, cached, CACHE_SEED).records)
-        for split in EVAL_SPLITS:
-            held.update(_inputs(task, r) for r in task.load(split, None, EVAL_HELD, CACHE_SEED).records)
+        held.update(_inputs(task, r) for r in eval_records(task))
     rows = []
     for name in DEMO_MIXTURE:
         task, seen = get_task(name), set(held)
@@ -246,14 +250,9 @@ def write_transfer(path: Path, per_task: int = TRANSFER_PER_TASK) -> Path:
 def pretraining_text(seed: int, n: int = PRETRAIN_DOCS) -> list[str]:
     """The student's pretraining corpus: ``world_text`` documents, none of whose facts is an input or an answer
     of the first ``EVAL_HELD`` records of an eval split (the facts are the world's, the examples are not)."""
-    avoid = set()
-    for name in DEMO_MIXTURE:
-        task = get_task(name)
-        for split in EVAL_SPLITS:
-            for record in task.load(split, None, EVAL_HELD, CACHE_SEED).records:
-                avoid.update(record.fields.values())
-                avoid.update(record.targets)
-    return world_text(seed, n, frozenset(avoid))
+    records = [r for name in DEMO_MIXTURE for r in eval_records(get_task(name))]
+    avoid = frozenset(t for r in records for t in (*r.fields.values(), *r.targets))
+    return world_text(seed, n, avoid)
 
 
 def _pretrain_student(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, seed: int, steps: int) -> dict:
@@ -261,20 +260,33 @@ def _pretrain_student(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, seed
     of steps: the demo's miniature of the pretrained GPT-2 the seed distils into."""
     bos = [] if tok.bos_token_id is None else [tok.bos_token_id]  # the teacher's tokenizer has none, like T5's
     ids = [[*bos, *tok(doc)["input_ids"]][:PRETRAIN_TOKENS] for doc in pretraining_text(seed)]
+
+    def inputs(batch: list[list[int]]) -> dict:
+        width = max(len(x) for x in batch)
+        labels = torch.tensor([x + [IGNORE_INDEX] * (width - len(x)) for x in batch])  # [B, T]
+        return {
+            "input_ids": torch.tensor([x + [tok.eos_token_id] * (width - len(x)) for x in batch]),  # [B, T]
+            "attention_mask": (labels != IGNORE_INDEX).long(),  # [B, T]
+            "labels": labels,
+        }
+
+    trained = _train(model, ids, inputs, seed, steps, PRETRAIN_BATCH, PRETRAIN_LR, "pretrain demo student")
+    return {"steps": steps, "documents": len(ids), **trained}
+
+
+def _train(model, examples: list, inputs, seed: int, steps: int, batch_size: int, peak: float, desc: str) -> dict:
+    """``steps`` AdamW steps on batches of ``batch_size`` drawn from ``examples`` with a seeded generator,
+    ``inputs(batch)`` giving the model's keyword arguments, on the ``_lr`` schedule to ``peak``, gradients
+    clipped at 1; returns the seconds and the final loss (mean of the last 20 steps)."""
     rng = random.Random(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=peak, weight_decay=0.01)
     model.train()
     start, losses = time.monotonic(), []
-    bar = tqdm(range(steps), desc="pretrain demo student", unit="step", mininterval=1.0)
+    bar = tqdm(range(steps), desc=desc, unit="step", mininterval=1.0)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = _lr(step, steps, PRETRAIN_LR)
-        batch = rng.sample(ids, PRETRAIN_BATCH)
-        width = max(len(x) for x in batch)
-        input_ids = torch.tensor([x + [tok.eos_token_id] * (width - len(x)) for x in batch])  # [B, T]
-        labels = torch.tensor([x + [IGNORE_INDEX] * (width - len(x)) for x in batch])  # [B, T]
-        mask = (labels != IGNORE_INDEX).long()  # [B, T]
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            group["lr"] = _lr(step, steps, peak)
+        loss = model(**inputs(rng.sample(examples, batch_size))).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -283,8 +295,6 @@ def _pretrain_student(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, seed
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     model.eval()
     return {
-        "steps": steps,
-        "documents": len(ids),
         "seconds": round(time.monotonic() - start, 1),
         "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
     }
@@ -303,36 +313,19 @@ def _finetune_teacher(model: T5ForConditionalGeneration, tok: PreTrainedTokenize
     text = TextEncoder(tok, TEACHER_SPEC)
     pairs = teacher_examples(seed)
     encoded = [e for e in (text.encode(p, a) for p, a in pairs) if e is not None]
-    rng = random.Random(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=TEACHER_LR, weight_decay=0.01)
-    model.train()
-    start, losses = time.monotonic(), []
-    bar = tqdm(range(steps), desc="train demo teacher", unit="step", mininterval=1.0)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(step, steps, TEACHER_LR)
-        batch = rng.sample(encoded, TEACHER_BATCH)
+
+    def inputs(batch: list) -> dict:
         width, label_width = max(len(e.prompt_ids) for e in batch), max(len(e.answer_ids) for e in batch)
-        input_ids = torch.tensor([e.prompt_ids + [text.pad] * (width - len(e.prompt_ids)) for e in batch])  # [B, S]
-        mask = torch.tensor([[1] * len(e.prompt_ids) + [0] * (width - len(e.prompt_ids)) for e in batch])  # [B, S]
-        labels = torch.tensor(
-            [e.answer_ids + [IGNORE_INDEX] * (label_width - len(e.answer_ids)) for e in batch]
-        )  # [B, L]
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
-    model.eval()
-    return {
-        "steps": steps,
-        "examples": len(encoded),
-        "examples_seen": steps * TEACHER_BATCH,
-        "seconds": round(time.monotonic() - start, 1),
-        "final_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
-    }
+        return {
+            "input_ids": torch.tensor([e.prompt_ids + [text.pad] * (width - len(e.prompt_ids)) for e in batch]),
+            "attention_mask": torch.tensor(
+                [[1] * len(e.prompt_ids) + [0] * (width - len(e.prompt_ids)) for e in batch]
+            ),
+            "labels": torch.tensor([e.answer_ids + [IGNORE_INDEX] * (label_width - len(e.answer_ids)) for e in batch]),
+        }  # [B, S], [B, S], [B, L]
+
+    trained = _train(model, encoded, inputs, seed, steps, TEACHER_BATCH, TEACHER_LR, "train demo teacher")
+    return {"steps": steps, "examples": len(encoded), "examples_seen": steps * TEACHER_BATCH, **trained}
 
 
 def teacher_config(tok: PreTrainedTokenizerFast) -> T5Config:
