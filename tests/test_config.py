@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import yaml
 
@@ -90,3 +92,25 @@ def test_operational_fields_are_marked_on_the_fields():
     # a cache records its config without where it was written or by which worker, so parts and copies agree
     # (--compare-unquantized writes no cache)
     assert operational_fields(TeacherCacheConfig) == {"out", "worker", "num_workers", "compare_unquantized"}
+
+
+# Fields that mean something else in each stage (each documents its own), and fields about a different model in each
+# (pipeline.config.shared builds them from the model's name). Any other field two stage configs share is one field.
+PER_STAGE = {"out", "tasks", "split", "seed", "limit", "batch_size", "chat_template", "max_prompt_tokens"}
+PER_STAGE |= {"max_answer_tokens", "resume"}
+PER_MODEL = {"revision", "device", "quantize"}
+
+
+def test_a_field_two_stages_share_is_documented_once():
+    by_name: dict[str, list[dataclasses.Field]] = {}
+    for cls in (TeacherCacheConfig, DistillConfig, EvalConfig):
+        for f in dataclasses.fields(cls):
+            by_name.setdefault(f.name, []).append(f)
+    shared = {name: fs for name, fs in by_name.items() if len(fs) > 1 and name not in PER_STAGE}
+    assert set(shared) >= PER_MODEL | {"fields", "data_dir", "task_splits", "field_caps"}
+    for name, fs in shared.items():
+        defaults = {(f.default, f.metadata["choices"]) for f in fs if f.default is not dataclasses.MISSING}
+        factories = {repr(f.default_factory()) for f in fs if f.default_factory is not dataclasses.MISSING}
+        assert len(defaults) + len(factories) == 1, name
+        if name not in PER_MODEL:
+            assert len({f.metadata["help"] for f in fs}) == 1, name
