@@ -10,7 +10,7 @@ import math
 import torch
 
 from pipeline.losses import check_reduction
-from pipeline.losses.uld import _paired_rows, _row_mean
+from pipeline.losses.uld import paired_rows, row_mean
 
 KL_DIVERGENCES = ("kl", "rkl", "jsd")
 _TINY = torch.finfo(torch.float32).tiny  # the floor inside every log: a bucket that rounded to zero
@@ -74,7 +74,7 @@ def kl_family_loss(
     if teacher_ids.shape != teacher_probs.shape:
         raise ValueError(f"teacher_ids {tuple(teacher_ids.shape)} and probs {tuple(teacher_probs.shape)} differ")
     batch, _, vocab = student_logits.shape
-    b_idx, t_idx, r_idx, n_rows = _paired_rows(labels, teacher_lengths, skip_student_eos)
+    b_idx, t_idx, r_idx, n_rows = paired_rows(labels, teacher_lengths, skip_student_eos)
     if b_idx.numel() == 0:
         return student_logits[..., :0].sum().float()
 
@@ -106,7 +106,7 @@ def kl_family_loss(
     else:
         log_m = torch.logaddexp(log_t + math.log(beta), log_s + math.log1p(-beta))  # [N, k + 1]
         distance = beta * _kl(teacher, log_t, log_m) + (1.0 - beta) * _kl(student, log_s, log_m)
-    return _row_mean(distance, b_idx, n_rows, batch, reduction)
+    return row_mean(distance, b_idx, n_rows, batch, reduction)
 
 
 def _kl(p: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

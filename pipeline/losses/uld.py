@@ -7,7 +7,7 @@ zero-padded, and the two are compared with the L1 distance. The training loss is
     loss = CE + λ · ULD,    λ = 1.5 in the official recipe (https://github.com/Nicolas-BZRD/llm-recipes).
 
 The teacher side comes from the offline cache as top-k probabilities already sorted descending. The row pairing
-(``_paired_rows``) and reductions (``_row_mean``) here are also the KL family's (``pipeline.losses.kl``).
+(``paired_rows``) and reductions (``row_mean``) here are also the KL family's (``pipeline.losses.kl``).
 """
 
 import torch
@@ -85,7 +85,7 @@ def uld_loss(
 
     if bool((teacher_lengths > teacher_rows).any()):
         raise ValueError(f"teacher_lengths {teacher_lengths.tolist()} exceed the {teacher_rows} teacher rows given")
-    b_idx, t_idx, r_idx, n_rows = _paired_rows(labels, teacher_lengths, skip_student_eos)
+    b_idx, t_idx, r_idx, n_rows = paired_rows(labels, teacher_lengths, skip_student_eos)
     if b_idx.numel() == 0:
         return student_logits[..., :0].sum().float()
 
@@ -99,10 +99,10 @@ def uld_loss(
     distance = (F.pad(student_top, (0, top_k - student_top.shape[1])) - teacher).abs().sum(dim=-1)  # [N]
     if top_k < vocab:
         distance = distance + (1.0 - student_top.sum(dim=-1)).clamp(min=0.0)  # [N] the student mass beyond k
-    return _row_mean(distance, b_idx, n_rows, batch, reduction)
+    return row_mean(distance, b_idx, n_rows, batch, reduction)
 
 
-def _paired_rows(
+def paired_rows(
     labels: torch.Tensor, teacher_lengths: torch.Tensor, skip_student_eos: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The row pairs ``uld_loss`` compares: (example [N], student logits position [N], teacher row [N], n_b [B]).
@@ -118,7 +118,7 @@ def _paired_rows(
     return b_idx, t_idx, rank[b_idx, t_idx] - 1, n_rows
 
 
-def _row_mean(distance: torch.Tensor, b_idx: torch.Tensor, n_rows: torch.Tensor, batch: int, reduction: str):
+def row_mean(distance: torch.Tensor, b_idx: torch.Tensor, n_rows: torch.Tensor, batch: int, reduction: str):
     """Mean of the per-row ``distance`` [N] over each example's rows, then over the examples with rows (or the sum)."""
     per_example = torch.zeros(batch, dtype=distance.dtype, device=distance.device).index_add(0, b_idx, distance)
     per_example = per_example / n_rows.clamp(min=1)  # [B]
