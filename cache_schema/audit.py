@@ -11,7 +11,8 @@ from collections import Counter
 import numpy as np
 import pyarrow.parquet as pq
 
-from cache_schema import (
+from cache_schema.reader import Cache, open_cache, read_attrs
+from cache_schema.spec import (
     ARRAY_DTYPES,
     ATTR_ANSWERS,
     ATTR_CHECKSUMS,
@@ -48,7 +49,6 @@ from cache_schema import (
     decode_tolerance,
     example_key,
 )
-from cache_schema.reader import Cache, open_cache, read_attrs
 from cache_schema.store import can_list, filesystem, join, list_files, safe_relpath, sha256, storage_errors
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zarr
 
-from cache_schema import (
+from cache_schema.bounded import (
+    check_data_files,
+    check_local_tree,
+    check_rows,
+    examples_text_bound,
+    file_bound,
+    install_codecs,
+    parse_json,
+    read_bounded,
+    shard_bound,
+    shard_files,
+)
+from cache_schema.spec import (
     ALLOWED_CODECS,
     ARRAY_DTYPES,
     ATTR_CHECKSUMS,
@@ -77,18 +89,6 @@ from cache_schema import (
     example_columns,
     ids_width,
     pad_ids,
-)
-from cache_schema.bounded import (
-    check_data_files,
-    check_local_tree,
-    check_rows,
-    examples_text_bound,
-    file_bound,
-    install_codecs,
-    parse_json,
-    read_bounded,
-    shard_bound,
-    shard_files,
 )
 from cache_schema.store import can_list, filesystem, is_local, join, sha256, storage_errors, zarr_store
 

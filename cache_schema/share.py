@@ -16,9 +16,9 @@ import zipfile
 
 from tqdm import tqdm
 
-from cache_schema import ATTR_DIGEST, GROUP_META_FILE, CacheError
 from cache_schema.audit import check_files, listed_files
 from cache_schema.reader import Cache, open_cache, read_attrs
+from cache_schema.spec import ATTR_DIGEST, GROUP_META_FILE, CacheError
 from cache_schema.store import (
     can_list,
     filesystem,

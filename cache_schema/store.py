@@ -16,8 +16,8 @@ import posixpath
 import fsspec
 import zarr
 
-from cache_schema import CacheError
 from cache_schema.bounded import check_zip_members
+from cache_schema.spec import CacheError
 
 # Plain web servers need not list folders: caches there are checked against their checksum list alone.
 _UNLISTABLE = {"http", "https"}
