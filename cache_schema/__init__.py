@@ -86,8 +86,9 @@ checks: rows finite and summing to 1, spans inside their answers, label probabil
 vocabulary (``Cache.read_rows``, ``Cache.read_token_rows``).
 
 Modules: ``spec`` names the format (the constants and encodings above, which this package re-exports); ``store``
-maps a path, zip or URL to files; ``reader`` opens and reads a cache; ``audit`` verifies and describes one;
-``writer`` creates and resumes one; ``share`` copies and packs caches; ``merge`` joins worker parts.
+maps a path, zip or URL to files and checks them against the checksum list; ``reader`` opens and reads a cache;
+``audit`` verifies and describes one; ``writer`` creates and resumes one; ``share`` copies and packs caches;
+``merge`` joins worker parts.
 """
 
 # The public API: the format's names (spec), and the code that reads, checks, writes, moves and merges caches.
