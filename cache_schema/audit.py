@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from cache_schema import (
+from cache_schema.reader import Cache, open_cache, read_attrs
+from cache_schema.spec import (
     ARRAY_DTYPES,
     ATTR_ANSWERS,
-    ATTR_CHECKSUMS,
     ATTR_COMPLETE,
     ATTR_COUNTS,
     ATTR_CREATED,
@@ -48,45 +47,16 @@ from cache_schema import (
     decode_tolerance,
     example_key,
 )
-from cache_schema.reader import Cache, open_cache, read_attrs
-from cache_schema.store import can_list, filesystem, join, list_files, safe_relpath, sha256, storage_errors
+from cache_schema.store import can_list, check_files, filesystem, join, list_files, listed_files, storage_errors
 
 log = logging.getLogger(__name__)
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def listed_files(cache: Cache) -> dict[str, str]:
-    """The cache's checksum list {relative path: sha256}, each path checked to stay inside the cache."""
-    listed = cache.meta.get(ATTR_CHECKSUMS)
-    if not isinstance(listed, dict):
-        raise CacheError(f"{cache.path}/{GROUP_META_FILE}: no checksum list")
-    for rel, digest in listed.items():
-        safe_relpath(rel, f"{cache.path}/{GROUP_META_FILE}")
-        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-            raise CacheError(f"{cache.path}/{GROUP_META_FILE}: checksum of {rel} is not a sha256: {digest!r}")
-    return listed
-
-
-def check_files(fs, root: str, where: str, listed: dict[str, str]) -> None:
-    """Every listed file present with its checksum, and (where the store can list) no file beyond them."""
-    for rel in sorted(listed):
-        if not fs.exists(join(root, rel)):
-            raise CacheError(f"{where}/{rel}: file missing")
-    if can_list(fs):  # plain HTTP cannot list: there the checksum list alone says what a cache holds
-        for rel in list_files(fs, root):
-            if rel != GROUP_META_FILE and rel not in listed:
-                raise CacheError(f"{where}/{rel}: file not listed in the cache's checksums")
-    for rel, digest in sorted(listed.items()):
-        if sha256(fs, join(root, rel)) != digest:
-            raise CacheError(f"{where}/{rel}: checksum mismatch (corrupted or modified)")
 
 
 @storage_errors
 def verify_cache(path: str | os.PathLike) -> dict:
     """Re-check checksums and contents; return a summary, or raise CacheError naming the first problem."""
     cache = open_cache(path)
-    listed = listed_files(cache)
+    listed = listed_files(cache.meta, cache.path)
     check_files(cache.fs, cache.root, cache.path, listed)
     _check_per_task(cache)
     _check_keys(cache)
@@ -311,7 +281,7 @@ def _text_line(meta: dict) -> str:
 
 def _sizes(cache: Cache) -> dict[str, int]:
     """Bytes of each listed file: one listing where the store can list, else one request per file."""
-    listed = listed_files(cache)
+    listed = listed_files(cache.meta, cache.path)
     if can_list(cache.fs):
         prefix = cache.root.rstrip("/") + "/" if cache.root else ""
         found = cache.fs.find(cache.root or "/", withdirs=False, detail=True)

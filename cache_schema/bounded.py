@@ -30,7 +30,7 @@ from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 from zarr.core.buffer.cpu import as_numpy_array_wrapper
 from zarr.registry import register_codec
 
-from cache_schema import (
+from cache_schema.spec import (
     EXAMPLES_FILE,
     GROUP_META_FILE,
     MAX_CHUNK_BYTES,

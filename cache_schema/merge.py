@@ -16,7 +16,8 @@ import re
 import numpy as np
 from tqdm import tqdm
 
-from cache_schema import (
+from cache_schema.reader import Cache, open_cache
+from cache_schema.spec import (
     ATTR_BATCH_EXAMPLES,
     ATTR_COUNTS,
     ATTR_DIGEST,
@@ -39,7 +40,6 @@ from cache_schema import (
     changed_files,
     counts_attrs,
 )
-from cache_schema.reader import Cache, open_cache
 from cache_schema.store import filesystem, join, storage_errors
 from cache_schema.writer import CacheComplete, CacheWriter
 

@@ -31,7 +31,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zarr
 
-from cache_schema import (
+from cache_schema.bounded import (
+    check_data_files,
+    check_local_tree,
+    check_rows,
+    examples_text_bound,
+    file_bound,
+    install_codecs,
+    parse_json,
+    read_bounded,
+    shard_bound,
+    shard_files,
+)
+from cache_schema.spec import (
     ALLOWED_CODECS,
     ARRAY_DTYPES,
     ATTR_CHECKSUMS,
@@ -78,19 +90,17 @@ from cache_schema import (
     ids_width,
     pad_ids,
 )
-from cache_schema.bounded import (
-    check_data_files,
-    check_local_tree,
-    check_rows,
-    examples_text_bound,
-    file_bound,
-    install_codecs,
-    parse_json,
-    read_bounded,
-    shard_bound,
-    shard_files,
+from cache_schema.store import (
+    can_list,
+    check_files,
+    filesystem,
+    is_local,
+    join,
+    listed_files,
+    sha256,
+    storage_errors,
+    zarr_store,
 )
-from cache_schema.store import can_list, filesystem, is_local, join, sha256, storage_errors, zarr_store
 
 install_codecs()
 CHECKSUM_MODES = ("none", "open", "stream")
@@ -333,9 +343,7 @@ def open_cache(path: str | os.PathLike, *, checksums: str = "none") -> Cache:
     _check_tiling(path, table, rows)
     cache = Cache(path, fs, root, arrays, meta, table, shard_rows, checksums)
     if checksums == "open":
-        from cache_schema.audit import check_files, listed_files
-
-        check_files(fs, root, path, listed_files(cache))
+        check_files(fs, root, path, listed_files(meta, path))
     return cache
 
 

@@ -16,16 +16,17 @@ import zipfile
 
 from tqdm import tqdm
 
-from cache_schema import ATTR_DIGEST, GROUP_META_FILE, CacheError
-from cache_schema.audit import check_files, listed_files
 from cache_schema.reader import Cache, open_cache, read_attrs
+from cache_schema.spec import ATTR_DIGEST, GROUP_META_FILE, CacheError
 from cache_schema.store import (
     can_list,
+    check_files,
     filesystem,
     is_local,
     is_zip,
     join,
     list_files,
+    listed_files,
     put_atomic,
     sha256,
     storage_errors,
@@ -42,7 +43,7 @@ def copy_cache(src: str | os.PathLike, dst: str | os.PathLike, *, progress: bool
     if is_zip(dst):
         raise CacheError(f"{dst}: copies go to a directory or URL; use kdpipe cache pack for a zip")
     cache = open_cache(src)
-    listed = listed_files(cache)
+    listed = listed_files(cache.meta, cache.path)
     meta_bytes = cache.fs.cat_file(join(cache.root, GROUP_META_FILE))
     fs, root = filesystem(dst)
     _check_destination(cache, listed, fs, root, dst)
@@ -104,7 +105,7 @@ def pack_cache(src: str | os.PathLike, out: str | os.PathLike, *, progress: bool
     if not out.endswith(".zip") or "://" in out:
         raise CacheError(f"{out}: the packed cache is a local file ending in .zip (push or copy it afterwards)")
     cache = open_cache(src)
-    listed = listed_files(cache)
+    listed = listed_files(cache.meta, cache.path)
     if os.path.lexists(out):
         _check_packed_destination(cache, out)
     partial = out + ".partial"

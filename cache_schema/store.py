@@ -3,7 +3,9 @@
 Every location is a ``(filesystem, root)`` pair and a cache's files are named by paths relative to the root,
 so the same code reads a folder, ``c.zip``, ``s3://bucket/c``, ``gs://bucket/c`` (with gcsfs installed),
 ``memory://c`` or ``https://host/c``. Credentials and endpoints come from the usual environment of each
-filesystem (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ... for s3fs); nothing here stores them.
+filesystem (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ... for s3fs); nothing here stores them. A cache's
+files are what its checksum list names (``listed_files``), checked against what the store holds by ``check_files``
+for the reader, ``verify`` and the copies alike.
 """
 
 from __future__ import annotations
@@ -12,18 +14,20 @@ import functools
 import hashlib
 import os
 import posixpath
+import re
 
 import fsspec
 import zarr
 
-from cache_schema import CacheError
 from cache_schema.bounded import check_zip_members
+from cache_schema.spec import ATTR_CHECKSUMS, GROUP_META_FILE, CacheError
 
 # Plain web servers need not list folders: caches there are checked against their checksum list alone.
 _UNLISTABLE = {"http", "https"}
 # Packages whose exceptions mean "the storage failed" (not all subclass OSError, e.g. botocore's).
 # zipfile's BadZipFile: a truncated or damaged .zip, whose own reader cannot say more.
 _STORAGE_PACKAGES = {"aiobotocore", "aiohttp", "botocore", "fsspec", "gcsfs", "google", "s3fs", "zipfile"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def is_zip(path: str) -> bool:
@@ -97,6 +101,33 @@ def safe_relpath(name: str, where: str) -> str:
     if not name or name.startswith("/") or "\\" in name or ":" in name or any(p in ("", ".", "..") for p in parts):
         raise CacheError(f"{where}: refusing the entry {name!r} (absolute, '..' or not a plain relative path)")
     return name
+
+
+def listed_files(meta: dict, where: str) -> dict[str, str]:
+    """The checksum list {relative path: sha256} in the attributes ``meta`` of the cache at ``where``, each path
+    checked to stay inside the cache."""
+    listed = meta.get(ATTR_CHECKSUMS)
+    if not isinstance(listed, dict):
+        raise CacheError(f"{where}/{GROUP_META_FILE}: no checksum list")
+    for rel, digest in listed.items():
+        safe_relpath(rel, f"{where}/{GROUP_META_FILE}")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise CacheError(f"{where}/{GROUP_META_FILE}: checksum of {rel} is not a sha256: {digest!r}")
+    return listed
+
+
+def check_files(fs: fsspec.AbstractFileSystem, root: str, where: str, listed: dict[str, str]) -> None:
+    """Every listed file present with its checksum, and (where the store can list) no file beyond them."""
+    for rel in sorted(listed):
+        if not fs.exists(join(root, rel)):
+            raise CacheError(f"{where}/{rel}: file missing")
+    if can_list(fs):  # plain HTTP cannot list: there the checksum list alone says what a cache holds
+        for rel in list_files(fs, root):
+            if rel != GROUP_META_FILE and rel not in listed:
+                raise CacheError(f"{where}/{rel}: file not listed in the cache's checksums")
+    for rel, digest in sorted(listed.items()):
+        if sha256(fs, join(root, rel)) != digest:
+            raise CacheError(f"{where}/{rel}: checksum mismatch (corrupted or modified)")
 
 
 def storage_errors(fn):

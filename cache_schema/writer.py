@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
-from cache_schema import (
+from cache_schema.reader import read_json
+from cache_schema.spec import (
     ARRAY_DTYPES,
     ATTR_BATCH_EXAMPLES,
     ATTR_CHECKSUMS,
@@ -67,7 +68,6 @@ from cache_schema import (
     encode_vocab,
     mask_zero_ids,
 )
-from cache_schema.reader import read_json
 from cache_schema.store import can_list, filesystem, is_zip, join, list_files, put_atomic, sha256, zarr_store
 
 _MARKER = re.compile(r"(\d+)-(\d+)\.parquet")
