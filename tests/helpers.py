@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import zarr
 
 import cache_schema as cs
 from pipeline.config import DistillConfig, TeacherCacheConfig, to_dict
+from pipeline.devtools.synthetic_cache import cache_identity, forge_attrs, peaked_rows, write_cache
 from pipeline.student import training
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -75,35 +77,8 @@ def one_line_error(result, match: str) -> None:
 # ---------------------------------------------------------------------------------------------- synthetic caches
 
 
-def peaked_rows(rng: np.random.Generator, n: int, k: int, vocab: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` sorted top-``k`` rows of random peaked softmaxes over ``vocab``, and their tails."""
-    logits = rng.standard_normal((n, vocab)) * 2.0
-    logits[:, 0] += rng.uniform(2, 10, n)
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    top = -np.sort(-p, axis=1)[:, :k].astype(np.float32)
-    return top, (1.0 - top.sum(1, dtype=np.float64)).astype(np.float32)
-
-
-def cache_identity(k: int = 8) -> dict:
-    """Identity attrs of a synthetic cache with top-``k`` rows."""
-    return cs.identity_attrs(
-        teacher={"id": "t"},
-        tokenizer_fingerprint="f",
-        top_k=k,
-        temperature=1.0,
-        answers="gold",
-        eos_token_id=1,
-        mixture={"tasks": {"a": 3}},
-        config={"x": 1},
-    )
-
-
-TEACHER_VOCAB = [b"", *(f"t{i}".encode() for i in range(1, 500))]  # id 0 special (no bytes)
-
-
 def write_known_rows_cache(
-    path: Path,
+    path: str | Path,
     lengths=(3, 1, 5, 2),
     k: int = 8,
     store_ids: bool = False,
@@ -112,59 +87,29 @@ def write_known_rows_cache(
     token_layout: bool = False,
     ids_k: int | None = None,
 ) -> dict:
-    """A small finished cache with placeholder text; returns the rows written (probs, tail, ids, topk, keys...).
+    """A small finished cache with placeholder text (tasks b and a in turn, prompts p0, p1...) in chunks of 4 rows
+    and shards of 8; returns the rows written (probs, tail, ids, topk, keys...).
 
-    ``token_layout``: a v1.1 cache with spans (row j of an example covers byte j of its answer), label
-    probabilities (each row's token is its top-1) and TEACHER_VOCAB.
+    ``token_layout``: a v1.1 cache with spans (row j of an example covers byte j of its answer, one ``x`` a row),
+    label probabilities (each row's token is its top-1) and TEACHER_VOCAB.
     """
-    rng = np.random.default_rng(seed)
-    writer = cs.CacheWriter(
+
+    def text(rng: np.random.Generator, i: int, n: int) -> tuple[str, str, str]:
+        return ("a" if i % 2 else "b"), f"p{i}", ("x" * n if token_layout else "a")
+
+    return write_cache(
         path,
-        cache_identity(k),
-        max_rows=sum(lengths) + 10,
+        lengths,
+        text,
+        seed=seed,
+        k=k,
+        commit_every=commit_every,
         store_ids=store_ids,
         ids_k=ids_k,
+        token_layout=token_layout,
         chunk_rows=4,
         shard_rows=8,
-        vocab=TEACHER_VOCAB if token_layout else None,
     )
-    written = {"probs": [], "tail": [], "ids": [], "topk": [], "keys": [], "spans": [], "label": []}
-    for b in range(0, len(lengths), commit_every):
-        group = lengths[b : b + commit_every]
-        probs, tail = peaked_rows(rng, sum(group), k)
-        ids = rng.integers(0, 500, sum(group)).astype(np.int32)
-        topk = rng.integers(1, 500, (sum(group), k)).astype(np.int32)
-        spans = np.concatenate([np.stack([np.arange(n), np.arange(n) + 1], axis=1) for n in group])
-        label = probs[:, 0].copy()
-        if token_layout:
-            ids = topk[:, 0].copy()
-        records = []
-        for i, n in enumerate(group):
-            task, answer = ("a" if (b + i) % 2 else "b"), ("x" * n if token_layout else "a")
-            records.append(
-                {
-                    "key": cs.example_key(task, 0, f"p{b + i}", answer),
-                    "task": task,
-                    "template_id": 0,
-                    "prompt": f"p{b + i}",
-                    "answer": answer,
-                    "n_rows": n,
-                }
-            )
-        token_rows = {"spans": spans, "label_probs": label} if token_layout else {}
-        writer.commit(b, b + len(group), records, probs, tail, ids, topk if store_ids else None, **token_rows)
-        for key, arr in (
-            ("probs", probs),
-            ("tail", tail),
-            ("ids", ids),
-            ("topk", topk),
-            ("spans", spans),
-            ("label", label),
-        ):
-            written[key].append(arr)
-        written["keys"] += [r["key"] for r in records]
-    writer.finalize(cs.counts_attrs(writer.examples, writer.rows, {}, {}, {}))
-    return {k: (np.concatenate(v) if k != "keys" else v) for k, v in written.items()}
 
 
 # fmt: off
@@ -181,56 +126,28 @@ def write_text_cache(path: Path, n_examples: int = 60, seed: int = 0, finalize: 
     """A synthetic cache a student can train on: word prompts and answers, 1-9 peaked teacher rows each."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, 10, n_examples)
-    identity = cs.identity_attrs(
-        teacher={"id": "synthetic"},
-        tokenizer_fingerprint="f",
-        top_k=TEXT_CACHE_K,
-        temperature=1.0,
-        answers="gold",
-        eos_token_id=1,
-        mixture={"tasks": {"t": n_examples}},
-        config={},
-    )
-    writer = cs.CacheWriter(
+
+    def text(rng: np.random.Generator, i: int, n: int) -> tuple[str, str, str]:
+        prompt = " ".join(rng.choice(TEXT_WORDS, int(rng.integers(3, 12)))) + f" #{i}?"
+        return "t", prompt, " ".join(rng.choice(TEXT_WORDS, n))
+
+    write_cache(
         path,
-        identity,
-        max_rows=int(lengths.sum()),
-        store_ids=False,
+        lengths,
+        text,
+        seed=rng,
+        k=TEXT_CACHE_K,
+        identity=cache_identity(
+            TEXT_CACHE_K, teacher={"id": "synthetic"}, mixture={"tasks": {"t": n_examples}}, config={}
+        ),
+        rows=partial(peaked_rows, vocab=64, peak=4.0),
+        commit_every=10,
+        id_vocab=None,
         chunk_rows=TEXT_CACHE_CHUNK_ROWS,
         shard_rows=4 * TEXT_CACHE_CHUNK_ROWS,
+        finalize=finalize,
     )
-    for b in range(0, n_examples, 10):
-        group = lengths[b : b + 10]
-        logits = rng.standard_normal((int(group.sum()), 64)) * 2
-        logits[:, 0] += 4
-        p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-        top = -np.sort(-p, axis=1)[:, :TEXT_CACHE_K].astype(np.float32)
-        records = [
-            {
-                "key": f"k{b + i}",
-                "task": "t",
-                "template_id": 0,
-                "prompt": " ".join(rng.choice(TEXT_WORDS, int(rng.integers(3, 12)))) + f" #{b + i}?",
-                "answer": " ".join(rng.choice(TEXT_WORDS, int(n))),
-                "n_rows": int(n),
-            }
-            for i, n in enumerate(group)
-        ]
-        writer.commit(
-            b // 10, b // 10 + 1, records, top, (1 - top.sum(1)).astype(np.float32), np.zeros(len(top), np.int32)
-        )
-    if finalize:
-        writer.finalize(cs.counts_attrs(writer.examples, writer.rows, {}, {}, {}))
     return path
-
-
-def forge_attrs(path: Path, **changes) -> None:
-    """Edit attributes the way a forger would: the attrs digest recomputed to match."""
-    group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+")
-    attrs = group.attrs.asdict()
-    attrs.update(changes)
-    attrs[cs.ATTR_DIGEST] = cs.attrs_digest(attrs)
-    group.attrs.put(attrs)
 
 
 def as_older_version(path: Path, version) -> None:

@@ -10,14 +10,8 @@ import pytest
 import zarr
 
 import cache_schema as cs
-from tests.helpers import (
-    as_older_version,
-    cache_identity,
-    edit_array_meta,
-    forge_attrs,
-    peaked_rows,
-    write_known_rows_cache,
-)
+from pipeline.devtools.synthetic_cache import cache_identity, forge_attrs, peaked_rows
+from tests.helpers import as_older_version, edit_array_meta, write_known_rows_cache
 
 
 def test_source_ids_are_stored_null_where_a_record_has_none_and_older_caches_read_without(tmp_path):

@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 import cache_schema as cs
 from pipeline.cli import main
-from tests.helpers import cache_identity, peaked_rows, small_teacher_cache_config, write_known_rows_cache
+from pipeline.devtools.synthetic_cache import cache_identity, peaked_rows
+from tests.helpers import small_teacher_cache_config, write_known_rows_cache
 
 BUCKET = "kdpipe-test"
 

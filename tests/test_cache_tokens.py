@@ -7,15 +7,8 @@ from click.testing import CliRunner
 
 import cache_schema as cs
 from pipeline.cli import main
-from tests.helpers import (
-    TEACHER_VOCAB,
-    as_older_version,
-    cache_identity,
-    edit_array_meta,
-    forge_attrs,
-    peaked_rows,
-    write_known_rows_cache,
-)
+from pipeline.devtools.synthetic_cache import TEACHER_VOCAB, cache_identity, forge_attrs, peaked_rows
+from tests.helpers import as_older_version, edit_array_meta, write_known_rows_cache
 
 
 def _token_writer(path, **overrides) -> cs.CacheWriter:

@@ -19,12 +19,12 @@ from transformers import pipeline as hf_pipeline
 import cache_schema as cs
 from pipeline.cli import main
 from pipeline.config import ConfigError, DistillConfig, TeacherCacheConfig, to_dict
+from pipeline.devtools.synthetic_cache import cache_identity
 from pipeline.student import objective, training
 from stages import distill, teacher_cache
 from tests.conftest import REPO
 from tests.helpers import (
     as_older_version,
-    cache_identity,
     cli_flags,
     one_line_error,
     small_teacher_cache_config,

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 import cache_schema as cs
 from pipeline.cli import main
+from pipeline.devtools.synthetic_cache import TEACHER_VOCAB, forge_attrs
 from tests import hostile
 from tests.test_hostile import assert_one_line, distill_args, message_lines
 
@@ -52,7 +53,7 @@ def distill_startup(valid_tokens, demo_models, tmp_path_factory) -> float:
 
 def test_the_valid_token_cache_verifies(valid_tokens):
     report = cs.verify_cache(valid_tokens)
-    assert report["token_layout"] and report["teacher_vocab"] == len(hostile.TEACHER_VOCAB)
+    assert report["token_layout"] and report["teacher_vocab"] == len(TEACHER_VOCAB)
 
 
 # ---------------------------------------------------------------------------------------------- bounded parsing
@@ -129,14 +130,14 @@ def test_a_forged_layout_with_nan_rows_fails_verify_and_distill_alike(
     cache, demo_models, distill_startup, tmp_path, chunk_rows
 ):
     hostile.make_nan_rows(cache)
-    hostile.forge_attrs(cache, **{cs.ATTR_LAYOUT: {"chunk_rows": chunk_rows, "shard_rows": 4096, "store_ids": False}})
+    forge_attrs(cache, **{cs.ATTR_LAYOUT: {"chunk_rows": chunk_rows, "shard_rows": 4096, "store_ids": False}})
     assert_one_line(hostile.run_bounded("cache", "verify", str(cache)), "layout", "positive integer chunk_rows")
     distilled = hostile.run_bounded(*distill_args(cache, tmp_path / "out", demo_models["student"]))
     assert_one_line(distilled, "layout", "positive integer chunk_rows", startup=distill_startup)
 
 
 def test_a_layout_that_differs_from_the_arrays_is_refused(cache):
-    hostile.forge_attrs(cache, **{cs.ATTR_LAYOUT: {"chunk_rows": 1, "shard_rows": 4096, "store_ids": False}})
+    forge_attrs(cache, **{cs.ATTR_LAYOUT: {"chunk_rows": 1, "shard_rows": 4096, "store_ids": False}})
     assert_one_line(hostile.run_bounded("cache", "verify", str(cache)), "differ from the 4096 and 4096")
 
 
@@ -215,12 +216,12 @@ def _codec_config_a_list(meta: dict) -> None:
 ATTRIBUTE_DAMAGE = {
     "codec-config-a-list": (lambda c: hostile.make_array_meta(c, cs.PROBS, _codec_config_a_list), "configuration"),
     "per-task-a-list": (
-        lambda c: hostile.forge_attrs(c, **{cs.ATTR_COUNTS: {"examples": 1100, "rows": 4400, "per_task": [1]}}),
+        lambda c: forge_attrs(c, **{cs.ATTR_COUNTS: {"examples": 1100, "rows": 4400, "per_task": [1]}}),
         "per-task counts",
     ),
-    "empty-worker-record": (lambda c: hostile.forge_attrs(c, **{cs.ATTR_WORKER: {}}), "worker record"),
+    "empty-worker-record": (lambda c: forge_attrs(c, **{cs.ATTR_WORKER: {}}), "worker record"),
     "worker-count-a-string": (
-        lambda c: hostile.forge_attrs(c, **{cs.ATTR_WORKER: {"index": 0, "count": "2", "plan_batches": 1}}),
+        lambda c: forge_attrs(c, **{cs.ATTR_WORKER: {"index": 0, "count": "2", "plan_batches": 1}}),
         "worker record",
     ),
 }

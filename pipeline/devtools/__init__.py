@@ -1,1 +1,1 @@
-"""Developer tools: the demo models, the GPU check and the benchmark code it runs."""
+"""Developer tools: the demo models, the GPU check and the benchmark code it runs, synthetic caches."""

@@ -21,6 +21,7 @@ import time
 import zipfile
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ import zarr
 
 import cache_schema as cs
 from cache_schema.store import sha256
+from pipeline.devtools.synthetic_cache import cache_identity, peaked_rows, write_cache
 from tests.conftest import REPO
 
 GiB = 1 << 30
@@ -35,9 +37,6 @@ INFLATED = 3 * GiB  # what every bomb inflates to
 
 
 # ---------------------------------------------------------------------------------------------- a valid cache
-
-
-TEACHER_VOCAB = [b"", *(f"t{i}".encode() for i in range(1, 500))]  # id 0 special (no bytes)
 
 
 def write_valid_cache(
@@ -52,49 +51,22 @@ def write_valid_cache(
 
     ``token_layout``: with top-k ids, spans (each row one byte of its answer, the rows past it empty at its end),
     label probabilities (each row's token is its top-1) and TEACHER_VOCAB, as the token-aware losses read them."""
-    rng = np.random.default_rng(0)
-    n = examples * rows_each
-    logits = rng.standard_normal((n, 64)).astype(np.float64) * 2
-    logits[:, 0] += 4
-    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    top = -np.sort(-p, axis=1)[:, :k].astype(np.float32)
-    tail = (1.0 - top.sum(1, dtype=np.float64)).astype(np.float32)
-    records = []
-    for i in range(examples):
-        prompt, answer = f"Is {i} even? Answer yes or no.", "yes" if i % 2 == 0 else "no"
-        key = cs.example_key("demo", 0, prompt, answer)
-        records.append({"key": key, "task": "demo", "template_id": 0, "prompt": prompt, "answer": answer})
-        records[-1]["n_rows"] = rows_each
-    identity = cs.identity_attrs(
-        teacher={"id": "hostile-test"},
-        tokenizer_fingerprint="f",
-        top_k=k,
-        temperature=1.0,
-        answers="gold",
-        eos_token_id=1,
-        mixture={"tasks": {"demo": examples}},
-        config={},
-    )
-    writer = cs.CacheWriter(
+
+    def text(rng: np.random.Generator, i: int, n: int) -> tuple[str, str, str]:
+        return "demo", f"Is {i} even? Answer yes or no.", "yes" if i % 2 == 0 else "no"
+
+    write_cache(
         path,
-        identity,
-        max_rows=n,
+        [rows_each] * examples,
+        text,
+        k=k,
+        identity=cache_identity(k, teacher={"id": "hostile-test"}, mixture={"tasks": {"demo": examples}}, config={}),
+        rows=partial(peaked_rows, vocab=64, peak=4.0),
         store_ids=token_layout,
+        token_layout=token_layout,
         chunk_rows=chunk_rows,
         shard_rows=chunk_rows,
-        vocab=TEACHER_VOCAB if token_layout else None,
     )
-    ids = rng.integers(0, 500, n).astype(np.int32)
-    topk, token_rows = None, {}
-    if token_layout:  # each row's token is its top-1: ids stored, label probability = top-1 probability
-        topk = rng.integers(1, 500, (n, k)).astype(np.int32)
-        ids = topk[:, 0].copy()
-        ends = np.concatenate([np.minimum(np.arange(1, rows_each + 1), len(r["answer"])) for r in records])
-        starts = np.concatenate([[0], ends[:-1]])
-        starts[::rows_each] = 0
-        token_rows = {"spans": np.stack([starts, ends], axis=1), "label_probs": top[:, 0].copy()}
-    writer.commit(0, 1, records, top, tail, ids, topk, **token_rows)
-    writer.finalize(cs.counts_attrs(examples, n, {"demo": {"examples": examples, "rows": n}}, {}, {}))
     return path
 
 
@@ -451,15 +423,6 @@ def make_merge_plan(path: Path, plan_batches: int = 1_500_000) -> None:
     attrs.update(cs.worker_attrs(0, 1, plan_batches))
     attrs[cs.ATTR_BATCH_EXAMPLES] = [examples] + [0] * (plan_batches - 1)
     group.attrs.put(attrs)
-    forge(path)
-
-
-def forge_attrs(path: Path, **changes) -> None:
-    """*Forged*: group attributes changed (a key set to None is removed), checksums and digest made to match."""
-    group = zarr.open_group(zarr.storage.LocalStore(path), mode="r+")
-    attrs = group.attrs.asdict()
-    attrs.update(changes)
-    group.attrs.put({k: v for k, v in attrs.items() if v is not None})
     forge(path)
 
 

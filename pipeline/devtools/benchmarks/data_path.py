@@ -1,7 +1,7 @@
 """Data-path speed: teacher rows decoded and delivered to the training loop, and the loader's memory.
 
 Writes a synthetic cache of ``--rows`` rows (default 1M, k = 64, realistic peaked distributions, the
-default chunk and shard sizes) with ``cache_schema.CacheWriter`` into a temporary directory, then measures
+default chunk and shard sizes) with ``pipeline.devtools.synthetic_cache`` into a temporary directory, then measures
 
 * raw decode: ``Cache.read_rows`` over every chunk, rows/s;
 * delivered: one epoch through ``pipeline.student.cache_stream.BatchStream`` exactly as distill uses it (student
@@ -26,6 +26,7 @@ import psutil
 from transformers import AutoTokenizer
 
 import cache_schema as cs
+from pipeline.devtools import synthetic_cache
 from pipeline.student.cache_stream import BatchStream, StudentEncoder
 from pipeline.text import TextEncoder, TextSpec
 
@@ -59,8 +60,11 @@ WORDS = [
 VOCAB = 32000  # the teacher vocabulary the synthetic distributions are drawn over (FLAN-T5: 32k)
 
 
-def peaked_rows(rng: np.random.Generator, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k sorted rows like a trained LM's: a top token holding most of the mass, a Zipf tail over VOCAB."""
+def zipf_rows(rng: np.random.Generator, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k sorted rows like a trained LM's: a top token holding most of the mass, a Zipf tail over VOCAB.
+
+    Closed form, not a softmax over VOCAB logits (as ``synthetic_cache.peaked_rows`` draws): a million rows of
+    32k logits would not fit in memory."""
     top1 = rng.beta(2.0, 0.6, n)  # mostly confident, sometimes not
     exponent = rng.uniform(1.05, 2.0, n)
     ranks = np.arange(2, k + 1, dtype=np.float64)
@@ -74,38 +78,31 @@ def peaked_rows(rng: np.random.Generator, n: int, k: int) -> tuple[np.ndarray, n
 
 
 def write_synthetic(path: Path, rows: int, k: int, seed: int = 0) -> tuple[int, float]:
+    """A finished cache of about ``rows`` rows (examples of 4-36 rows); the rows written and the seconds taken."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(4, 37, rows // 10)  # mean 20 rows per example
     lengths = lengths[: np.searchsorted(np.cumsum(lengths), rows) + 1]
-    identity = cs.identity_attrs(
-        teacher={"id": "synthetic"},
-        tokenizer_fingerprint="-",
-        top_k=k,
-        temperature=1.0,
-        answers="gold",
-        eos_token_id=1,
-        mixture={"synthetic": rows},
-        config={},
+
+    def text(rng: np.random.Generator, i: int, n: int) -> tuple[str, str, str]:
+        return "synthetic", " ".join(rng.choice(WORDS, int(rng.integers(20, 80)))), " ".join(rng.choice(WORDS, n - 1))
+
+    identity = synthetic_cache.cache_identity(
+        k, teacher={"id": "synthetic"}, tokenizer_fingerprint="-", mixture={"synthetic": rows}, config={}
     )
-    writer = cs.CacheWriter(path, identity, max_rows=int(lengths.sum()), store_ids=False)
-    start, batch = time.perf_counter(), 2000
-    for b in range(0, len(lengths), batch):
-        group = lengths[b : b + batch]
-        probs, tail = peaked_rows(rng, int(group.sum()), k)
-        records = [
-            {
-                "key": f"k{b + i}",
-                "task": "synthetic",
-                "template_id": 0,
-                "prompt": " ".join(rng.choice(WORDS, int(rng.integers(20, 80)))),
-                "answer": " ".join(rng.choice(WORDS, int(n) - 1)),
-                "n_rows": int(n),
-            }
-            for i, n in enumerate(group)
-        ]
-        writer.commit(b // batch, b // batch + 1, records, probs, tail, rng.integers(0, VOCAB, len(tail)))
-    writer.finalize(cs.counts_attrs(writer.examples, writer.rows, {}, {}, {}))
-    return writer.rows, time.perf_counter() - start
+    start = time.perf_counter()
+    synthetic_cache.write_cache(
+        path,
+        lengths,
+        text,
+        seed=rng,
+        k=k,
+        identity=identity,
+        rows=zipf_rows,
+        commit_every=2000,
+        id_vocab=VOCAB,
+        keep_rows=False,  # a million rows held would weigh on the RSS this benchmark reports
+    )
+    return int(lengths.sum()), time.perf_counter() - start
 
 
 def rss_mib() -> float:
