@@ -20,7 +20,7 @@ STAGE_PREREQ := setup
 endif
 # The demo prints the same table on any x86-64 machine: float results depend on the torch thread count and on
 # the CPU kernels (AVX-512 or AVX2, in torch and in MKL), so the demo targets pin both.
-DEMO_TARGETS := models teacher-cache transfer-cache distill finetune eval demo demo-ft demo-regime1 demo-regime2 \
+DEMO_TARGETS := models teacher-cache transfer-cache transfer-cache-large demo-long distill finetune eval demo demo-ft demo-regime1 demo-regime2 \
 	demo-tune demo-seeds
 $(DEMO_TARGETS): export OMP_NUM_THREADS := 1
 $(DEMO_TARGETS): export MKL_NUM_THREADS := 1
@@ -30,7 +30,7 @@ $(DEMO_TARGETS): export MKL_CBWR := AVX2
 REAL_TEACHER := models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 REAL_RUNS ?= runs/real-teacher
 
-.PHONY: setup setup-core models demo demo-ft demo-regime1 demo-regime2 demo-tune demo-seeds transfer-cache teacher-cache distill finetune eval test test-fast lint gpu-check real-teacher clean
+.PHONY: setup setup-core models demo demo-ft demo-regime1 demo-regime2 demo-tune demo-seeds demo-long transfer-cache transfer-cache-large teacher-cache distill finetune eval test test-fast lint gpu-check real-teacher clean
 
 # What the demo runs on: kdpipe and its core dependencies.
 $(VENV)/.installed-core: pyproject.toml
@@ -128,6 +128,21 @@ demo-tune: teacher-cache transfer-cache
 demo-seeds: teacher-cache transfer-cache
 	$(PROTOCOL) seeds --labelled $(RUNS)/cache --transfer $(RUNS)/cache-transfer --seeds $(SEEDS) \
 		--out $(RUNS)/protocol
+
+# The step-budget diagnostic (docs/results.md, "The step budget"): FT, uld, seqkd and seqkd-uld at 7,680 steps (16x
+# the main grid's), the transfer arms on a larger transfer set (2,560 prompts per task, answered by the teacher);
+# the same tune-then-seeds protocol, writing its choices into benchmarks/demo_arms_7680.yaml. About an hour on 2 cores.
+TRANSFER_LARGE := $(RUNS)/transfer-2560/demo-transfer-2560.jsonl
+transfer-cache-large: models
+	$(PY) benchmarks/demo_transfer.py --per-task 2560 --out $(TRANSFER_LARGE)
+	$(KDPIPE) teacher-cache --config $(DEMO_CONFIG) --tasks $(TRANSFER_LARGE)=20000 --answers teacher \
+		--answer-overflow cut --out $(RUNS)/cache-transfer-2560
+
+LONG := --arms benchmarks/demo_arms_7680.yaml --labelled $(RUNS)/cache --transfer $(RUNS)/cache-transfer-2560 \
+	--out $(RUNS)/protocol-7680
+demo-long: teacher-cache transfer-cache-large
+	$(PROTOCOL) tune $(LONG) --write benchmarks/demo_arms_7680.yaml
+	$(PROTOCOL) seeds $(LONG) --seeds $(SEEDS)
 
 # Everything, as CI runs it. The real-teacher test needs the GGUF file: without PyPI it skips (and says why).
 test: models setup

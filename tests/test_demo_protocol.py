@@ -84,3 +84,28 @@ def test_tune_picks_on_dev_and_seeds_reports_paired_differences_on_the_held_out_
         for name, run in ((n, out / "runs" / f"{n}-lr{written['arms'][n]['lr']:g}-seed1") for n in ("ft", "seqkd"))
     }
     assert ids["ft"] == ids["seqkd"] and len(ids["ft"]) == 4
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "benchmarks").glob("demo_arms*.yaml")), ids=lambda p: p.name)
+def test_every_arms_file_reads_and_holds_its_choices_from_its_own_grid(path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from demo_protocol import read_arms
+
+    arms = read_arms(path)
+    assert isinstance(arms["steps"], int) and arms["steps"] > 0 and arms["dev_split"] != arms["report_split"]
+    for name, arm in arms["arms"].items():
+        assert arm["lr"] in arms["lr_grid"], name
+    assert set(arms["headline"].values()) <= set(arms["arms"])
+
+
+def test_demo_transfer_writes_the_larger_set_as_the_build_draws_it(tmp_path):
+    out = tmp_path / "t.jsonl"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/demo_transfer.py", "--per-task", "3", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [r["id"] for r in builder.transfer_prompts(3)]
+    assert len(rows) == 3 * 6 and all(set(r) == {"id", "prompt"} for r in rows)
+    assert "18 prompts (demo_yesno 3," in done.stdout
