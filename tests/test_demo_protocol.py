@@ -4,10 +4,12 @@ labelled cache, sequence-level KD on a transfer cache the teacher answered), two
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
+import cache_schema
 from pipeline.devtools import demo_models as builder
 from stages import teacher_cache
 from tests.conftest import REPO
@@ -109,3 +111,34 @@ def test_demo_transfer_writes_the_larger_set_as_the_build_draws_it(tmp_path):
     assert [r["id"] for r in rows] == [r["id"] for r in builder.transfer_prompts(3)]
     assert len(rows) == 3 * 6 and all(set(r) == {"id", "prompt"} for r in rows)
     assert "18 prompts (demo_yesno 3," in done.stdout
+
+
+def test_demo_mixed_writes_the_labelled_examples_with_gold_answers_then_the_teacher_answered_prompts(tmp_path):
+    from pipeline.devtools.synthetic_cache import forge_attrs
+    from tests.helpers import write_text_cache
+
+    gold, taught = write_text_cache(tmp_path / "gold", 12), write_text_cache(tmp_path / "taught", 9, seed=1)
+    forge_attrs(taught, answers="teacher")
+    out = tmp_path / "mixed.jsonl"
+
+    def mixed(labelled: Path, transfer: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "benchmarks/demo_mixed.py", "--labelled", str(labelled), "--transfer", str(transfer),
+             "--out", str(out)],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    done = mixed(gold, taught)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = [
+        (f"labelled/{e['task']}/{e['source_id'] or e['key']}", e["prompt"], e["answer"])
+        for e in cache_schema.open_cache(gold).examples.to_pylist()
+    ] + [
+        (e["source_id"] or e["key"], e["prompt"], e["answer"])
+        for e in cache_schema.open_cache(taught).examples.to_pylist()
+    ]
+    assert [(r["id"], r["prompt"], r["answer"]) for r in lines] == expected and len(lines) == 21
+    refused = mixed(taught, gold)  # the caches the wrong way round
+    assert refused.returncode == 2 and "must hold gold answers" in refused.stderr
+    assert "Traceback" not in refused.stderr
