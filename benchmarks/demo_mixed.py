@@ -25,6 +25,7 @@ import click
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cache_schema  # noqa: E402
+from pipeline.atomic import write_atomic  # noqa: E402
 
 
 def mixed_lines(labelled: str, transfer: str) -> list[dict]:
@@ -59,8 +60,7 @@ def main(labelled: str, transfer: str, out: str) -> None:
     except cache_schema.CacheError as e:
         raise click.UsageError(str(e)) from None
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines), encoding="utf-8")
+    write_atomic(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
     counts = Counter(line["id"].split("/")[0] for line in lines)
     click.echo(f"{path}: {len(lines)} lines (" + ", ".join(f"{t} {n}" for t, n in counts.items()) + ")")
 
