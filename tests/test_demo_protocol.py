@@ -142,3 +142,49 @@ def test_demo_mixed_writes_the_labelled_examples_with_gold_answers_then_the_teac
     refused = mixed(taught, gold)  # the caches the wrong way round
     assert refused.returncode == 2 and "must hold gold answers" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_demo_copying_recurring_documents_repeat_a_small_pool_of_world_facts():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from demo_copying import FACT_END, recurring_text
+
+    from pipeline.tasks.demo import world_text
+
+    facts = {f for doc in world_text(0, 400) for f in FACT_END.split(doc)}
+    avoided = next(iter(facts))
+    docs = recurring_text(0, 200, frozenset({avoided}))
+    assert len(docs) == 200
+    for doc in docs:
+        said = FACT_END.split(doc)
+        assert 4 <= len(said) <= 10 and len(set(said)) <= 4 and set(said) <= facts and avoided not in said
+    assert sum(len(set(FACT_END.split(d))) < len(FACT_END.split(d)) for d in docs) >= 180  # nearly every one repeats
+
+
+def test_demo_copying_refuses_a_missing_student_in_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "benchmarks/demo_copying.py", "pretrain", "--docs", "world", "--steps", "1",
+         "--student", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and "no demo student there" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_demo_copying_prefix_pairs_cut_a_recurring_document_between_facts():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from demo_copying import FACT_END, prefix_pairs
+
+    held = builder.pretraining_avoid()
+    pairs = prefix_pairs(0, 50)
+    assert len(pairs) == 50
+    for source, target in pairs:
+        before, after = FACT_END.split(source), FACT_END.split(target)
+        assert before and 1 <= len(after) <= 2 and not (set(before) | set(after)) & held
+
+
+def test_demo_copying_refuses_a_missing_teacher_in_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "benchmarks/demo_copying.py", "teacher", "--pretrain-steps", "0", "--steps", "1",
+         "--teacher", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and "no demo teacher there" in done.stderr and "Traceback" not in done.stderr

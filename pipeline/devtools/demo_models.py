@@ -250,9 +250,13 @@ def write_transfer(path: Path, per_task: int = TRANSFER_PER_TASK) -> Path:
 def pretraining_text(seed: int, n: int = PRETRAIN_DOCS) -> list[str]:
     """The student's pretraining corpus: ``world_text`` documents, none of whose facts is an input or an answer
     of the first ``EVAL_HELD`` records of an eval split (the facts are the world's, the examples are not)."""
+    return world_text(seed, n, pretraining_avoid())
+
+
+def pretraining_avoid() -> frozenset[str]:
+    """Every input and answer of the first ``EVAL_HELD`` records of each eval split: no pretraining fact is one."""
     records = [r for name in DEMO_MIXTURE for r in eval_records(get_task(name))]
-    avoid = frozenset(t for r in records for t in (*r.fields.values(), *r.targets))
-    return world_text(seed, n, avoid)
+    return frozenset(t for r in records for t in (*r.fields.values(), *r.targets))
 
 
 def _pretrain_student(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, seed: int, steps: int) -> dict:

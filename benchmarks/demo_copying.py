@@ -1,0 +1,160 @@
+"""Does the demo student copy from its context, as a pretrained LM does? And a student pretrained so it does.
+
+A pretrained GPT-2 predicts a passage it has just read almost for free the second time (induction heads form
+early in pretraining on real text, which repeats itself). ``measure`` prints, for each model, the mean next-token
+loss on 64 world-text documents (``pipeline.tasks.demo.world_text``, seed 99, first 40 tokens) read once and read
+again right after: a model that copies from its context has a far lower loss on the second reading.
+
+``pretrain`` builds a diagnostic student like the demo's (same tokenizer, architecture, initial weights, batch, peak
+rate and schedule: ``pipeline.devtools.demo_models._pretrain_student``) on one of two corpora:
+``world`` (the build's own ``pretraining_text``: the facts of each document drawn independently, so nothing in a
+document helps predict the rest of it) or ``recurring`` (each document a pool of 2-4 of those facts, written 4-10
+times in a random order, so a topic comes back as it does in real text and copying pays).
+
+    python benchmarks/demo_copying.py pretrain --docs recurring --steps 1200 --out runs/demo/student-recurring-1200
+    python benchmarks/demo_copying.py measure models/tiny-gpt2-student runs/demo/student-recurring-1200
+
+``teacher`` builds a diagnostic teacher like the demo's (same tokenizer, architecture, initial weights and task
+training: ``pipeline.devtools.demo_models._finetune_teacher``, ``TEACHER_STEPS`` steps), pretrained first, as T5 was
+before FLAN tuned it, for ``--pretrain-steps`` steps on the recurring documents with T5's prefix-LM objective: the
+encoder reads a document's first facts, the decoder writes the next one or two.
+
+    python benchmarks/demo_copying.py teacher --pretrain-steps 400 --out runs/demo/teacher-recurring-400
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import sys
+from pathlib import Path
+
+import click
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.devtools import demo_models  # noqa: E402
+from pipeline.tasks.demo import world_text  # noqa: E402
+
+STUDENT = "models/tiny-gpt2-student"
+TEACHER = "models/tiny-t5-teacher"
+FACT_END = re.compile(r"(?<=\.) (?!It )")  # between facts ("lives near" is two sentences, the second "It eats")
+
+
+def recurring_text(seed: int, n: int, avoid: frozenset[str] = frozenset()) -> list[str]:
+    """``n`` documents, each 4-10 facts drawn with replacement from a pool of 2-4 facts of ``world_text``."""
+    facts = [f for doc in world_text(seed, 2 * n, avoid) for f in FACT_END.split(doc)]
+    r = random.Random(f"recurring:{seed}")
+    docs = []
+    for _ in range(n):
+        pool = r.sample(facts, r.randint(2, 4))
+        docs.append(" ".join(r.choice(pool) for _ in range(r.randint(4, 10))))
+    return docs
+
+
+@click.group()
+def main() -> None:
+    """Copying from context in the demo students."""
+
+
+@main.command()
+@click.option("--docs", type=click.Choice(["world", "recurring"]), required=True, help="The pretraining corpus.")
+@click.option("--steps", type=click.IntRange(1), default=demo_models.PRETRAIN_STEPS, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--student", default=STUDENT, show_default=True, help="The demo student whose tokenizer it takes.")
+def pretrain(docs: str, steps: int, out: str, student: str) -> None:
+    """Pretrain a demo student on DOCS for STEPS steps into OUT."""
+    from transformers import AutoTokenizer, GenerationConfig, GPT2LMHeadModel
+
+    try:
+        tok = AutoTokenizer.from_pretrained(student)
+    except OSError as e:
+        raise click.UsageError(f"{student}: no demo student there (make models builds it): {e}") from None
+    if docs == "recurring":
+        demo_models.world_text = recurring_text  # what pretraining_text draws its documents from
+    with demo_models.deterministic():
+        torch.manual_seed(1)  # the build's seed + 1: the demo student's initial weights
+        model = GPT2LMHeadModel(demo_models._student_config(len(tok), tok.eos_token_id))
+        info = demo_models._pretrain_student(model, tok, 0, steps)
+    eos = tok.eos_token_id
+    model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (Path(out) / "pretraining.json").write_text(json.dumps({"docs": docs, **info}) + "\n")
+    click.echo(json.dumps({"docs": docs, **info}))
+
+
+def prefix_pairs(seed: int, n: int) -> list[tuple[str, str]]:
+    """T5's prefix-LM examples from ``n`` recurring documents: (the facts before a cut, the one or two after it)."""
+    r = random.Random(f"prefix:{seed}")
+    pairs = []
+    for doc in recurring_text(seed, n, demo_models.pretraining_avoid()):
+        facts = FACT_END.split(doc)
+        cut = r.randint(1, len(facts) - 1)
+        pairs.append((" ".join(facts[:cut]), " ".join(facts[cut : cut + r.randint(1, 2)])))
+    return pairs
+
+
+@main.command()
+@click.option("--pretrain-steps", type=click.IntRange(0), default=400, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=demo_models.TEACHER_STEPS, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--teacher", default=TEACHER, show_default=True, help="The demo teacher whose tokenizer it takes.")
+def teacher(pretrain_steps: int, steps: int, out: str, teacher: str) -> None:
+    """Pretrain a demo teacher (prefix LM, recurring documents), then train it on its tasks as the build does
+    (``--steps``: the build's ``TEACHER_STEPS`` unless told)."""
+    from transformers import AutoTokenizer, GenerationConfig, T5ForConditionalGeneration
+
+    try:
+        tok = AutoTokenizer.from_pretrained(teacher)
+    except OSError as e:
+        raise click.UsageError(f"{teacher}: no demo teacher there (make models builds it): {e}") from None
+    tasks = demo_models.teacher_examples
+    with demo_models.deterministic():
+        torch.manual_seed(0)  # the build's seed: the demo teacher's initial weights
+        model = T5ForConditionalGeneration(demo_models.teacher_config(tok))
+        demo_models.untie_head(model)
+        pretraining = {"steps": 0}
+        if pretrain_steps:
+            demo_models.teacher_examples = lambda seed: prefix_pairs(seed, demo_models.PRETRAIN_DOCS)
+            try:
+                pretraining = demo_models._finetune_teacher(model, tok, 0, pretrain_steps)
+            finally:
+                demo_models.teacher_examples = tasks
+        training = demo_models._finetune_teacher(model, tok, 0, steps)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    info = {"pretraining": pretraining, "training": training}
+    (Path(out) / "training.json").write_text(json.dumps(info) + "\n")
+    click.echo(json.dumps(info))
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True)
+def measure(models: tuple[str, ...]) -> None:
+    """Mean loss (nats/token) on world text read once and read again, for each of MODELS."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    docs = world_text(99, 64)
+    click.echo("| model | read once | read again |\n|:--|--:|--:|")
+    for path in models:
+        model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+        once = again = 0.0
+        for doc in docs:
+            x = tok(doc)["input_ids"][:40]
+            ids = torch.tensor([[tok.eos_token_id, *x, *x]])  # [1, 1 + 2L]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)  # [2L, V]
+            nll = -logp.gather(-1, ids[0, 1:, None])[:, 0]  # [2L]: position i predicts token i + 1
+            once += nll[: len(x)].mean().item()
+            again += nll[len(x) + 2 :].mean().item()  # the second reading, past its first two tokens
+        click.echo(f"| {path} | {once / len(docs):.2f} | {again / len(docs):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
