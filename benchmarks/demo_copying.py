@@ -100,9 +100,10 @@ def prefix_pairs(seed: int, n: int) -> list[tuple[str, str]]:
 @main.command()
 @click.option("--pretrain-steps", type=click.IntRange(0), default=400, show_default=True)
 @click.option("--steps", type=click.IntRange(1), default=demo_models.TEACHER_STEPS, show_default=True)
+@click.option("--layers", type=click.IntRange(1), default=None, help="Encoder and decoder layers (the build's: 2).")
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--teacher", default=TEACHER, show_default=True, help="The demo teacher whose tokenizer it takes.")
-def teacher(pretrain_steps: int, steps: int, out: str, teacher: str) -> None:
+def teacher(pretrain_steps: int, steps: int, layers: int | None, out: str, teacher: str) -> None:
     """Pretrain a demo teacher (prefix LM, recurring documents), then train it on its tasks as the build does
     (``--steps``: the build's ``TEACHER_STEPS`` unless told)."""
     from transformers import AutoTokenizer, GenerationConfig, T5ForConditionalGeneration
@@ -114,7 +115,10 @@ def teacher(pretrain_steps: int, steps: int, out: str, teacher: str) -> None:
     tasks = demo_models.teacher_examples
     with demo_models.deterministic():
         torch.manual_seed(0)  # the build's seed: the demo teacher's initial weights
-        model = T5ForConditionalGeneration(demo_models.teacher_config(tok))
+        config = demo_models.teacher_config(tok)
+        if layers is not None:
+            config.num_layers = config.num_decoder_layers = layers
+        model = T5ForConditionalGeneration(config)
         demo_models.untie_head(model)
         pretraining = {"steps": 0}
         if pretrain_steps:
