@@ -20,6 +20,11 @@ before FLAN tuned it, for ``--pretrain-steps`` steps on the recurring documents 
 encoder reads a document's first facts, the decoder writes the next one or two.
 
     python benchmarks/demo_copying.py teacher --pretrain-steps 400 --out runs/demo/teacher-recurring-400
+
+``binding`` prints a teacher's greedy exact match on the first QA examples of its own training set: whether it fits
+which place goes with which animal on examples it trained on (chance: one in three).
+
+    python benchmarks/demo_copying.py binding models/tiny-t5-teacher
 """
 
 from __future__ import annotations
@@ -136,6 +141,29 @@ def teacher(pretrain_steps: int, steps: int, layers: int | None, out: str, teach
     info = {"pretraining": pretraining, "training": training}
     (Path(out) / "training.json").write_text(json.dumps(info) + "\n")
     click.echo(json.dumps(info))
+
+
+@main.command()
+@click.argument("teachers", nargs=-1, required=True)
+@click.option("--examples", type=click.IntRange(1), default=200, show_default=True)
+def binding(teachers: tuple[str, ...], examples: int) -> None:
+    """Greedy exact match of each of TEACHERS on the first EXAMPLES QA examples of the build's teacher set."""
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    from pipeline.text import TextEncoder
+
+    pairs = [(p, a) for p, a in demo_models.teacher_examples(0) if "Where does the" in p][:examples]
+    click.echo("| teacher | right | of |\n|:--|--:|--:|")
+    for path in teachers:
+        tok, model = AutoTokenizer.from_pretrained(path), T5ForConditionalGeneration.from_pretrained(path).eval()
+        text = TextEncoder(tok, demo_models.TEACHER_SPEC)
+        right = 0
+        for prompt, answer in pairs:
+            ids = torch.tensor([text.encode(prompt, answer).prompt_ids])  # [1, S]: the ids it trained on
+            with torch.no_grad():
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=16)
+            right += tok.decode(out[0], skip_special_tokens=True).strip() == answer.strip()
+        click.echo(f"| {path} | {right} | {len(pairs)} |")
 
 
 @main.command()

@@ -184,3 +184,13 @@ def test_demo_copying_refuses_a_missing_model_in_one_line(tmp_path, command, mod
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 2 and f"no demo {model} there" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_demo_copying_binding_scores_the_teacher_on_its_own_qa_examples(demo_models):
+    done = subprocess.run(
+        [sys.executable, "benchmarks/demo_copying.py", "binding", str(demo_models["teacher"]), "--examples", "3"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = done.stdout.strip().splitlines()[-1].split("|")
+    assert row[1].strip() == str(demo_models["teacher"]) and row[3].strip() == "3" and 0 <= int(row[2]) <= 3
