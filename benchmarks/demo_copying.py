@@ -22,7 +22,7 @@ encoder reads a document's first facts, the decoder writes the next one or two.
     python benchmarks/demo_copying.py teacher --pretrain-steps 400 --out runs/demo/teacher-recurring-400
 
 ``binding`` prints a teacher's greedy exact match on the first QA examples of its own training set: whether it fits
-which place goes with which animal on examples it trained on (chance: one in three).
+which place goes with which animal on the examples it is trained from (chance: one in three).
 
     python benchmarks/demo_copying.py binding models/tiny-t5-teacher
 """
