@@ -59,6 +59,14 @@ def recurring_text(seed: int, n: int, avoid: frozenset[str] = frozenset()) -> li
     return docs
 
 
+def _load(loader, path: str, what: str):
+    """``loader.from_pretrained(path)``, or a one-line usage error naming ``what`` should be there."""
+    try:
+        return loader.from_pretrained(path)
+    except OSError as e:
+        raise click.UsageError(f"{path}: no {what} there (make models builds the demo's): {e}") from None
+
+
 @click.group()
 def main() -> None:
     """Copying from context in the demo students."""
@@ -73,16 +81,14 @@ def pretrain(docs: str, steps: int, out: str, student: str) -> None:
     """Pretrain a demo student on DOCS for STEPS steps into OUT."""
     from transformers import AutoTokenizer, GenerationConfig, GPT2LMHeadModel
 
-    try:
-        tok = AutoTokenizer.from_pretrained(student)
-    except OSError as e:
-        raise click.UsageError(f"{student}: no demo student there (make models builds it): {e}") from None
-    if docs == "recurring":
-        demo_models.world_text = recurring_text  # what pretraining_text draws its documents from
+    tok = _load(AutoTokenizer, student, "demo student")
+    corpus = (
+        recurring_text(0, demo_models.PRETRAIN_DOCS, demo_models.pretraining_avoid()) if docs == "recurring" else None
+    )
     with demo_models.deterministic():
         torch.manual_seed(1)  # the build's seed + 1: the demo student's initial weights
         model = GPT2LMHeadModel(demo_models._student_config(len(tok), tok.eos_token_id))
-        info = demo_models._pretrain_student(model, tok, 0, steps)
+        info = demo_models._pretrain_student(model, tok, 0, steps, corpus)  # None: the build's pretraining_text
     eos = tok.eos_token_id
     model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
     model.save_pretrained(out)
@@ -113,11 +119,7 @@ def teacher(pretrain_steps: int, steps: int, layers: int | None, out: str, teach
     (``--steps``: the build's ``TEACHER_STEPS`` unless told)."""
     from transformers import AutoTokenizer, GenerationConfig, T5ForConditionalGeneration
 
-    try:
-        tok = AutoTokenizer.from_pretrained(teacher)
-    except OSError as e:
-        raise click.UsageError(f"{teacher}: no demo teacher there (make models builds it): {e}") from None
-    tasks = demo_models.teacher_examples
+    tok = _load(AutoTokenizer, teacher, "demo teacher")
     with demo_models.deterministic():
         torch.manual_seed(0)  # the build's seed: the demo teacher's initial weights
         config = demo_models.teacher_config(tok)
@@ -127,11 +129,8 @@ def teacher(pretrain_steps: int, steps: int, layers: int | None, out: str, teach
         demo_models.untie_head(model)
         pretraining = {"steps": 0}
         if pretrain_steps:
-            demo_models.teacher_examples = lambda seed: prefix_pairs(seed, demo_models.PRETRAIN_DOCS)
-            try:
-                pretraining = demo_models._finetune_teacher(model, tok, 0, pretrain_steps)
-            finally:
-                demo_models.teacher_examples = tasks
+            pairs = prefix_pairs(0, demo_models.PRETRAIN_DOCS)
+            pretraining = demo_models._finetune_teacher(model, tok, 0, pretrain_steps, pairs)
         training = demo_models._finetune_teacher(model, tok, 0, steps)
     model.generation_config = GenerationConfig(
         decoder_start_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
@@ -155,15 +154,16 @@ def binding(teachers: tuple[str, ...], examples: int) -> None:
     pairs = [(p, a) for p, a in demo_models.teacher_examples(0) if "Where does the" in p][:examples]
     click.echo("| teacher | right | of |\n|:--|--:|--:|")
     for path in teachers:
-        tok, model = AutoTokenizer.from_pretrained(path), T5ForConditionalGeneration.from_pretrained(path).eval()
+        tok, model = _load(AutoTokenizer, path, "teacher"), _load(T5ForConditionalGeneration, path, "teacher").eval()
         text = TextEncoder(tok, demo_models.TEACHER_SPEC)
         right = 0
-        for prompt, answer in pairs:
-            ids = torch.tensor([text.encode(prompt, answer).prompt_ids])  # [1, S]: the ids it trained on
+        encoded = [(e, answer) for prompt, answer in pairs if (e := text.encode(prompt, answer)) is not None]
+        for e, answer in encoded:
+            ids = torch.tensor([e.prompt_ids])  # [1, S]: the ids it trains on (what _finetune_teacher keeps)
             with torch.no_grad():
                 out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=16)
             right += tok.decode(out[0], skip_special_tokens=True).strip() == answer.strip()
-        click.echo(f"| {path} | {right} | {len(pairs)} |")
+        click.echo(f"| {path} | {right} | {len(encoded)} |")
 
 
 @main.command()
@@ -175,7 +175,7 @@ def measure(models: tuple[str, ...]) -> None:
     docs = world_text(99, 64)
     click.echo("| model | read once | read again |\n|:--|--:|--:|")
     for path in models:
-        model, tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+        model, tok = _load(AutoModelForCausalLM, path, "causal LM").eval(), _load(AutoTokenizer, path, "causal LM")
         once = again = 0.0
         for doc in docs:
             x = tok(doc)["input_ids"][:40]

@@ -259,11 +259,14 @@ def pretraining_avoid() -> frozenset[str]:
     return frozenset(t for r in records for t in (*r.fields.values(), *r.targets))
 
 
-def _pretrain_student(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, seed: int, steps: int) -> dict:
-    """Next-token CE on ``pretraining_text``, BOS first as the student's text contract has it, for a fixed number
-    of steps: the demo's miniature of the pretrained GPT-2 the seed distils into."""
+def _pretrain_student(
+    model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, seed: int, steps: int, docs: list[str] | None = None
+) -> dict:
+    """Next-token CE on ``docs`` (``pretraining_text`` unless given), BOS first as the student's text contract has
+    it, for a fixed number of steps: the demo's miniature of the pretrained GPT-2 the seed distils into."""
     bos = [] if tok.bos_token_id is None else [tok.bos_token_id]  # the teacher's tokenizer has none, like T5's
-    ids = [[*bos, *tok(doc)["input_ids"]][:PRETRAIN_TOKENS] for doc in pretraining_text(seed)]
+    docs = pretraining_text(seed) if docs is None else docs
+    ids = [[*bos, *tok(doc)["input_ids"]][:PRETRAIN_TOKENS] for doc in docs]
 
     def inputs(batch: list[list[int]]) -> dict:
         width = max(len(x) for x in batch)
@@ -312,10 +315,17 @@ def _lr(step: int, steps: int, peak: float) -> float:
     return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def _finetune_teacher(model: T5ForConditionalGeneration, tok: PreTrainedTokenizerFast, seed: int, steps: int) -> dict:
-    """Teacher-forced CE on the teacher's own examples for a fixed number of steps (so the build is deterministic)."""
+def _finetune_teacher(
+    model: T5ForConditionalGeneration,
+    tok: PreTrainedTokenizerFast,
+    seed: int,
+    steps: int,
+    pairs: list[tuple[str, str]] | None = None,
+) -> dict:
+    """Teacher-forced CE on (prompt, answer) ``pairs``, the teacher's own examples unless given, for a fixed number
+    of steps (so the build is deterministic)."""
     text = TextEncoder(tok, TEACHER_SPEC)
-    pairs = teacher_examples(seed)
+    pairs = teacher_examples(seed) if pairs is None else pairs
     encoded = [e for e in (text.encode(p, a) for p, a in pairs) if e is not None]
 
     def inputs(batch: list) -> dict:
