@@ -30,6 +30,7 @@ which place goes with which animal on the examples it is trained from (chance: o
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import sys
@@ -142,6 +143,28 @@ def teacher(pretrain_steps: int, steps: int, layers: int | None, out: str, teach
     click.echo(json.dumps(info))
 
 
+def _exact_match(model, tok, pairs: list[tuple[str, str]]) -> tuple[int, int]:
+    """(right, of): greedy answers equal to the gold ones, over the pairs the teacher's encoder keeps."""
+    from pipeline.text import TextEncoder
+
+    text = TextEncoder(tok, demo_models.TEACHER_SPEC)
+    right = 0
+    encoded = [(e, answer) for prompt, answer in pairs if (e := text.encode(prompt, answer)) is not None]
+    for e, answer in encoded:
+        ids = torch.tensor([e.prompt_ids])  # [1, S]: the ids it trains on (what _finetune_teacher keeps)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=16,
+                decoder_start_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
+        right += tok.decode(out[0], skip_special_tokens=True).strip() == answer.strip()
+    return right, len(encoded)
+
+
 @main.command()
 @click.argument("teachers", nargs=-1, required=True)
 @click.option("--examples", type=click.IntRange(1), default=200, show_default=True)
@@ -149,21 +172,124 @@ def binding(teachers: tuple[str, ...], examples: int) -> None:
     """Greedy exact match of each of TEACHERS on the first EXAMPLES QA examples of the build's teacher set."""
     from transformers import AutoTokenizer, T5ForConditionalGeneration
 
-    from pipeline.text import TextEncoder
-
     pairs = [(p, a) for p, a in demo_models.teacher_examples(0) if "Where does the" in p][:examples]
     click.echo("| teacher | right | of |\n|:--|--:|--:|")
     for path in teachers:
         tok, model = _load(AutoTokenizer, path, "teacher"), _load(T5ForConditionalGeneration, path, "teacher").eval()
-        text = TextEncoder(tok, demo_models.TEACHER_SPEC)
-        right = 0
-        encoded = [(e, answer) for prompt, answer in pairs if (e := text.encode(prompt, answer)) is not None]
-        for e, answer in encoded:
-            ids = torch.tensor([e.prompt_ids])  # [1, S]: the ids it trains on (what _finetune_teacher keeps)
-            with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=16)
-            right += tok.decode(out[0], skip_special_tokens=True).strip() == answer.strip()
-        click.echo(f"| {path} | {right} | {len(encoded)} |")
+        right, of = _exact_match(model, tok, pairs)
+        click.echo(f"| {path} | {right} | {of} |")
+
+
+SENTINELS = [f"<extra_id_{i}>" for i in range(8)]  # T5's span-corruption sentinels, as many as a document needs
+
+
+def words_tokenizer():
+    """A word-level tokenizer of the teacher's examples: every word one piece, punctuation and newlines their own,
+    so a place is the same piece in the passage and in the answer (the build's Unigram fuses "desert." and "\\nQ")."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(), pre_tokenizers.Split(Regex(r"[.,?!:;\n]"), behavior="isolated")]
+    )
+    tok.decoder = decoders.Metaspace()
+    corpus = [t for pair in demo_models.teacher_examples(0, 1000) for t in pair]
+    specials = ["<pad>", "</s>", "<unk>"]
+    tok.train_from_iterator(
+        corpus, trainers.WordLevelTrainer(vocab_size=5000, special_tokens=specials, show_progress=False)
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def span_pairs(seed: int, n: int) -> list[tuple[str, str]]:
+    """T5's span corruption on ``n`` recurring documents, by words: about 15 % of a document's words in spans of
+    1-3, each replaced by a sentinel in the input and written after it in the target. Most spans can be copied
+    from another reading of the same fact in the document."""
+    r = random.Random(f"span:{seed}")
+    pairs = []
+    for doc in recurring_text(seed, n, demo_models.pretraining_avoid()):
+        words = doc.split(" ")
+        starts = sorted(r.sample(range(len(words)), max(1, round(0.15 * len(words) / 2))))
+        source, target, at, used = [], [], 0, 0
+        for start in starts:
+            if start < at or used == len(SENTINELS):  # inside the span before, or out of sentinels
+                continue
+            end = start + r.randint(1, 3)
+            source += [*words[at:start], SENTINELS[used]]
+            target += [SENTINELS[used], *words[start:end]]
+            at, used = end, used + 1
+        pairs.append((" ".join(source + words[at:]), " ".join(target)))
+    return pairs
+
+
+@main.command()
+@click.option("--steps", type=click.IntRange(1), default=3000, show_default=True)
+@click.option(
+    "--pool", type=click.IntRange(0), default=0, help="QA examples it draws from (0: steps x batch, so few repeat)."
+)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--tokenizer", type=click.Choice(["build", "words"]), default="build", show_default=True)
+@click.option("--d-model", type=click.IntRange(8), default=96, show_default=True)
+@click.option("--heads", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--layers", type=click.IntRange(1), default=2, show_default=True)
+@click.option(
+    "--span-pretrain", type=click.IntRange(0), default=0, help="Span-corruption steps before, on recurring documents."
+)
+@click.option(
+    "--threads", type=click.IntRange(1), default=1, show_default=True, help="Two runs fit 2 cores side by side."
+)
+@click.option("--teacher", default=TEACHER, show_default=True, help="The demo teacher whose tokenizer it takes.")
+def alone(steps, pool, lr, tokenizer, d_model, heads, layers, span_pretrain, threads, teacher) -> None:
+    """Train the demo teacher's architecture on the QA task alone and print its exact match: on the first 200
+    training examples, and on 200 of validation. Its loss at chance (one place of three) is ln 3 over the answer's
+    pieces."""
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    from pipeline.tasks import build_mixture
+
+    tok = _load(AutoTokenizer, teacher, "demo teacher") if tokenizer == "build" else words_tokenizer()
+    if span_pretrain:
+        tok.add_special_tokens({"additional_special_tokens": SENTINELS})
+    n = pool or steps * demo_models.TEACHER_BATCH
+    val = [
+        (e.prompt, e.answer)
+        for e in build_mixture({"demo_qa": 200}, split="validation", seed=0, data_dir=None).examples
+    ]
+    held = {prompt for prompt, _ in val}
+    train = build_mixture({"demo_qa": n}, split="train", data_dir=None, seed=1).examples
+    qa = [(e.prompt, e.answer) for e in train if e.prompt not in held]  # none of the examples it is scored on
+    with demo_models.deterministic(threads):
+        torch.manual_seed(0)
+        config = demo_models.teacher_config(tok)
+        config.d_model, config.d_ff, config.num_heads = d_model, 2 * d_model, heads
+        config.d_kv, config.num_layers, config.num_decoder_layers = d_model // heads, layers, layers
+        model = T5ForConditionalGeneration(config)
+        demo_models.untie_head(model)
+        pretraining = {"steps": 0}
+        if span_pretrain:
+            pairs = span_pairs(0, span_pretrain * demo_models.TEACHER_BATCH)
+            pretraining = demo_models._finetune_teacher(model, tok, 0, span_pretrain, pairs, peak=lr)
+        training = demo_models._finetune_teacher(model, tok, 0, steps, qa, peak=lr)
+        model.eval()
+        answer_pieces = len(tok(qa[0][1])["input_ids"])  # "by the <place>" and </s>
+        info = {
+            "tokenizer": tokenizer,
+            "d_model": d_model,
+            "heads": heads,
+            "layers": layers,
+            "lr": lr,
+            "pool": len(qa),
+            "span_pretrain": pretraining,
+            "training": training,
+            "chance_loss": round(math.log(3) / answer_pieces, 4),
+            "train_em": _exact_match(model, tok, qa[:200]),
+            "validation_em": _exact_match(model, tok, val),
+        }
+    click.echo(json.dumps(info))
 
 
 @main.command()

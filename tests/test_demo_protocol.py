@@ -174,14 +174,18 @@ def test_demo_copying_prefix_pairs_cut_a_recurring_document_between_facts():
 
 @pytest.mark.parametrize(
     "command, model",
-    [(["pretrain", "--docs", "world"], "student"), (["teacher", "--pretrain-steps", "0"], "teacher")],
-    ids=["pretrain", "teacher"],
+    [
+        (["pretrain", "--docs", "world", "--out", "out"], "student"),
+        (["teacher", "--pretrain-steps", "0", "--out", "out"], "teacher"),
+        (["alone"], "teacher"),
+    ],
+    ids=["pretrain", "teacher", "alone"],
 )
 def test_demo_copying_refuses_a_missing_model_in_one_line(tmp_path, command, model):
     done = subprocess.run(
-        [sys.executable, "benchmarks/demo_copying.py", *command, "--steps", "1", f"--{model}", str(tmp_path / "none"),
-         "--out", str(tmp_path / "out")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [sys.executable, str(REPO / "benchmarks/demo_copying.py"), *command, "--steps", "1", f"--{model}",
+         str(tmp_path / "none")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 2 and f"no demo {model} there" in done.stderr and "Traceback" not in done.stderr
 
@@ -194,3 +198,55 @@ def test_demo_copying_binding_scores_the_teacher_on_its_own_qa_examples(demo_mod
     assert done.returncode == 0, done.stderr[-2000:]
     row = done.stdout.strip().splitlines()[-1].split("|")
     assert row[1].strip() == str(demo_models["teacher"]) and row[3].strip() == "3" and 0 <= int(row[2]) <= 3
+
+
+def test_demo_copying_span_pairs_hide_spans_of_a_recurring_document_behind_sentinels_in_order():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from demo_copying import SENTINELS, recurring_text, span_pairs
+
+    docs = recurring_text(0, 50, builder.pretraining_avoid())
+    masked = total = 0
+    for doc, (source, target) in zip(docs, span_pairs(0, 50), strict=True):
+        spans = [s.split(" ") for s in _between(target, SENTINELS)]
+        used = [t for t in SENTINELS if t in source]
+        assert used == SENTINELS[: len(used)] and len(spans) == len(used) >= 1 and all(1 <= len(s) <= 3 for s in spans)
+        filled = source
+        for sentinel, span in zip(used, spans, strict=True):
+            filled = filled.replace(sentinel, " ".join(span), 1)
+        assert filled == doc  # the target holds exactly what the source hides
+        masked, total = masked + sum(map(len, spans)), total + len(doc.split(" "))
+    assert 0.08 < masked / total < 0.25
+
+
+def _between(target: str, sentinels: list[str]) -> list[str]:
+    """The spans of a span-corruption target, in order: the text after each sentinel up to the next one."""
+    pieces = []
+    for word in target.split(" "):
+        if word in sentinels:
+            pieces.append([])
+        else:
+            pieces[-1].append(word)
+    return [" ".join(p) for p in pieces]
+
+
+def test_demo_copying_words_tokenizer_gives_a_place_one_piece_in_the_passage_and_the_answer():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from demo_copying import words_tokenizer
+
+    tok = words_tokenizer()
+    passage = tok("The mole sleeps by the desert.\nQ: Where does the mole sleep?")["input_ids"]
+    answer = tok("by the desert")["input_ids"]
+    assert tok.unk_token_id not in passage + answer and answer[2] in passage
+    assert tok.decode(answer, skip_special_tokens=True) == "by the desert"
+
+
+def test_demo_copying_alone_scores_a_qa_teacher_on_examples_it_did_not_train_on(demo_models):
+    done = subprocess.run(
+        [sys.executable, "benchmarks/demo_copying.py", "alone", "--steps", "2", "--pool", "300",
+         "--teacher", str(demo_models["teacher"])],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert info["training"]["steps"] == 2 and info["pool"] <= 300 and info["validation_em"][1] == 200
+    assert 0 <= info["train_em"][0] <= info["train_em"][1] == 200 and 0.2 < info["chance_loss"] < 0.3

@@ -321,9 +321,10 @@ def _finetune_teacher(
     seed: int,
     steps: int,
     pairs: list[tuple[str, str]] | None = None,
+    peak: float = TEACHER_LR,
 ) -> dict:
     """Teacher-forced CE on (prompt, answer) ``pairs``, the teacher's own examples unless given, for a fixed number
-    of steps (so the build is deterministic)."""
+    of steps (so the build is deterministic), on the ``_lr`` schedule to ``peak``."""
     text = TextEncoder(tok, TEACHER_SPEC)
     pairs = teacher_examples(seed) if pairs is None else pairs
     encoded = [e for e in (text.encode(p, a) for p, a in pairs) if e is not None]
@@ -338,7 +339,7 @@ def _finetune_teacher(
             "labels": torch.tensor([e.answer_ids + [IGNORE_INDEX] * (label_width - len(e.answer_ids)) for e in batch]),
         }  # [B, S], [B, S], [B, L]
 
-    trained = _train(model, encoded, inputs, seed, steps, TEACHER_BATCH, TEACHER_LR, "train demo teacher")
+    trained = _train(model, encoded, inputs, seed, steps, TEACHER_BATCH, peak, "train demo teacher")
     return {"steps": steps, "examples": len(encoded), "examples_seen": steps * TEACHER_BATCH, **trained}
 
 
