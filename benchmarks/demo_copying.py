@@ -226,6 +226,24 @@ def span_pairs(seed: int, n: int) -> list[tuple[str, str]]:
     return pairs
 
 
+QA_FACT = re.compile(r"The (\w+) sleeps by the \w+\.")
+
+
+def fewer_facts(pairs: list[tuple[str, str]], facts: int, seed: int) -> list[tuple[str, str]]:
+    """The QA pairs with ``facts`` of each passage's three facts kept: the asked animal's and others drawn with
+    ``seed``, in a shuffled order (1: a lone fact, whose place the answer copies with no choice to make)."""
+    r = random.Random(f"facts:{seed}")
+    out = []
+    for prompt, answer in pairs:
+        found = list(QA_FACT.finditer(prompt))
+        asked = re.search(r"Where does the (\w+) sleep", prompt).group(1)
+        kept = [m[0] for m in found if m[1] == asked]
+        kept += r.sample([m[0] for m in found if m[1] != asked], facts - 1)
+        r.shuffle(kept)
+        out.append((prompt[: found[0].start()] + " ".join(kept) + prompt[found[-1].end() :], answer))
+    return out
+
+
 @main.command()
 @click.option("--steps", type=click.IntRange(1), default=3000, show_default=True)
 @click.option(
@@ -239,14 +257,15 @@ def span_pairs(seed: int, n: int) -> list[tuple[str, str]]:
 @click.option(
     "--span-pretrain", type=click.IntRange(0), default=0, help="Span-corruption steps before, on recurring documents."
 )
+@click.option("--facts", type=click.IntRange(1, 3), default=3, show_default=True, help="Facts kept in each passage.")
 @click.option(
     "--threads", type=click.IntRange(1), default=1, show_default=True, help="Two runs fit 2 cores side by side."
 )
 @click.option("--teacher", default=TEACHER, show_default=True, help="The demo teacher whose tokenizer it takes.")
-def alone(steps, pool, lr, tokenizer, d_model, heads, layers, span_pretrain, threads, teacher) -> None:
+def alone(steps, pool, lr, tokenizer, d_model, heads, layers, span_pretrain, facts, threads, teacher) -> None:
     """Train the demo teacher's architecture on the QA task alone and print its exact match: on the first 200
-    training examples, and on 200 of validation. Its loss at chance (one place of three) is ln 3 over the answer's
-    pieces."""
+    training examples, and on 200 of validation. Its loss at chance (one place of ``--facts``) is ln facts over the
+    answer's pieces."""
     from transformers import AutoTokenizer, T5ForConditionalGeneration
 
     from pipeline.tasks import build_mixture
@@ -259,9 +278,12 @@ def alone(steps, pool, lr, tokenizer, d_model, heads, layers, span_pretrain, thr
         (e.prompt, e.answer)
         for e in build_mixture({"demo_qa": 200}, split="validation", seed=0, data_dir=None).examples
     ]
-    held = {prompt for prompt, _ in val}
     train = build_mixture({"demo_qa": n}, split="train", data_dir=None, seed=1).examples
-    qa = [(e.prompt, e.answer) for e in train if e.prompt not in held]  # none of the examples it is scored on
+    qa = [(e.prompt, e.answer) for e in train]
+    if facts < 3:
+        qa, val = fewer_facts(qa, facts, 1), fewer_facts(val, facts, 0)
+    held = {prompt for prompt, _ in val}
+    qa = [(prompt, answer) for prompt, answer in qa if prompt not in held]  # none of the examples it is scored on
     with demo_models.deterministic(threads):
         torch.manual_seed(0)
         config = demo_models.teacher_config(tok)
@@ -285,7 +307,8 @@ def alone(steps, pool, lr, tokenizer, d_model, heads, layers, span_pretrain, thr
             "pool": len(qa),
             "span_pretrain": pretraining,
             "training": training,
-            "chance_loss": round(math.log(3) / answer_pieces, 4),
+            "facts": facts,
+            "chance_loss": round(math.log(facts) / answer_pieces, 4),
             "train_em": _exact_match(model, tok, qa[:200]),
             "validation_em": _exact_match(model, tok, val),
         }

@@ -2,6 +2,7 @@
 labelled cache, sequence-level KD on a transfer cache the teacher answered), two tasks, a few steps."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -242,11 +243,32 @@ def test_demo_copying_words_tokenizer_gives_a_place_one_piece_in_the_passage_and
 
 def test_demo_copying_alone_scores_a_qa_teacher_on_examples_it_did_not_train_on(demo_models):
     done = subprocess.run(
-        [sys.executable, "benchmarks/demo_copying.py", "alone", "--steps", "2", "--pool", "300",
+        [sys.executable, "benchmarks/demo_copying.py", "alone", "--steps", "2", "--pool", "300", "--facts", "2",
          "--teacher", str(demo_models["teacher"])],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert info["training"]["steps"] == 2 and info["pool"] <= 300 and info["validation_em"][1] == 200
-    assert 0 <= info["train_em"][0] <= info["train_em"][1] == 200 and 0.2 < info["chance_loss"] < 0.3
+    assert 0 <= info["train_em"][0] <= info["train_em"][1] == 200 and info["facts"] == 2
+    assert 0.1 < info["chance_loss"] < 0.2  # ln 2 over "by the <place>" and the end
+
+
+@pytest.mark.parametrize("facts", [1, 2])
+def test_demo_copying_fewer_facts_keeps_the_asked_animals_fact_and_the_answer(facts):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from demo_copying import QA_FACT, fewer_facts
+
+    from pipeline.tasks import build_mixture
+
+    pairs = [
+        (e.prompt, e.answer) for e in build_mixture({"demo_qa": 40}, split="train", data_dir=None, seed=1).examples
+    ]
+    for (prompt, answer), (kept, same) in zip(pairs, fewer_facts(pairs, facts, 0), strict=True):
+        before, after = list(QA_FACT.finditer(prompt)), list(QA_FACT.finditer(kept))
+        asked = re.search(r"Where does the (\w+) sleep", prompt)[1]
+        assert same == answer and len(before) == 3 and len(after) == facts
+        assert {m[0] for m in after} <= {m[0] for m in before}
+        assert [m[0] for m in after if m[1] == asked] == [f"The {asked} sleeps by the {answer.split()[-1]}."]
+        assert kept[: after[0].start()] == prompt[: before[0].start()]
+        assert kept[after[-1].end() :] == prompt[before[-1].end() :]
