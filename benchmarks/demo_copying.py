@@ -244,6 +244,20 @@ def fewer_facts(pairs: list[tuple[str, str]], facts: int, seed: int) -> list[tup
     return out
 
 
+def _cut(pairs: list[tuple[str, str]], facts: int, seed: int) -> list[tuple[str, str]]:
+    return pairs if facts == 3 else fewer_facts(pairs, facts, seed)
+
+
+def _fact_counts(value: str) -> list[int]:
+    try:
+        counts = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        counts = [0]
+    if not all(1 <= n <= 3 for n in counts):
+        raise click.BadParameter(f"{value!r}: give fact counts from 1 to 3, comma-separated")
+    return counts
+
+
 @main.command()
 @click.option("--steps", type=click.IntRange(1), default=3000, show_default=True)
 @click.option(
@@ -259,13 +273,21 @@ def fewer_facts(pairs: list[tuple[str, str]], facts: int, seed: int) -> list[tup
 )
 @click.option("--facts", type=click.IntRange(1, 3), default=3, show_default=True, help="Facts kept in each passage.")
 @click.option(
+    "--mix-facts",
+    callback=lambda _ctx, _param, value: _fact_counts(value),
+    default="",
+    help="Fact counts (comma-separated) whose passages share the training pool equally with --facts ones.",
+)
+@click.option(
     "--threads", type=click.IntRange(1), default=1, show_default=True, help="Two runs fit 2 cores side by side."
 )
 @click.option("--teacher", default=TEACHER, show_default=True, help="The demo teacher whose tokenizer it takes.")
-def alone(steps, pool, lr, tokenizer, d_model, heads, layers, span_pretrain, facts, threads, teacher) -> None:
+def alone(
+    steps, pool, lr, tokenizer, d_model, heads, layers, span_pretrain, facts, mix_facts, threads, teacher
+) -> None:
     """Train the demo teacher's architecture on the QA task alone and print its exact match: on the first 200
-    training examples, and on 200 of validation. Its loss at chance (one place of ``--facts``) is ln facts over the
-    answer's pieces."""
+    training examples, and on 200 of validation, both with ``--facts`` facts. Its loss at chance (one place of
+    ``--facts``) is ln facts over the answer's pieces; with ``--mix-facts`` the training loss mixes the counts."""
     from transformers import AutoTokenizer, T5ForConditionalGeneration
 
     from pipeline.tasks import build_mixture
@@ -280,8 +302,9 @@ def alone(steps, pool, lr, tokenizer, d_model, heads, layers, span_pretrain, fac
     ]
     train = build_mixture({"demo_qa": n}, split="train", data_dir=None, seed=1).examples
     qa = [(e.prompt, e.answer) for e in train]
-    if facts < 3:
-        qa, val = fewer_facts(qa, facts, 1), fewer_facts(val, facts, 0)
+    counts = [facts, *mix_facts]  # the pool's shares, each cut to its count (the first 200 scored are --facts ones)
+    qa = [pair for i, n_facts in enumerate(counts) for pair in _cut(qa[i :: len(counts)], n_facts, 1 + i)]
+    val = _cut(val, facts, 0)
     held = {prompt for prompt, _ in val}
     qa = [(prompt, answer) for prompt, answer in qa if prompt not in held]  # none of the examples it is scored on
     with demo_models.deterministic(threads):
@@ -308,6 +331,7 @@ def alone(steps, pool, lr, tokenizer, d_model, heads, layers, span_pretrain, fac
             "span_pretrain": pretraining,
             "training": training,
             "facts": facts,
+            "mix_facts": mix_facts,
             "chance_loss": round(math.log(facts) / answer_pieces, 4),
             "train_em": _exact_match(model, tok, qa[:200]),
             "validation_em": _exact_match(model, tok, val),

@@ -244,13 +244,13 @@ def test_demo_copying_words_tokenizer_gives_a_place_one_piece_in_the_passage_and
 def test_demo_copying_alone_scores_a_qa_teacher_on_examples_it_did_not_train_on(demo_models):
     done = subprocess.run(
         [sys.executable, "benchmarks/demo_copying.py", "alone", "--steps", "2", "--pool", "300", "--facts", "2",
-         "--teacher", str(demo_models["teacher"])],
+         "--mix-facts", "1", "--teacher", str(demo_models["teacher"])],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert info["training"]["steps"] == 2 and info["pool"] <= 300 and info["validation_em"][1] == 200
-    assert 0 <= info["train_em"][0] <= info["train_em"][1] == 200 and info["facts"] == 2
+    assert 0 <= info["train_em"][0] <= info["train_em"][1] == 200 and info["facts"] == 2 and info["mix_facts"] == [1]
     assert 0.1 < info["chance_loss"] < 0.2  # ln 2 over "by the <place>" and the end
 
 
@@ -272,3 +272,11 @@ def test_demo_copying_fewer_facts_keeps_the_asked_animals_fact_and_the_answer(fa
         assert [m[0] for m in after if m[1] == asked] == [f"The {asked} sleeps by the {answer.split()[-1]}."]
         assert kept[: after[0].start()] == prompt[: before[0].start()]
         assert kept[after[-1].end() :] == prompt[before[-1].end() :]
+
+
+def test_demo_copying_alone_refuses_a_fact_count_it_cannot_cut_to_in_one_line():
+    done = subprocess.run(
+        [sys.executable, "benchmarks/demo_copying.py", "alone", "--mix-facts", "1,4"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and "give fact counts from 1 to 3" in done.stderr and "Traceback" not in done.stderr
