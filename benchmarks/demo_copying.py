@@ -25,6 +25,12 @@ encoder reads a document's first facts, the decoder writes the next one or two.
 which place goes with which animal on the examples it is trained from (chance: one in three).
 
     python benchmarks/demo_copying.py binding models/tiny-t5-teacher
+
+``alone`` trains the teacher's architecture on the QA task and nothing else (fresh examples or a fixed pool, the
+build's or a word-level tokenizer, other sizes, span corruption first, passages cut to one or two facts) and prints
+its exact match on training and validation examples: whether it can learn the binding at all.
+
+    python benchmarks/demo_copying.py alone --steps 3000
 """
 
 from __future__ import annotations
@@ -98,6 +104,20 @@ def pretrain(docs: str, steps: int, out: str, student: str) -> None:
     click.echo(json.dumps({"docs": docs, **info}))
 
 
+def _initial_teacher(tok, **changes):
+    """The demo teacher's initial weights, as the build draws them (seed 0, untied head), with ``changes`` made to
+    its config first (``num_layers=4``, ...)."""
+    from transformers import T5ForConditionalGeneration
+
+    torch.manual_seed(0)  # the build's seed
+    config = demo_models.teacher_config(tok)
+    for name, value in changes.items():
+        setattr(config, name, value)
+    model = T5ForConditionalGeneration(config)
+    demo_models.untie_head(model)
+    return model
+
+
 def prefix_pairs(seed: int, n: int) -> list[tuple[str, str]]:
     """T5's prefix-LM examples from ``n`` recurring documents: (the facts before a cut, the one or two after it)."""
     r = random.Random(f"prefix:{seed}")
@@ -118,16 +138,12 @@ def prefix_pairs(seed: int, n: int) -> list[tuple[str, str]]:
 def teacher(pretrain_steps: int, steps: int, layers: int | None, out: str, teacher: str) -> None:
     """Pretrain a demo teacher (prefix LM, recurring documents), then train it on its tasks as the build does
     (``--steps``: the build's ``TEACHER_STEPS`` unless told)."""
-    from transformers import AutoTokenizer, GenerationConfig, T5ForConditionalGeneration
+    from transformers import AutoTokenizer, GenerationConfig
 
     tok = _load(AutoTokenizer, teacher, "demo teacher")
     with demo_models.deterministic():
-        torch.manual_seed(0)  # the build's seed: the demo teacher's initial weights
-        config = demo_models.teacher_config(tok)
-        if layers is not None:
-            config.num_layers = config.num_decoder_layers = layers
-        model = T5ForConditionalGeneration(config)
-        demo_models.untie_head(model)
+        depth = {} if layers is None else {"num_layers": layers, "num_decoder_layers": layers}
+        model = _initial_teacher(tok, **depth)
         pretraining = {"steps": 0}
         if pretrain_steps:
             pairs = prefix_pairs(0, demo_models.PRETRAIN_DOCS)
@@ -249,13 +265,10 @@ def _cut(pairs: list[tuple[str, str]], facts: int, seed: int) -> list[tuple[str,
 
 
 def _fact_counts(value: str) -> list[int]:
-    try:
-        counts = [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        counts = [0]
-    if not all(1 <= n <= 3 for n in counts):
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not all(part in ("1", "2", "3") for part in parts):
         raise click.BadParameter(f"{value!r}: give fact counts from 1 to 3, comma-separated")
-    return counts
+    return [int(part) for part in parts]
 
 
 @main.command()
@@ -288,9 +301,10 @@ def alone(
     """Train the demo teacher's architecture on the QA task alone and print its exact match: on the first 200
     training examples, and on 200 of validation, both with ``--facts`` facts. Its loss at chance (one place of
     ``--facts``) is ln facts over the answer's pieces; with ``--mix-facts`` the training loss mixes the counts."""
-    from transformers import AutoTokenizer, T5ForConditionalGeneration
+    from transformers import AutoTokenizer
 
     from pipeline.tasks import build_mixture
+    from pipeline.text import TextEncoder
 
     tok = _load(AutoTokenizer, teacher, "demo teacher") if tokenizer == "build" else words_tokenizer()
     if span_pretrain:
@@ -308,19 +322,17 @@ def alone(
     held = {prompt for prompt, _ in val}
     qa = [(prompt, answer) for prompt, answer in qa if prompt not in held]  # none of the examples it is scored on
     with demo_models.deterministic(threads):
-        torch.manual_seed(0)
-        config = demo_models.teacher_config(tok)
-        config.d_model, config.d_ff, config.num_heads = d_model, 2 * d_model, heads
-        config.d_kv, config.num_layers, config.num_decoder_layers = d_model // heads, layers, layers
-        model = T5ForConditionalGeneration(config)
-        demo_models.untie_head(model)
+        model = _initial_teacher(
+            tok, d_model=d_model, d_ff=2 * d_model, num_heads=heads, d_kv=d_model // heads, num_layers=layers,
+            num_decoder_layers=layers,
+        )  # fmt: skip
         pretraining = {"steps": 0}
         if span_pretrain:
             pairs = span_pairs(0, span_pretrain * demo_models.TEACHER_BATCH)
             pretraining = demo_models._finetune_teacher(model, tok, 0, span_pretrain, pairs, peak=lr)
         training = demo_models._finetune_teacher(model, tok, 0, steps, qa, peak=lr)
         model.eval()
-        answer_pieces = len(tok(qa[0][1])["input_ids"])  # "by the <place>" and </s>
+        answer_pieces = len(TextEncoder(tok, demo_models.TEACHER_SPEC).encode(*qa[0]).answer_ids)  # by the <place></s>
         info = {
             "tokenizer": tokenizer,
             "d_model": d_model,

@@ -241,7 +241,7 @@ def test_demo_copying_words_tokenizer_gives_a_place_one_piece_in_the_passage_and
     assert tok.decode(answer, skip_special_tokens=True) == "by the desert"
 
 
-def test_demo_copying_alone_scores_a_qa_teacher_on_examples_it_did_not_train_on(demo_models):
+def test_demo_copying_alone_trains_a_qa_teacher_and_scores_it_on_training_and_validation_examples(demo_models):
     done = subprocess.run(
         [sys.executable, "benchmarks/demo_copying.py", "alone", "--steps", "2", "--pool", "300", "--facts", "2",
          "--mix-facts", "1", "--teacher", str(demo_models["teacher"])],
